@@ -1,0 +1,20 @@
+# The two commands of the README. Each one creates the environment on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+.PHONY: install run test lint
+install: $(VENV)/installed
+
+run: install
+	$(VENV)/bin/hf-missing train --output-dir runs/quickstart
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check hf_missing trainer_callbacks tests benchmarks

@@ -1,0 +1,256 @@
+"""The backbone interface: what a method may know about a multimodal transformer.
+
+Methods never reach into ``vision_model.encoder.layers[3]``; they ask the interface for its streams
+(ordered encoder layers, hidden size, causality), the token span of each modality, the dummy inputs
+the papers use, and the pooled features the head reads. Adding a backbone is one file that subclasses
+:class:`BackboneInterface` and calls :func:`register_backbone`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..context import ForwardContext, maybe_context
+
+KV_PREFIX_ATTR = "_hf_missing_kv_prefix"
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One token sequence the backbone runs through its own encoder layers.
+
+    Attributes:
+        name: "text", "vision" (two-stream backbones) or "joint" (single-stream).
+        layers_path: dotted path, relative to the backbone model, of the ``ModuleList`` of layers.
+        hidden_size: width of the tokens.
+        num_layers: number of encoder layers.
+        modalities: modalities whose tokens the stream holds.
+        causal: whether tokens attend only to earlier tokens (CLIP text).
+        attention_path: dotted path, relative to one layer, of the self-attention module that
+            attention-level (prefix) prompts extend.
+    """
+
+    name: str
+    layers_path: str
+    hidden_size: int
+    num_layers: int
+    modalities: tuple[str, ...]
+    attention_path: str
+    causal: bool = False
+
+
+class BackboneInterface(ABC):
+    """Wraps one pretrained multimodal model; a method talks to the backbone only through this."""
+
+    model_type: ClassVar[str]
+    modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+    # Modules of the backbone that every method trains (the papers' "pooler"), relative to the backbone.
+    pooler_modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self._install_policy_hooks()
+
+    # ---- structure -------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def streams(self) -> tuple[Stream, ...]:
+        """The token sequences, in the order the backbone runs them."""
+
+    @property
+    @abstractmethod
+    def pooled_size(self) -> int:
+        """Width of :meth:`encode`'s fused representation."""
+
+    def stream(self, name: str) -> Stream:
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise KeyError(f"{self.model_type} has no stream {name!r}; streams: {[s.name for s in self.streams]}.")
+
+    def stream_of(self, modality: str) -> Stream:
+        """The stream that holds ``modality``'s tokens."""
+        return next(s for s in self.streams if modality in s.modalities)
+
+    def layers(self, stream: str) -> nn.ModuleList:
+        return self.model.get_submodule(self.stream(stream).layers_path)
+
+    def layer_names(self, stream: str, prefix: str = "") -> list[str]:
+        """Full module names of the stream's encoder layers (``prefix`` = the backbone's name)."""
+        base = f"{prefix}.{self.stream(stream).layers_path}" if prefix else self.stream(stream).layers_path
+        return [f"{base}.{i}" for i in range(self.stream(stream).num_layers)]
+
+    def signature(self) -> dict[str, Any]:
+        """What an adapter must match: backbone type and each stream's width and depth."""
+        return {
+            "model_type": self.model_type,
+            "streams": {s.name: [s.hidden_size, s.num_layers] for s in self.streams},
+        }
+
+    # ---- missing inputs --------------------------------------------------------------------------
+    @staticmethod
+    def dummy_text() -> str:
+        """The papers' placeholder text: the empty string (only special tokens after tokenisation)."""
+        return ""
+
+    @staticmethod
+    def dummy_pixel_values(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The papers' placeholder image: all ones *after* normalisation (MAP, DCP, REP)."""
+        return torch.ones(shape, dtype=dtype)
+
+    @staticmethod
+    def text_is_empty(attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B]`` True where the text holds only the tokenizer's special tokens (the dummy)."""
+        return attention_mask.sum(dim=-1) <= 2
+
+    @staticmethod
+    def image_is_dummy(pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B]`` True where the pixels are the all-ones dummy."""
+        return (pixel_values == 1).flatten(1).all(dim=1)
+
+    @abstractmethod
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Raise a clear error on inputs this backbone cannot take (wrong image size, too long text)."""
+
+    @abstractmethod
+    def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
+        """Run the backbone under ``ctx`` and return the fused representation ``[B, pooled_size]``."""
+
+    # ---- policies --------------------------------------------------------------------------------
+    @abstractmethod
+    def _install_policy_hooks(self) -> None:
+        """Register hooks that apply the "mask" / "zero" policies when a context asks for them."""
+
+    @staticmethod
+    def zero_rows(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Zero sample b of ``x`` where ``keep[b]`` is False."""
+        return x * keep.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+    # ---- attention-level prompts ------------------------------------------------------------------
+    @abstractmethod
+    def enable_kv_prefix(self) -> None:
+        """Make the self-attention modules accept key/value prefixes (idempotent)."""
+
+    @contextmanager
+    def kv_prefix(self, layer: nn.Module, stream: str, keys: torch.Tensor,
+                  values: torch.Tensor) -> Iterator[None]:
+        """Within the block, ``layer``'s self-attention prepends ``keys``/``values`` ``[B, n, H]`` to its
+        keys and values (prefix tuning, MAP's attention-level prompts). Reset on exit."""
+        attention = layer.get_submodule(self.stream(stream).attention_path)
+        setattr(attention, KV_PREFIX_ATTR, (keys, values))
+        try:
+            yield
+        finally:
+            setattr(attention, KV_PREFIX_ATTR, None)
+
+
+# ---- token insertion helpers shared by every method ----------------------------------------------
+def _blocked(mask: torch.Tensor) -> float | bool:
+    return False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+
+
+def _visible(mask: torch.Tensor) -> float | bool:
+    return True if mask.dtype == torch.bool else 0.0
+
+
+def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive ``[1, 1, L, L]`` causal mask (0 where a query may attend, dtype min elsewhere)."""
+    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    mask = torch.zeros(length, length, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def extend_attention_mask(mask: torch.Tensor | None, n_new: int, length: int, causal: bool,
+                          dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The attention mask for ``n_new`` tokens inserted in front of a sequence of ``length`` tokens.
+
+    Every original query sees the new keys; new queries see each other (causally in a causal stream)
+    and, in a bidirectional stream, the original keys that the first original query sees (its padding
+    mask), never padding. Accepts ``None``, boolean (True = attend) or additive 4-D masks ``[B, 1, Lq, L]``
+    with ``Lq`` in {1, L}, and returns the same kind with ``n_new`` more keys (and queries when Lq = L).
+    """
+    if n_new == 0:
+        return mask
+    if mask is None:
+        if not causal:
+            return None
+        mask = causal_mask(length, dtype, device)
+    batch, heads, n_queries, _ = mask.shape
+    new_keys = torch.full((batch, heads, n_queries, n_new), _visible(mask), dtype=mask.dtype, device=mask.device)
+    mask = torch.cat([new_keys, mask], dim=-1)
+    if n_queries == 1:
+        return mask
+    if causal:
+        rows = torch.full((batch, heads, n_new, n_new + length), _blocked(mask), dtype=mask.dtype,
+                          device=mask.device)
+        allowed = torch.ones(n_new, n_new, dtype=torch.bool, device=mask.device).tril()
+        rows[..., :n_new] = torch.where(allowed, _visible(mask), _blocked(mask)).to(mask.dtype)
+    else:
+        rows = mask[:, :, :1, :].expand(batch, heads, n_new, n_new + length)
+    return torch.cat([rows, mask], dim=2)
+
+
+def insert_tokens(hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None,
+                  causal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Put ``tokens [B, n, H]`` in front of ``hidden [B, L, H]`` and extend ``mask`` to match."""
+    mask = extend_attention_mask(mask, tokens.shape[1], hidden.shape[1], causal, hidden.dtype, hidden.device)
+    return torch.cat([tokens.to(hidden.dtype), hidden], dim=1), mask
+
+
+def strip_tokens(hidden: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``hidden`` into its first ``n`` tokens and the rest (the inverse of :func:`insert_tokens`)."""
+    return hidden[:, :n], hidden[:, n:]
+
+
+def prepend_kv(keys: torch.Tensor, values: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor],
+               mask: torch.Tensor | None, is_causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Prepend prefix keys/values ``[B, n, H]`` to per-head ``keys``/``values`` ``[B, h, L, d]``.
+
+    The mask gains ``n`` visible key columns; a causal stream with no mask gets an explicit one.
+    """
+    prefix_k, prefix_v = prefix
+    batch, heads, length, head_dim = keys.shape
+    n = prefix_k.shape[1]
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:
+        return x.to(keys.dtype).view(batch, n, heads, head_dim).transpose(1, 2)
+
+    if mask is None and is_causal:
+        mask = causal_mask(length, keys.dtype, keys.device)
+    if mask is not None:
+        cols = torch.full((*mask.shape[:3], n), _visible(mask), dtype=mask.dtype, device=mask.device)
+        mask = torch.cat([cols, mask.expand(*mask.shape[:3], length)], dim=-1)
+    return torch.cat([split_heads(prefix_k), keys], 2), torch.cat([split_heads(prefix_v), values], 2), mask
+
+
+# ---- registry ----------------------------------------------------------------------------------
+BACKBONES: dict[str, type[BackboneInterface]] = {}
+
+
+def register_backbone(cls: type[BackboneInterface]) -> type[BackboneInterface]:
+    BACKBONES[cls.model_type] = cls
+    return cls
+
+
+def backbone_interface_for(model: PreTrainedModel) -> BackboneInterface:
+    model_type = model.config.model_type
+    if model_type not in BACKBONES:
+        raise ValueError(
+            f"hf_missing has no backbone interface for model_type {model_type!r}; supported: "
+            f"{sorted(BACKBONES)}. Add one file under hf_missing/backbones/ that subclasses BackboneInterface."
+        )
+    return BACKBONES[model_type](model)
+
+
+def policy_context() -> ForwardContext | None:
+    """The current context when it asks for a non-dummy policy (hooks no-op otherwise)."""
+    ctx = maybe_context()
+    return ctx if ctx is not None and ctx.policy != "dummy" else None

@@ -1,0 +1,106 @@
+"""CLIP (two streams: a causal text transformer and a vision transformer), as DCP/REP use it."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from transformers import CLIPModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import CLIPAttention, eager_attention_forward
+
+from ..context import ForwardContext
+from .base import KV_PREFIX_ATTR, BackboneInterface, Stream, policy_context, prepend_kv, register_backbone
+
+
+def _prefixed_clip_attention(self: CLIPAttention, hidden_states: torch.Tensor,
+                             attention_mask: torch.Tensor | None = None, **kwargs: Any):
+    """CLIPAttention.forward with optional key/value prefixes (read from the module, see kv_prefix)."""
+    prefix = getattr(self, KV_PREFIX_ATTR, None)
+    if prefix is None:
+        return CLIPAttention.forward(self, hidden_states, attention_mask, **kwargs)
+    input_shape = hidden_states.shape[:-1]
+    shape = (*input_shape, -1, self.head_dim)
+    queries = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+    keys = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+    values = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+    keys, values, attention_mask = prepend_kv(keys, values, prefix, attention_mask, kwargs.pop("is_causal", False))
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    output, weights = attention(self, queries, keys, values, attention_mask, scaling=self.scale,
+                                dropout=0.0 if not self.training else self.dropout, is_causal=False, **kwargs)
+    return self.out_proj(output.reshape(*input_shape, -1).contiguous()), weights
+
+
+@register_backbone
+class ClipBackbone(BackboneInterface):
+    """OpenAI CLIP: text pools at the EOS token, vision at CLS; the fused feature is
+    ``[image_embeds; text_embeds]`` after the projections (DCP/REP's classifier input)."""
+
+    model_type = "clip"
+    pooler_modules = ("text_model.final_layer_norm", "vision_model.post_layernorm", "text_projection",
+                      "visual_projection")
+    model: CLIPModel
+
+    @property
+    def streams(self) -> tuple[Stream, ...]:
+        text, vision = self.model.config.text_config, self.model.config.vision_config
+        return (
+            Stream("text", "text_model.encoder.layers", text.hidden_size, text.num_hidden_layers, ("text",),
+                   "self_attn", causal=True),
+            Stream("vision", "vision_model.encoder.layers", vision.hidden_size, vision.num_hidden_layers,
+                   ("image",), "self_attn"),
+        )
+
+    @property
+    def pooled_size(self) -> int:
+        return 2 * self.model.config.projection_dim
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        size = self.model.config.vision_config.image_size
+        pixels = inputs["pixel_values"]
+        if pixels.dim() != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"CLIP expects pixel_values of shape [B, 3, {size}, {size}], got {tuple(pixels.shape)}; "
+                "preprocess images with the model's CLIP image processor (it resizes and centre-crops)."
+            )
+        max_len = self.model.config.text_config.max_position_embeddings
+        if inputs["input_ids"].shape[1] > max_len:
+            raise ValueError(
+                f"CLIP takes at most {max_len} text tokens, got {inputs['input_ids'].shape[1]}; tokenize "
+                f"with truncation=True, max_length={max_len}."
+            )
+
+    def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
+        ctx.spans = {"text": {"text": slice(0, inputs["input_ids"].shape[1])},
+                     "vision": {"image": slice(0, None)}}
+        text = self.model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        vision = self.model.vision_model(pixel_values=inputs["pixel_values"])
+        text_embeds = self.model.text_projection(text.pooler_output)
+        image_embeds = self.model.visual_projection(vision.pooler_output)
+        if ctx.policy != "dummy":
+            text_embeds = self.zero_rows(text_embeds, ctx.present_of("text"))
+            image_embeds = self.zero_rows(image_embeds, ctx.present_of("image"))
+        return torch.cat([image_embeds, text_embeds], dim=-1)
+
+    def _install_policy_hooks(self) -> None:
+        """"zero": the missing modality's token embeddings are zeroed. "mask" and "zero": its pooled
+        feature is left out of the fused representation (zeroed, as DCP/REP do)."""
+        for module, modality in ((self.model.text_model.embeddings, "text"),
+                                 (self.model.vision_model.embeddings, "image")):
+            module.register_forward_hook(self._zero_hook(modality))
+
+    def _zero_hook(self, modality: str):
+        def hook(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            ctx = policy_context()
+            if ctx is None or ctx.policy != "zero":
+                return None
+            return self.zero_rows(output, ctx.present_of(modality))
+
+        return hook
+
+    def enable_kv_prefix(self) -> None:
+        for stream in self.streams:
+            for layer in self.layers(stream.name):
+                attention = layer.get_submodule(stream.attention_path)
+                attention.forward = types.MethodType(_prefixed_clip_attention, attention)

@@ -1,0 +1,110 @@
+"""ViLT (one joint stream: text tokens then image patches), as MAP, MemPrompt, RAGPT and REDEEM use it."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import ViltModel
+from transformers.models.vilt.modeling_vilt import ViltSelfAttention
+
+from ..context import ForwardContext
+from .base import KV_PREFIX_ATTR, BackboneInterface, Stream, policy_context, prepend_kv, register_backbone
+
+
+def _prefixed_vilt_self_attention(self: ViltSelfAttention, hidden_states: torch.Tensor,
+                                  attention_mask: torch.Tensor | None = None, output_attentions: bool = False):
+    """ViltSelfAttention.forward with optional key/value prefixes (read from the module, see kv_prefix)."""
+    prefix = getattr(self, KV_PREFIX_ATTR, None)
+    if prefix is None:
+        return ViltSelfAttention.forward(self, hidden_states, attention_mask, output_attentions)
+    shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+    query = self.query(hidden_states).view(shape).transpose(1, 2)
+    key = self.key(hidden_states).view(shape).transpose(1, 2)
+    value = self.value(hidden_states).view(shape).transpose(1, 2)
+    key, value, attention_mask = prepend_kv(key, value, prefix, attention_mask, is_causal=False)
+    scores = query @ key.transpose(-1, -2) / math.sqrt(self.attention_head_size)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = self.dropout(scores.softmax(dim=-1))
+    context = (probs @ value).permute(0, 2, 1, 3).reshape(*hidden_states.shape[:-1], self.all_head_size)
+    return (context, probs) if output_attentions else (context,)
+
+
+@register_backbone
+class ViltBackbone(BackboneInterface):
+    """ViLT: the fused feature is the pooler output at the text [CLS] token (MAP's classifier input)."""
+
+    model_type = "vilt"
+    pooler_modules = ("pooler",)
+    model: ViltModel
+
+    @property
+    def streams(self) -> tuple[Stream, ...]:
+        config = self.model.config
+        return (Stream("joint", "encoder.layer", config.hidden_size, config.num_hidden_layers, ("text", "image"),
+                       "attention.attention"),)
+
+    @property
+    def pooled_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def extend_text_positions(self, max_text_len: int) -> None:
+        """Interpolate ViLT's text position embeddings to ``max_text_len`` (MAP does this at checkpoint
+        load; ViLT was pre-trained with 40 positions)."""
+        embeddings = self.model.embeddings.text_embeddings
+        old = embeddings.position_embeddings.weight.data
+        if max_text_len <= old.shape[0]:
+            return
+        new = F.interpolate(old[None, None], size=(max_text_len, old.shape[1]), mode="bilinear",
+                            align_corners=False)[0, 0]
+        embeddings.position_embeddings = nn.Embedding.from_pretrained(new, freeze=False)
+        embeddings.position_ids = torch.arange(max_text_len, device=old.device)[None]
+        embeddings.token_type_ids = torch.zeros(1, max_text_len, dtype=torch.long, device=old.device)
+        self.model.config.max_position_embeddings = max_text_len
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        pixels = inputs["pixel_values"]
+        if pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise ValueError(
+                f"ViLT expects pixel_values of shape [B, 3, H, W], got {tuple(pixels.shape)}; preprocess RGB "
+                "images with the model's ViLT image processor."
+            )
+        max_len = self.model.config.max_position_embeddings
+        if inputs["input_ids"].shape[1] > max_len:
+            raise ValueError(
+                f"This ViLT has {max_len} text positions but got {inputs['input_ids'].shape[1]} tokens; load it "
+                f"with max_text_len={inputs['input_ids'].shape[1]} (interpolated positions) or truncate the text."
+            )
+
+    def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
+        text_len = inputs["input_ids"].shape[1]
+        ctx.spans = {"joint": {"text": slice(0, text_len), "image": slice(text_len, None)}}
+        keys = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask")
+        return self.model(**{k: inputs[k] for k in keys if inputs.get(k) is not None}).pooler_output
+
+    def _install_policy_hooks(self) -> None:
+        """"zero": the missing modality's embeddings are zeroed; "mask": its tokens are removed from
+        attention (their entries of the joint attention mask are set to 0)."""
+        self.model.embeddings.register_forward_hook(self._policy_hook)
+
+    def _policy_hook(self, _module: nn.Module, _args: tuple, output: tuple[torch.Tensor, torch.Tensor]):
+        ctx = policy_context()
+        if ctx is None:
+            return None
+        embeddings, masks = output
+        keep = torch.ones(masks.shape, dtype=embeddings.dtype, device=masks.device)
+        for modality, span in ctx.spans["joint"].items():
+            keep[:, span] = ctx.present_of(modality).to(keep.dtype)[:, None]
+        if ctx.policy == "zero":
+            return embeddings * keep[..., None], masks
+        return embeddings, masks * keep.to(masks.dtype)
+
+    def enable_kv_prefix(self) -> None:
+        stream = self.streams[0]
+        for layer in self.layers(stream.name):
+            attention = layer.get_submodule(stream.attention_path)
+            attention.forward = types.MethodType(_prefixed_vilt_self_attention, attention)

@@ -1,0 +1,185 @@
+"""Missing-modality simulation as a ``datasets`` transform (METHODS_REFERENCE §2).
+
+Protocols:
+
+* ``"map"`` — the MAP family (MAP, MemPrompt, DCP, REP): one table per split. ``int(N·rate)`` samples
+  are incomplete; with ``pattern="both"`` a share ``both_ratio`` (0.5) of them miss the image, the rest
+  the text (at 0.7: 35% no text, 35% no image, 30% complete). Unlike the released code, the table is
+  keyed by seed and both_ratio, so a stale table can never be reused.
+* ``"ragpt"`` — the RAGPT family: one global table over all splits of a ``DatasetDict`` together (so the
+  training split is incomplete too), patterns in disjoint shares of ``rate/len(patterns)``.
+* ``"redeem"`` — REDEEM §4.1: per split, ``rate`` is the share of incomplete samples, split evenly over
+  the patterns (``rate/2`` text-only and ``rate/2`` image-only for "both"), each count rounded.
+* ``"per_epoch"`` — MPLMM: the pattern is redrawn every epoch by ``MissingModalityCollator``; this
+  transform only adds the ``sample_index`` column the redraw is keyed on and a ``complete`` column.
+
+Every table is a function of ``(seed, protocol, rate, shares, split sizes)`` alone, so the columns are
+identical for any ``num_proc`` and any processing order. The settings are stored as JSON in the
+dataset's ``info.description`` (read back with :func:`missing_settings`) so model cards can state them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from ..missingness import DEFAULT_MODALITIES, MISSING_TYPE_COLUMN, ModalityPattern
+
+PROTOCOLS = ("map", "ragpt", "redeem", "per_epoch")
+SETTINGS_KEY = "hf_missing.missing_settings"
+SAMPLE_INDEX_COLUMN = "sample_index"
+
+
+def pattern_shares(
+    pattern: str | Mapping[str, float], modalities: tuple[str, ...], both_ratio: float = 0.5
+) -> dict[str, float]:
+    """Shares of the incomplete samples per missing pattern name.
+
+    ``pattern`` is a modality name (``"text"``: every incomplete sample misses the text), ``"both"`` /
+    ``"mixed"`` (all incomplete patterns; for two modalities ``both_ratio`` of them miss the image), or a
+    mapping ``{pattern name: share}`` whose shares sum to 1.
+    """
+    patterns = ModalityPattern(tuple(modalities))
+    incomplete = patterns.names[1:]
+    if isinstance(pattern, Mapping):
+        unknown = sorted(set(pattern) - set(incomplete))
+        if unknown or not np.isclose(sum(pattern.values()), 1.0) or min(pattern.values()) < 0:
+            raise ValueError(
+                f"pattern shares must use names from {incomplete} and be >= 0 summing to 1; got {dict(pattern)}."
+            )
+        return {name: float(share) for name, share in pattern.items()}
+    if pattern in modalities:
+        return {f"missing_{pattern}": 1.0}
+    if pattern in ("both", "mixed"):
+        if len(modalities) == 2:
+            if not 0.0 <= both_ratio <= 1.0:
+                raise ValueError(f"both_ratio must lie in [0, 1], got {both_ratio}.")
+            return {incomplete[0]: 1.0 - both_ratio, incomplete[1]: both_ratio}
+        return {name: 1.0 / len(incomplete) for name in incomplete}
+    raise ValueError(
+        f"Unknown pattern {pattern!r}: use a modality name from {list(modalities)}, 'both' (alias 'mixed'), "
+        f"or a dict of shares over {incomplete}."
+    )
+
+
+def pattern_counts(n: int, rate: float, shares: dict[str, float], protocol: str) -> dict[str, int]:
+    """How many of ``n`` samples get each incomplete pattern under ``protocol``."""
+    names = list(shares)
+    if protocol == "map":
+        n_incomplete = int(n * rate)
+        counts = [int(n_incomplete * shares[name]) for name in names[1:]]
+        return dict(zip(names, [n_incomplete - sum(counts), *counts], strict=True))
+    return {name: round(n * rate * shares[name]) for name in names}
+
+
+def missing_table(n: int, counts: dict[str, int], patterns: ModalityPattern, seed: int, key: int) -> np.ndarray:
+    """Codes for ``n`` samples: a seeded permutation hands out each pattern's count, the rest complete."""
+    rng = np.random.default_rng([seed, key])
+    codes = np.zeros(n, dtype=np.int64)
+    order = rng.permutation(n)
+    start = 0
+    for name, count in counts.items():
+        codes[order[start : start + count]] = patterns.code(name)
+        start += count
+    return codes
+
+
+def _validate(rate: float, protocol: str, dataset: Dataset | DatasetDict, column: str, overwrite: bool) -> None:
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate is the share of samples with a missing modality and must lie in [0, 1]; got {rate}.")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}.")
+    splits = dataset.values() if isinstance(dataset, DatasetDict) else [dataset]
+    for split in splits:
+        if column in split.column_names and not overwrite:
+            raise ValueError(
+                f"The dataset already has a {column!r} column; pass overwrite=True to replace it, or "
+                "column=<other name> to keep both."
+            )
+
+
+def _assign(split: Dataset, codes: np.ndarray, column: str, patterns: ModalityPattern, fingerprint: str,
+            num_proc: int | None) -> Dataset:
+    """Write the table into ``split``; the batch is lazy, so images are never decoded here."""
+    split = split.remove_columns([c for c in (column, SAMPLE_INDEX_COLUMN) if c in split.column_names])
+
+    def add_codes(_batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
+        return {column: codes[indices].tolist(), SAMPLE_INDEX_COLUMN: list(indices)}
+
+    split = split.map(add_codes, with_indices=True, batched=True, num_proc=num_proc,
+                      new_fingerprint=fingerprint, desc="simulate_missing")
+    return split.cast_column(column, patterns.feature())
+
+
+def simulate_missing(
+    dataset: Dataset | DatasetDict,
+    rate: float,
+    pattern: str | Mapping[str, float] = "both",
+    protocol: str = "map",
+    seed: int = 0,
+    *,
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES,
+    both_ratio: float = 0.5,
+    column: str = MISSING_TYPE_COLUMN,
+    num_proc: int | None = None,
+    overwrite: bool = False,
+    return_settings: bool = False,
+) -> Dataset | DatasetDict | tuple[Dataset | DatasetDict, dict[str, Any]]:
+    """Add a ``missing_type`` ClassLabel column that says which modalities each sample lacks.
+
+    Args:
+        dataset: a ``Dataset`` or ``DatasetDict`` (each split gets its own table except under "ragpt").
+        rate: share of samples with at least one modality missing, in [0, 1].
+        pattern: a modality name, ``"both"``, or ``{pattern name: share}`` (see :func:`pattern_shares`).
+        protocol: ``"map"``, ``"ragpt"``, ``"redeem"`` or ``"per_epoch"`` (module docstring).
+        seed: the table is a function of the seed, never of processing order or ``num_proc``.
+        return_settings: also return the recorded settings dict.
+    """
+    _validate(rate, protocol, dataset, column, overwrite)
+    patterns = ModalityPattern(tuple(modalities))
+    shares = pattern_shares(pattern, patterns.modalities, both_ratio)
+    splits = dict(dataset) if isinstance(dataset, DatasetDict) else {"dataset": dataset}
+    sizes = {name: len(split) for name, split in splits.items()}
+    tables = _tables(sizes, rate, shares, protocol, patterns, seed)
+    settings = {
+        "protocol": protocol, "rate": rate, "pattern": pattern if isinstance(pattern, str) else dict(pattern),
+        "shares": shares, "both_ratio": both_ratio, "seed": seed, "modalities": list(patterns.modalities),
+        "column": column, "pattern_names": patterns.names,
+        "counts": {name: np.bincount(t, minlength=patterns.num_patterns).tolist() for name, t in tables.items()},
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    out = {}
+    for name, split in splits.items():
+        fingerprint = hashlib.sha256(f"{split._fingerprint}-{digest}-{name}".encode()).hexdigest()[:32]
+        out[name] = _assign(split, tables[name], column, patterns, fingerprint, num_proc)
+        out[name].info.description = json.dumps({SETTINGS_KEY: settings})
+    result = DatasetDict(out) if isinstance(dataset, DatasetDict) else out["dataset"]
+    return (result, settings) if return_settings else result
+
+
+def _tables(sizes: dict[str, int], rate: float, shares: dict[str, float], protocol: str,
+            patterns: ModalityPattern, seed: int) -> dict[str, np.ndarray]:
+    if protocol == "per_epoch":
+        return {name: np.zeros(n, dtype=np.int64) for name, n in sizes.items()}
+    if protocol == "ragpt":
+        total = sum(sizes.values())
+        table = missing_table(total, pattern_counts(total, rate, shares, protocol), patterns, seed, key=0)
+        bounds = np.cumsum([0, *sizes.values()])
+        return {name: table[bounds[i] : bounds[i + 1]] for i, name in enumerate(sizes)}
+    return {
+        name: missing_table(n, pattern_counts(n, rate, shares, protocol), patterns, seed, key=i)
+        for i, (name, n) in enumerate(sizes.items())
+    }
+
+
+def missing_settings(dataset: Dataset) -> dict[str, Any]:
+    """The settings :func:`simulate_missing` recorded on ``dataset`` (raises if it was never applied)."""
+    try:
+        return json.loads(dataset.info.description or "")[SETTINGS_KEY]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError("This dataset carries no missing-modality settings; run hf_missing.simulate_missing first.")

@@ -1,0 +1,63 @@
+"""MAP prompt layer: selects each sample's prompt by its missing pattern and injects it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...context import current_context
+from ...missingness import ModalityPattern
+from ..base import MissingMethodLayer
+from .config import MapConfig
+
+
+class MapLayer(MissingMethodLayer):
+    """Holds ``map_prompts[adapter]`` of shape ``[num_patterns, length, hidden]`` for one layer.
+
+    ``input``: the selected prompt ``P[m_b]`` is prepended to the layer's input tokens and stays in the
+    sequence for all later layers of the stream (MAP's accumulation: layer i sees i·length prompt
+    tokens). Layers past ``prompt_depth`` hold an empty prompt and only carry the earlier ones.
+    ``attention``: ``P[m_b][:length/2]`` is prepended to the keys and ``P[m_b][length/2:]`` to the values.
+    """
+
+    adapter_layer_names = ("map_prompts",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.map_prompts = nn.ParameterDict()
+        self.prompt_type: dict[str, str] = {}
+
+    def update_layer(self, adapter_name: str, config: MapConfig) -> None:
+        num_patterns = ModalityPattern(tuple(config.model_settings["modalities"])).num_patterns
+        length = config.prompt_length if self.index < config.prompt_depth else 0
+        self.map_prompts[adapter_name] = nn.Parameter(initial_prompts(num_patterns, length, self.stream.hidden_size))
+        self.prompt_type[adapter_name] = config.prompt_type
+        self.set_adapter(self.active_adapters)
+
+    def _selected(self, missing_type: torch.Tensor) -> torch.Tensor | None:
+        prompts = [self.map_prompts[a][missing_type] for a in self.active_adapters if a in self.map_prompts]
+        prompts = [p for p in prompts if p.shape[1]]
+        return torch.cat(prompts, dim=1) if prompts else None
+
+    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        selected = self._selected(current_context().missing_type)
+        kind = self.prompt_type[self.active_adapters[0]]
+        if kind == "input":
+            return self.forward_with_tokens(hidden_states, selected, *args, **kwargs)
+        if selected is None:
+            return self.base_layer(hidden_states, *args, **kwargs)
+        half = selected.shape[1] // 2
+        with self.interface.kv_prefix(self.base_layer, self.stream.name, selected[:, :half], selected[:, half:]):
+            return self.base_layer(hidden_states, *args, **kwargs)
+
+
+def initial_prompts(num_patterns: int, length: int, hidden: int) -> torch.Tensor:
+    """MAP's initialisation: zeros with one row set to 1, a different row per pattern (complete row 0,
+    missing_text row 2, missing_image row 1 for two modalities: row ``(P - c) mod P``)."""
+    prompts = torch.zeros(num_patterns, length, hidden)
+    if length:
+        for code in range(num_patterns):
+            prompts[code, ((num_patterns - code) % num_patterns) % length] = 1.0
+    return prompts
