@@ -52,9 +52,7 @@ def classification_metrics(task: str, logits: np.ndarray, labels: np.ndarray, th
 def for_task(task: str, *, per_pattern: bool = True, modalities: Sequence[str] = DEFAULT_MODALITIES,
              threshold: float = 0.5) -> Callable[[EvalPrediction], dict[str, float]]:
     """A ``compute_metrics`` for ``Trainer``: overall metrics, and per missing pattern
-    (``missing_text/accuracy``, ...) when the eval batches' ``missing_type`` reaches it. Set
-    ``TrainingArguments(include_for_metrics=["inputs"])`` for the breakdown: the collator's
-    ``missing_type`` then travels with the predictions."""
+    (``missing_text/accuracy``, ...) from the ``missing_type`` that the model returns with its logits."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {list(TASKS)}.")
     names = ModalityPattern(tuple(modalities)).names
@@ -89,7 +87,8 @@ def _first(predictions: Any) -> np.ndarray:
 
 
 def _missing_types(prediction: EvalPrediction) -> np.ndarray | None:
-    inputs = getattr(prediction, "inputs", None)
-    if isinstance(inputs, dict) and "missing_type" in inputs:
-        return np.asarray(inputs["missing_type"]).reshape(-1)
+    """The model returns ``missing_type`` after the logits; Trainer passes it on in ``predictions``."""
+    predictions = prediction.predictions
+    if isinstance(predictions, tuple | list) and len(predictions) > 1:
+        return np.asarray(predictions[1]).reshape(-1).astype(int)
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -71,6 +72,14 @@ class MissingModalityConfig(PretrainedConfig):
             raise ValueError(f"missing_policy must be one of {list(POLICIES)}, got {self.missing_policy!r}.")
         if self.problem_type is not None and self.problem_type not in TASKS:
             raise ValueError(f"problem_type must be one of {list(TASKS)}, got {self.problem_type!r}.")
+
+
+@dataclass
+class MissingModalityOutput(SequenceClassifierOutput):
+    """Logits plus the ``missing_type`` codes used, so ``Trainer`` hands them to ``compute_metrics``
+    (as the second entry of ``predictions``) for the per-pattern breakdown."""
+
+    missing_type: torch.Tensor | None = None
 
 
 class ClassificationHead(nn.Module):
@@ -215,7 +224,7 @@ class MissingModalityForClassification(PreTrainedModel):
         pixel_mask: torch.Tensor | None = None,
         missing_policy: str | None = None,
         **kwargs: Any,
-    ) -> SequenceClassifierOutput:
+    ) -> MissingModalityOutput:
         """Classify a batch in which some modalities may be missing.
 
         Args:
@@ -241,7 +250,7 @@ class MissingModalityForClassification(PreTrainedModel):
             features = self.interface.encode(inputs, ctx)
         logits = self.head(features)
         loss = self._loss(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return MissingModalityOutput(loss=loss, logits=logits, missing_type=missing_type)
 
     def _resolve_missing_type(self, inputs: dict[str, torch.Tensor], missing_type: torch.Tensor | None,
                               policy: str) -> torch.Tensor:

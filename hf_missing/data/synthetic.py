@@ -1,0 +1,117 @@
+"""A small offline image+text classification set and tiny random CLIP/ViLT backbones.
+
+Used by ``hf-missing train`` (a short end-to-end run) and by the tests: no weights or data are
+downloaded. Each class has a colour and a shape, drawn into the image, and a name, written into the
+text with filler words; either modality alone identifies the class, so missing-modality robustness is
+measurable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from types import SimpleNamespace
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
+from PIL import ImageDraw
+from transformers import (
+    BertTokenizerFast,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    PreTrainedModel,
+    ViltConfig,
+    ViltImageProcessorPil,
+    ViltModel,
+)
+
+CLASSES = ("red circle", "green square", "blue triangle", "yellow cross")
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+FILLER = ("a", "photo", "of", "the", "small", "big", "shape", "drawing", "on", "white", "picture", "some")
+SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+IMAGE_SIZE = 30
+
+
+def _draw(label: int, rng: np.random.Generator) -> PILImage.Image:
+    colour_name, shape = CLASSES[label].split()
+    image = PILImage.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    c, r = rng.integers(11, 19, size=2), int(rng.integers(6, 10))
+    box = [int(c[0] - r), int(c[1] - r), int(c[0] + r), int(c[1] + r)]
+    colour = COLOURS[colour_name]
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(box[0], box[3]), (box[2], box[3]), (int(c[0]), box[1])], fill=colour)
+    else:
+        draw.line([(box[0], box[1]), (box[2], box[3])], fill=colour, width=4)
+        draw.line([(box[0], box[3]), (box[2], box[1])], fill=colour, width=4)
+    return image
+
+
+def _text(label: int, rng: np.random.Generator) -> str:
+    words = list(rng.choice(FILLER, size=int(rng.integers(2, 6))))
+    words.insert(int(rng.integers(0, len(words) + 1)), CLASSES[label])
+    return " ".join(words)
+
+
+def shapes_dataset(n_train: int = 256, n_test: int = 128, seed: int = 0) -> DatasetDict:
+    """Train/test splits of (image, text, label) samples."""
+    features = Features({"image": Image(), "text": Value("string"), "label": ClassLabel(names=list(CLASSES))})
+    splits = {}
+    for key, (name, n) in enumerate((("train", n_train), ("test", n_test))):
+        rng = np.random.default_rng([seed, key])
+        labels = rng.integers(0, len(CLASSES), size=n).tolist()
+        rows = {"image": [_draw(y, rng) for y in labels], "text": [_text(y, rng) for y in labels], "label": labels}
+        splits[name] = Dataset.from_dict(rows, features=features)
+    return DatasetDict(splits)
+
+
+def tiny_tokenizer() -> BertTokenizerFast:
+    """A word-level BERT tokenizer over this dataset's vocabulary ([CLS] text [SEP])."""
+    words = sorted({w for c in CLASSES for w in c.split()} | set(FILLER))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "vocab.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join([*SPECIAL, *words]) + "\n")
+        return BertTokenizerFast(vocab_file=path, do_lower_case=True)
+
+
+def tiny_processor(model_type: str) -> SimpleNamespace:
+    """A processor (``tokenizer`` + ``image_processor``) matching :func:`tiny_backbone`."""
+    if model_type == "clip":
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                                crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    elif model_type == "vilt":
+        image_processor = ViltImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, size_divisor=6)
+    else:
+        raise ValueError(f"No tiny processor for {model_type!r}; use 'clip' or 'vilt'.")
+    return SimpleNamespace(tokenizer=tiny_tokenizer(), image_processor=image_processor)
+
+
+def tiny_backbone(model_type: str, seed: int = 0) -> PreTrainedModel:
+    """A tiny randomly initialised CLIP or ViLT (the HF_NOTES test configs) for the tokenizer above."""
+    import torch
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    if model_type == "clip":
+        config = CLIPConfig(
+            text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=16, bos_token_id=tokenizer.cls_token_id,
+                             eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id),
+            vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=IMAGE_SIZE, patch_size=6),
+            projection_dim=16,
+        )
+        return CLIPModel(config)
+    if model_type == "vilt":
+        config = ViltConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, image_size=IMAGE_SIZE, patch_size=6, max_position_embeddings=16,
+                            initializer_range=0.2)  # at 0.02 the random [CLS] output barely depends on the input
+        return ViltModel(config)
+    raise ValueError(f"No tiny backbone for {model_type!r}; use 'clip' or 'vilt'.")
