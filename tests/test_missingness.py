@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from hf_missing import MissingModalityCollator, ModalityPattern, missing_settings, simulate_missing
+from hf_missing.data.synthetic import tiny_processor
+
+
+def test_two_modality_codes_match_the_papers():
+    patterns = ModalityPattern(("text", "image"))
+    assert patterns.names == ["complete", "missing_text", "missing_image"]
+    assert patterns.present(torch.tensor([0, 1, 2])).tolist() == [[True, True], [False, True], [True, False]]
+
+
+def test_k_modalities_list_every_nonempty_present_subset():
+    patterns = ModalityPattern(("text", "image", "audio"))
+    assert patterns.num_patterns == 7
+    present = patterns.present_matrix()
+    assert present.any(dim=1).all() and len({tuple(r.tolist()) for r in present}) == 7
+    assert patterns.code(("image", "audio")) == patterns.names.index("missing_image_audio")
+
+
+def _ids(n):
+    return Dataset.from_dict({"x": list(range(n))})
+
+
+def test_map_protocol_counts_and_both_split():
+    ds = simulate_missing(_ids(100), rate=0.7, pattern="both", protocol="map", seed=3)
+    counts = np.bincount(ds["missing_type"], minlength=3).tolist()
+    assert counts == [30, 35, 35]
+    assert ds.features["missing_type"].names == ["complete", "missing_text", "missing_image"]
+
+
+def test_single_pattern_and_redeem_rounding():
+    ds = simulate_missing(_ids(101), rate=0.7, pattern="image", protocol="redeem", seed=0)
+    assert np.bincount(ds["missing_type"], minlength=3).tolist() == [30, 0, 71]
+    both = simulate_missing(_ids(101), rate=0.7, pattern="both", protocol="redeem", seed=0)
+    assert np.bincount(both["missing_type"], minlength=3).tolist() == [31, 35, 35]
+
+
+def test_ragpt_protocol_uses_one_global_table():
+    dd = DatasetDict({"train": _ids(60), "test": _ids(40)})
+    out, settings = simulate_missing(dd, rate=0.5, pattern="both", protocol="ragpt", seed=1, return_settings=True)
+    total = np.bincount(list(out["train"]["missing_type"]) + list(out["test"]["missing_type"]), minlength=3)
+    assert total.tolist() == [50, 25, 25]
+    assert sum(settings["counts"]["train"]) == 60
+    per_split = simulate_missing(dd, rate=0.5, pattern="both", protocol="map", seed=1)
+    assert np.bincount(per_split["test"]["missing_type"], minlength=3).tolist() == [20, 10, 10]
+
+
+def test_deterministic_across_num_proc_and_seed_sensitive():
+    ds = _ids(500)
+    one = list(simulate_missing(ds, rate=0.7, seed=7, num_proc=1)["missing_type"])
+    two = list(simulate_missing(ds, rate=0.7, seed=7, num_proc=2)["missing_type"])
+    other = list(simulate_missing(ds, rate=0.7, seed=8)["missing_type"])
+    assert one == two
+    assert one != other
+
+
+def test_settings_are_recorded_on_the_dataset():
+    ds = simulate_missing(_ids(10), rate=0.4, pattern="text", protocol="map", seed=5)
+    settings = missing_settings(ds)
+    assert settings["rate"] == 0.4 and settings["seed"] == 5 and settings["protocol"] == "map"
+    assert settings["shares"] == {"missing_text": 1.0}
+
+
+def test_per_epoch_redraw_is_keyed_on_seed_epoch_and_sample(shapes):
+    ds = simulate_missing(shapes["train"], rate=0.0, protocol="per_epoch")
+    collator = MissingModalityCollator(tiny_processor("vilt"), redraw_rate=0.7, seed=0)
+    samples = [ds[i] for i in range(48)]
+    first = collator(samples)["missing_type"]
+    again = collator(list(reversed(samples)))["missing_type"].flip(0)
+    collator.set_epoch(1)
+    later = collator(samples)["missing_type"]
+    assert torch.equal(first, again)
+    assert not torch.equal(first, later)
+    assert 0.4 < (first > 0).float().mean() < 0.95
+
+
+@pytest.mark.parametrize("backbone", ["clip", "vilt"])
+def test_collator_inserts_the_papers_dummies(shapes_missing, backbone):
+    samples = [shapes_missing["train"][i] for i in range(16)]
+    batch = MissingModalityCollator(tiny_processor(backbone))(samples)
+    codes = batch["missing_type"]
+    no_image = codes == 2
+    no_text = codes == 1
+    assert (batch["pixel_values"][no_image] == 1).all()
+    assert not (batch["pixel_values"][~no_image] == 1).flatten(1).all(1).any()
+    assert (batch["attention_mask"][no_text].sum(1) == 2).all()
+    assert batch["labels"].tolist() == [s["label"] for s in samples]
