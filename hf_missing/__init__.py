@@ -3,7 +3,7 @@
 Importing the package registers the wrapper with the ``Auto*`` classes and every method with peft.
 """
 
-from . import metrics, methods
+from . import methods, metrics
 from .backbones import BackboneInterface, register_backbone
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .methods import get_method_config, list_methods
@@ -20,8 +20,8 @@ __all__ = [
     "ModalityPattern",
     "get_method_config",
     "list_methods",
-    "metrics",
     "methods",
+    "metrics",
     "missing_settings",
     "register_backbone",
     "simulate_missing",

@@ -29,7 +29,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def classification_metrics(task: str, logits: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def classification_metrics(task: str, logits: np.ndarray, labels: np.ndarray,
+                           threshold: float = 0.5) -> dict[str, float]:
     """Metrics of one task on numpy logits and labels."""
     if task == "multilabel":
         predictions = (_sigmoid(logits) >= threshold).astype(int)

@@ -206,6 +206,18 @@ class MissingModalityForClassification(PreTrainedModel):
         settings["id2label"] = {str(k): v for k, v in settings["id2label"].items()}
         return settings
 
+    def active_adapters(self) -> list[str]:
+        """transformers reads the active adapters off the first tuner layer; head-only methods (baseline)
+        inject none, so their ``modules_to_save`` wrappers answer instead."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        if getattr(self, "_hf_peft_config_loaded", False):
+            for module in self.modules():
+                if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper):
+                    return list(module.active_adapters)
+        return super().active_adapters()
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Full checkpoint, or — with an adapter injected — the tiny adapter folder plus ``config.json``."""
         super().save_pretrained(save_directory, *args, **kwargs)

@@ -89,3 +89,17 @@ def test_collator_inserts_the_papers_dummies(shapes_missing, backbone):
     assert not (batch["pixel_values"][~no_image] == 1).flatten(1).all(1).any()
     assert (batch["attention_mask"][no_text].sum(1) == 2).all()
     assert batch["labels"].tolist() == [s["label"] for s in samples]
+
+
+def test_redraw_callback_sets_the_epoch():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from trainer_callbacks import RedrawMissingCallback
+
+    collator = MissingModalityCollator(tiny_processor("clip"), redraw_rate=0.5)
+    state = TrainerState()
+    state.epoch = 3.0
+    RedrawMissingCallback(collator).on_epoch_begin(TrainingArguments("out", report_to="none"), state, TrainerControl())
+    assert collator.epoch == 3
+    with pytest.raises(ValueError, match="redraw_rate"):
+        RedrawMissingCallback(MissingModalityCollator(tiny_processor("clip")))

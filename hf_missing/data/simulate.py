@@ -181,5 +181,7 @@ def missing_settings(dataset: Dataset) -> dict[str, Any]:
     """The settings :func:`simulate_missing` recorded on ``dataset`` (raises if it was never applied)."""
     try:
         return json.loads(dataset.info.description or "")[SETTINGS_KEY]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError("This dataset carries no missing-modality settings; run hf_missing.simulate_missing first.")
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(
+            "This dataset carries no missing-modality settings; run hf_missing.simulate_missing first."
+        ) from err

@@ -173,7 +173,8 @@ def _wrapper_of(model: nn.Module) -> Any:
     if not isinstance(model, MissingModalityForClassification):
         raise TypeError(
             f"hf_missing methods adapt a MissingModalityForClassification, got {type(model).__name__}; wrap the "
-            "backbone first: MissingModalityForClassification.from_pretrained(<clip or vilt checkpoint>, num_labels=...)."
+            "backbone first: MissingModalityForClassification.from_pretrained(<clip or vilt checkpoint>, "
+            "num_labels=...)."
         )
     return model
 
