@@ -47,8 +47,9 @@ class MissingModalityConfig(PretrainedConfig):
         modalities: names of the modalities, in the order ``missing_type`` codes use.
         max_text_len: text length the backbone must take (ViLT interpolates its 40 positions).
         head_hidden_ratio: the head is Linear(D, r·D)–LayerNorm–GELU–Linear(r·D, C) as in MAP (r = 2).
-        problem_type: "single_label_classification" (softmax + cross-entropy; with ``num_labels=1`` a
-            binary task with one logit, sigmoid + BCE) or "multi_label_classification" (sigmoid + BCE).
+        problem_type: "single_label_classification" (softmax + cross-entropy) or
+            "multi_label_classification" (sigmoid + BCE); leave it unset with ``num_labels=1`` for a
+            binary task with one logit (sigmoid + BCE).
     """
 
     model_type = "hf_missing"

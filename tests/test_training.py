@@ -113,3 +113,16 @@ def test_vilt_takes_text_longer_than_its_positions(shapes):
                 missing_type=torch.zeros(4, dtype=torch.long))
     assert out.logits.shape == (4, 4)
     assert model.backbone.embeddings.text_embeddings.position_embeddings.weight.shape[0] == 24
+
+
+@pytest.mark.parametrize(("problem_type", "num_labels"), [("multi_label_classification", 4),
+                                                          (None, 1)])
+def test_multilabel_and_binary_losses(shapes_missing, problem_type, num_labels):
+    model = MissingModalityForClassification.from_backbone(tiny_backbone("clip"), num_labels=num_labels,
+                                                           problem_type=problem_type)
+    batch = make_batch(shapes_missing["train"], "clip", n=6)
+    targets = torch.nn.functional.one_hot(batch["labels"], 4).float() if num_labels == 4 else batch["labels"] % 2
+    batch["labels"] = targets
+    out = model(**batch)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits.view(targets.shape), targets.float())
+    assert out.logits.shape == (6, num_labels) and torch.allclose(out.loss, expected)
