@@ -128,7 +128,8 @@ class MissingModalityForClassification(PreTrainedModel):
         self.backbone.requires_grad_(False)
 
     def _init_weights(self, module: nn.Module) -> None:
-        if module is self.backbone or any(module is m for m in self.backbone.modules()):
+        """Initialise the head only; the backbone keeps its pretrained (or its own random) weights."""
+        if not any(module is m for m in self.head.modules()):
             return
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)
