@@ -30,6 +30,8 @@ class ForwardContext:
         spans: per stream, the ``slice`` each modality's tokens occupy, as set by the backbone.
         carried: per stream, tokens that injected layers keep in the sequence across layers.
         extras: free slots for methods (running buffers and the like), emptied with the context.
+        aux_losses: named auxiliary loss terms (already weighted) that method layers add; the wrapper adds
+            their sum to the task loss.
     """
 
     missing_type: torch.Tensor
@@ -39,6 +41,7 @@ class ForwardContext:
     spans: dict[str, dict[str, slice]] = field(default_factory=dict)
     carried: dict[str, torch.Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def present_of(self, modality: str) -> torch.Tensor:
         """``[B]`` bool presence of one modality."""

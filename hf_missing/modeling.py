@@ -53,6 +53,7 @@ class MissingModalityConfig(PretrainedConfig):
     """
 
     model_type = "hf_missing"
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["aux_loss"]  # Trainer keeps logits + missing_type only
     sub_configs_defaults: ClassVar[dict] = {
         "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="clip"),
     }
@@ -78,9 +79,11 @@ class MissingModalityConfig(PretrainedConfig):
 @dataclass
 class MissingModalityOutput(SequenceClassifierOutput):
     """Logits plus the ``missing_type`` codes used, so ``Trainer`` hands them to ``compute_metrics``
-    (as the second entry of ``predictions``) for the per-pattern breakdown."""
+    (as the second entry of ``predictions``) for the per-pattern breakdown, and the methods' auxiliary
+    loss terms (already inside ``loss``; ignored at evaluation)."""
 
     missing_type: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
 
 
 class ClassificationHead(nn.Module):
@@ -263,8 +266,11 @@ class MissingModalityForClassification(PreTrainedModel):
         with forward_context(ctx):
             features = self.interface.encode(inputs, ctx)
         logits = self.head(features)
+        aux = sum(ctx.aux_losses.values()) if ctx.aux_losses else None
         loss = self._loss(logits, labels) if labels is not None else None
-        return MissingModalityOutput(loss=loss, logits=logits, missing_type=missing_type)
+        if loss is not None and aux is not None:
+            loss = loss + aux
+        return MissingModalityOutput(loss=loss, logits=logits, missing_type=missing_type, aux_loss=aux)
 
     def _resolve_missing_type(self, inputs: dict[str, torch.Tensor], missing_type: torch.Tensor | None,
                               policy: str) -> torch.Tensor:

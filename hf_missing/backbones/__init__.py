@@ -6,22 +6,32 @@ from .base import (
     Stream,
     backbone_interface_for,
     extend_attention_mask,
+    insert_blocks,
     insert_tokens,
     register_backbone,
+    remove_blocks,
     strip_tokens,
 )
 from .clip import ClipBackbone
+from .fused import FusedBackbone, FusedConfig, FusedModel, FusedProcessor, build_fused_backbone
 from .vilt import ViltBackbone
 
 __all__ = [
     "BACKBONES",
     "BackboneInterface",
     "ClipBackbone",
+    "FusedBackbone",
+    "FusedConfig",
+    "FusedModel",
+    "FusedProcessor",
     "Stream",
     "ViltBackbone",
     "backbone_interface_for",
+    "build_fused_backbone",
     "extend_attention_mask",
+    "insert_blocks",
     "insert_tokens",
     "register_backbone",
+    "remove_blocks",
     "strip_tokens",
 ]

@@ -116,6 +116,20 @@ class BackboneInterface(ABC):
         """``[B]`` True where the pixels are the all-ones dummy."""
         return (pixel_values == 1).flatten(1).all(dim=1)
 
+    # ---- initialisation sources ------------------------------------------------------------------
+    def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
+        """A ``[hidden]`` pretrained embedding that stands for ``modality`` (REP's task-aware initialisation,
+        eq. 10: CLIP's end-of-text token for text, its class embedding for images)."""
+        raise ValueError(
+            f"The {self.model_type} backbone offers no pretrained embedding for {modality!r}, which REP's dynamic "
+            "initialisation starts from; pass dynamic_init=False or implement pretrained_token_embedding in its "
+            "backbone interface."
+        )
+
+    def max_text_positions(self) -> int | None:
+        """How many text positions the backbone was built for (None when it sets no limit)."""
+        return None
+
     @abstractmethod
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         """Raise a clear error on inputs this backbone cannot take (wrong image size, too long text)."""
@@ -208,6 +222,44 @@ def insert_tokens(hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
 def strip_tokens(hidden: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``hidden`` into its first ``n`` tokens and the rest (the inverse of :func:`insert_tokens`)."""
     return hidden[:, :n], hidden[:, n:]
+
+
+def insert_blocks(hidden: torch.Tensor, mask: torch.Tensor | None,
+                  blocks: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None, list[slice]]:
+    """Insert ``tokens [B, n, H]`` before position ``start`` of a bidirectional sequence, for each
+    ``(start, tokens)`` in ``blocks`` (starts refer to the original sequence, ascending).
+
+    Every query sees the new keys; new queries see what the first original query sees (its padding mask).
+    Returns the longer sequence, its mask and where each block now sits (for :func:`remove_blocks`).
+    """
+    length = hidden.shape[1]
+    pieces, where, source, cursor = [], [], [], 0
+    for start, tokens in blocks:
+        start, n = min(max(start, cursor), length), tokens.shape[1]
+        pieces += [hidden[:, cursor:start], tokens.to(hidden.dtype)]
+        where.append(slice(len(source) + start - cursor, len(source) + start - cursor + n))
+        source += [*range(cursor, start), *([-1] * n)]
+        cursor = start
+    pieces.append(hidden[:, cursor:])
+    source += range(cursor, length)
+    joined = torch.cat(pieces, dim=1)
+    if mask is None:
+        return joined, None, where
+    src = torch.tensor(source, device=mask.device)
+    new = src < 0
+    mask = mask.index_select(-1, src.clamp(min=0)).masked_fill(new, _visible(mask))
+    if mask.shape[2] > 1:
+        mask = mask.index_select(2, torch.where(new, 0, src))
+    return joined, mask, where
+
+
+def remove_blocks(hidden: torch.Tensor, where: list[slice]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The inverse of :func:`insert_blocks`: the inserted blocks and the original sequence."""
+    blocks = [hidden[:, span] for span in where]
+    keep = torch.ones(hidden.shape[1], dtype=torch.bool, device=hidden.device)
+    for span in where:
+        keep[span] = False
+    return blocks, hidden[:, keep]
 
 
 def prepend_kv(keys: torch.Tensor, values: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor],

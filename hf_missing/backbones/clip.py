@@ -56,6 +56,18 @@ class ClipBackbone(BackboneInterface):
     def pooled_size(self) -> int:
         return 2 * self.model.config.projection_dim
 
+    def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
+        """Text: the end-of-text token's embedding (id 49407 in OpenAI CLIP); image: the class embedding."""
+        if modality == "text":
+            eos = self.model.config.text_config.eos_token_id
+            return self.model.text_model.embeddings.token_embedding.weight[eos].detach().clone()
+        if modality == "image":
+            return self.model.vision_model.embeddings.class_embedding.detach().clone()
+        return super().pretrained_token_embedding(modality)
+
+    def max_text_positions(self) -> int | None:
+        return self.model.config.text_config.max_position_embeddings
+
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         size = self.model.config.vision_config.image_size
         pixels = inputs["pixel_values"]

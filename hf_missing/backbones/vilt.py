@@ -66,6 +66,18 @@ class ViltBackbone(BackboneInterface):
         embeddings.token_type_ids = torch.zeros(1, max_text_len, dtype=torch.long, device=old.device)
         self.model.config.max_position_embeddings = max_text_len
 
+    def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
+        """Text: the mean word embedding (ViLT's config names no [CLS] id); image: ViLT's image class token."""
+        embeddings = self.model.embeddings
+        if modality == "text":
+            return embeddings.text_embeddings.word_embeddings.weight.detach().mean(dim=0)
+        if modality == "image":
+            return embeddings.cls_token.detach().reshape(-1).clone()
+        return super().pretrained_token_embedding(modality)
+
+    def max_text_positions(self) -> int | None:
+        return self.model.config.max_position_embeddings
+
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         pixels = inputs["pixel_values"]
         if pixels.dim() != 4 or pixels.shape[1] != 3:

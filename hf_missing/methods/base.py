@@ -89,6 +89,10 @@ class MissingMethodLayer(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name: str, config: MissingMethodConfig) -> None:
         """Create ``adapter_name``'s tensors for this layer."""
 
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars worth logging while training (gate values, memory usage, ...); none by default."""
+        return {}
+
     def _has_active(self) -> bool:
         available = self._get_available_adapters()
         return not self.disable_adapters and any(a in available for a in self.active_adapters)
@@ -136,6 +140,15 @@ class MissingMethodModel(BaseTuner):
     def target_layers(self, interface: BackboneInterface, config: MissingMethodConfig) -> list[tuple[Stream, int]]:
         """(stream, layer index) pairs the method wraps; none for head-only methods."""
         return []
+
+    def diagnostics(self) -> dict[str, float]:
+        """Every wrapped layer's :meth:`MissingMethodLayer.diagnostics`, merged (the one hook that
+        ``trainer_callbacks`` logs, whatever the method)."""
+        values: dict[str, float] = {}
+        for module in self.model.modules():
+            if isinstance(module, MissingMethodLayer):
+                values.update(module.diagnostics())
+        return values
 
     def _pre_injection_hook(self, model: nn.Module, config: MissingMethodConfig, adapter_name: str) -> None:
         wrapper = _wrapper_of(model)

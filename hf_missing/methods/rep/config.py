@@ -1,0 +1,75 @@
+"""REP: buffer replay prompting (REplay Prompting, the REP paper in ../shared/papers/rep-buffer-replay.txt)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..base import MissingMethodConfig
+
+NOISE_TYPES = ("gaussian", "uniform", "laplace")
+
+
+@dataclass
+class RepConfig(MissingMethodConfig):
+    """Private and shared feature buffers, updated by residual bypass and replayed layer by layer.
+
+    Defaults are the paper's (l = 36, d = 6, eps_n = 0.2, Gaussian noise). The switches reproduce the rows
+    of the paper's Tables 3-4: ``dynamic_init`` (eq. 10-11 vs. the small random initialisation of
+    MAP/DCP), ``dual_buffers`` (private + shared vs. private only), ``use_private_buffer`` (False: "w/o
+    private buffer"), ``replay`` (eq. 7-9 vs. buffers inserted at layer 0 only) and ``noise_type``.
+    """
+
+    prompt_length: int = field(default=36, metadata={"help": "Buffer width l: tokens per buffer (REP: 36)."})
+    prompt_depth: int = field(
+        default=6,
+        metadata={"help": "Buffer depth d: buffers are replayed before layers 1..d-1 of every stream (REP: 6); "
+                          "must not exceed the stream's layer count."},
+    )
+    noise_scale: float = field(default=0.2, metadata={"help": "eps_n of eq. 10 (REP: 0.2)."})
+    noise_type: str = field(
+        default="gaussian",
+        metadata={"help": f"Noise of the dynamic initialisation, one of {list(NOISE_TYPES)} (Table 4)."},
+    )
+    dynamic_init: bool = field(
+        default=True,
+        metadata={"help": "Eq. 10-11: private buffers from the backbone's pretrained embeddings plus noise, shared "
+                          "from normalised Gaussian noise; False: N(0, 0.02^2) as MAP/DCP (Table 3)."},
+    )
+    dual_buffers: bool = field(
+        default=True,
+        metadata={"help": "Keep a shared buffer beside the private ones (Table 3 '+ Dual buffers'); False: private "
+                          "buffers only."},
+    )
+    use_private_buffer: bool = field(
+        default=True, metadata={"help": "False: shared buffer only (Table 4 'w/o Private Buffer')."},
+    )
+    replay: bool = field(
+        default=True,
+        metadata={"help": "Residual-bypass updates (eq. 7-8) and replay before every buffered layer (eq. 9); "
+                          "False: buffers enter at layer 0 only and flow forward (Table 3 without '+ Replay')."},
+    )
+    ortho_weight: float = field(
+        default=0.1,
+        metadata={"help": "Weight of the orthogonality loss (eq. 6) added to the task loss; 0 turns it off (the "
+                          "released code never adds it)."},
+    )
+    shared_dim: int = field(
+        default=128,
+        metadata={"help": "Width of the shared buffer's space; Theta_m projects it into each stream (eq. 5)."},
+    )
+    mlp_reduction: int = field(
+        default=16,
+        metadata={"help": "G_m (eq. 7) is Linear(D, D/r)-GELU-Linear(D/r, D); r = 16 as DCP's prompt MLPs."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.noise_type not in NOISE_TYPES:
+            raise ValueError(f"noise_type must be one of {list(NOISE_TYPES)}, got {self.noise_type!r}.")
+        if min(self.prompt_length, self.prompt_depth, self.shared_dim, self.mlp_reduction) < 1:
+            raise ValueError("prompt_length, prompt_depth, shared_dim and mlp_reduction must be at least 1.")
+        if not (self.dual_buffers or self.use_private_buffer):
+            raise ValueError("dual_buffers=False keeps only the private buffers, so use_private_buffer=False would "
+                             "leave no buffer at all; keep one of them.")
+        if self.noise_scale < 0 or self.ortho_weight < 0:
+            raise ValueError("noise_scale and ortho_weight must be non-negative.")

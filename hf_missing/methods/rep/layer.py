@@ -1,0 +1,285 @@
+"""REP's buffers (eq. 5-11) and the encoder-layer wrapper that inserts and replays them.
+
+Buffer states are indexed by the encoder layer they enter: ``F[0]`` is inserted before layer 0 (eq. 5)
+and, for ``j = 1 .. d-1``, ``F[j]`` is the residual-bypass update of ``F[j-1]`` (eq. 7-8) replayed into
+the buffer slots before layer ``j`` (eq. 9). The slots of modality ``m`` sit directly before ``m``'s
+tokens in the stream that holds them (CLIP: front of each tower; single-stream backbones: before each
+modality's span) as ``[Theta_m(F_s) | F_p^m | E_m]`` and flow forward through every later layer, as in
+the released code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...backbones import BackboneInterface, insert_blocks, insert_tokens, remove_blocks
+from ...context import ForwardContext, current_context
+from ...missingness import ModalityPattern
+from ..base import MissingMethodLayer, _pop_mask
+from .config import RepConfig
+
+GATE_INIT = 0.5  # alpha_m and eps_s; the released code's single alpha starts at 0.5
+REPLAY_INIT = 0.5  # beta_p and beta_s
+RANDOM_INIT_STD = 0.02  # MAP/DCP-style initialisation when dynamic_init=False
+PRESENT, MISSING = 0, 1  # rows of a private buffer: the modality present ("complete") or missing
+
+
+def unit_noise(shape: tuple[int, ...], kind: str, device: torch.device | None = None) -> torch.Tensor:
+    """Noise vectors of unit L2 norm along the last dimension, drawn from ``kind`` (eq. 10-11)."""
+    if kind == "gaussian":
+        noise = torch.randn(shape, device=device)
+    elif kind == "uniform":
+        noise = torch.rand(shape, device=device) * 2 - 1
+    else:
+        noise = torch.distributions.Laplace(0.0, 1.0).sample(shape).to(device)
+    return F.normalize(noise, dim=-1)
+
+
+def squared_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine similarity between every token of ``a [..., l, D]`` and of ``b [..., l', D]``."""
+    return (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)).pow(2).mean()
+
+
+@dataclass
+class BufferStates:
+    """The buffers of every missing pattern at each state ``j``: ``private[m][j]`` ``[P, l, D_m]``,
+    ``shared[j]`` ``[P, l, D_s]`` and ``projected[m][j] = Theta_m(shared[j])`` ``[P, l, D_m]``."""
+
+    private: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    shared: list[torch.Tensor] = field(default_factory=list)
+    projected: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+class RepBuffers(nn.Module):
+    """All of one adapter's trained REP tensors, for K modalities of any widths.
+
+    Args:
+        widths: hidden size of the stream that holds each modality, in modality order.
+        config: the adapter's :class:`RepConfig`.
+        init: per modality, the pretrained embedding ``E_m`` of eq. 10 (needed when ``dynamic_init``).
+    """
+
+    def __init__(self, widths: dict[str, int], config: RepConfig, init: dict[str, torch.Tensor] | None) -> None:
+        super().__init__()
+        self.modalities = tuple(widths)
+        patterns = ModalityPattern(self.modalities)
+        self.presence = patterns.present(torch.arange(patterns.num_patterns))
+        self.has_private, self.has_shared, self.replay = config.use_private_buffer, config.dual_buffers, config.replay
+        self.num_states = config.prompt_depth if config.replay else 1
+        length, shared_dim = config.prompt_length, config.shared_dim
+        if self.has_private:
+            self.private = nn.ParameterDict(
+                {m: nn.Parameter(_private_init(d, length, config, None if init is None else init[m]))
+                 for m, d in widths.items()})
+        if self.has_shared:
+            self.shared = nn.Parameter(_shared_init(len(self.presence), length, shared_dim, config))
+            self.theta = nn.ModuleDict({m: nn.Linear(shared_dim, d) for m, d in widths.items()})
+        if self.replay:
+            self._build_replay(widths, config)
+
+    def _build_replay(self, widths: dict[str, int], config: RepConfig) -> None:
+        if self.has_private:
+            self.norm = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in widths.items()})
+            self.G = nn.ModuleDict({m: _mlp(d, max(1, d // config.mlp_reduction)) for m, d in widths.items()})
+            self.alpha = nn.ParameterDict({m: nn.Parameter(torch.tensor(GATE_INIT)) for m in widths})
+            self.beta_p = nn.Parameter(torch.tensor(REPLAY_INIT))
+        if self.has_shared:
+            source = sum(widths.values()) if self.has_private else config.shared_dim
+            self.H = nn.Sequential(nn.Linear(source, config.shared_dim), nn.GELU())
+            self.eps_s = nn.Parameter(torch.tensor(GATE_INIT))
+            self.beta_s = nn.Parameter(torch.tensor(REPLAY_INIT))
+
+    # ---- eq. 7-8: the residual-bypass chain, once per missing pattern -----------------------------
+    def states(self) -> BufferStates:
+        """``F[0] .. F[n-1]`` for every missing pattern (n = d with replay, else 1)."""
+        out = BufferStates()
+        if self.has_private:
+            out.private = {m: [self.private[m][self._private_rows(k)]] for k, m in enumerate(self.modalities)}
+        if self.has_shared:
+            out.shared = [self.shared]
+        for _ in range(1, self.num_states):
+            self._update(out)
+        if self.has_shared:
+            out.projected = {m: [self.theta[m](s) for s in out.shared] for m in self.modalities}
+        return out
+
+    def _private_rows(self, k: int) -> torch.Tensor:
+        return torch.where(self.presence[:, k], PRESENT, MISSING).to(self._device())
+
+    def _update(self, out: BufferStates) -> None:
+        for m in out.private:
+            prev = out.private[m][-1]
+            alpha = self.alpha[m]
+            out.private[m].append(alpha * self.G[m](self.norm[m](prev)) + (1 - alpha) * prev)  # eq. 7
+        if self.has_shared:
+            source = torch.cat([out.private[m][-1] for m in self.modalities], dim=-1) if out.private \
+                else out.shared[-1]
+            out.shared.append(self.eps_s * self.H(source) + (1 - self.eps_s) * out.shared[-1])  # eq. 8
+
+    # ---- eq. 5 and 9: what enters the stream --------------------------------------------------------
+    def initial_slots(self, states: BufferStates, modality: str, codes: torch.Tensor) -> torch.Tensor:
+        """Eq. 5: ``[Theta_m(F_s[0]) | F_p^m[0]]`` for each sample's pattern, ``[B, n_slots, D_m]``."""
+        parts = [states.projected[modality][0][codes]] if self.has_shared else []
+        if self.has_private:
+            parts.append(states.private[modality][0][codes])
+        return torch.cat(parts, dim=1)
+
+    def replayed(self, states: BufferStates, modality: str, j: int, codes: torch.Tensor) -> torch.Tensor:
+        """Eq. 9's injection before layer ``j``: ``[beta_s Theta_m(F_s[j]) | beta_p F_p^m[j]]``."""
+        parts = [self.beta_s * states.projected[modality][j][codes]] if self.has_shared else []
+        if self.has_private:
+            parts.append(self.beta_p * states.private[modality][j][codes])
+        return torch.cat(parts, dim=1)
+
+    # ---- eq. 6 ----------------------------------------------------------------------------------------
+    def orthogonality_loss(self, states: BufferStates) -> torch.Tensor:
+        """Eq. 6 with squared cosines (a raw inner product can be driven to minus infinity): shared vs.
+        private in each modality's space, and private vs. private compared in the shared space through
+        ``Theta_m^T`` (widths differ on two-stream backbones; without a shared buffer, only equal widths)."""
+        n = max(len(states.shared), len(next(iter(states.private.values()), [])))
+        loss = torch.zeros((), device=self._device())
+        for j in range(n):
+            for i, m in enumerate(self.modalities):
+                if self.has_shared and self.has_private:
+                    loss = loss + squared_cosine(states.projected[m][j], states.private[m][j])
+                for other in self.modalities[i + 1:] if self.has_private else ():
+                    a, b = self._in_shared(m, states.private[m][j]), self._in_shared(other, states.private[other][j])
+                    if a.shape[-1] == b.shape[-1]:
+                        loss = loss + squared_cosine(a, b)
+        return loss
+
+    def _in_shared(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.theta[modality].weight if self.has_shared else x
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def gates(self) -> dict[str, float]:
+        """Current values of the learned gates (alpha_m, eps_s, beta_p, beta_s)."""
+        if not self.replay:
+            return {}
+        values = {f"alpha_{m}": float(a) for m, a in self.alpha.items()} if self.has_private else {}
+        if self.has_private:
+            values["beta_p"] = float(self.beta_p)
+        if self.has_shared:
+            values.update(eps_s=float(self.eps_s), beta_s=float(self.beta_s))
+        return values
+
+
+def _mlp(width: int, hidden: int) -> nn.Sequential:
+    """G_m of eq. 7: two linear layers with GELU."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+
+def _private_init(width: int, length: int, config: RepConfig, embedding: torch.Tensor | None) -> torch.Tensor:
+    """Eq. 10: ``E_m + eps_n * zeta`` for the present and the missing row (unit-norm noise vectors, as the
+    released code; raw N(0, I) noise of norm eps_n * sqrt(D) would swamp E_m)."""
+    if not config.dynamic_init:
+        return torch.randn(2, length, width) * RANDOM_INIT_STD
+    noise = unit_noise((2, length, width), config.noise_type, embedding.device)
+    return embedding.detach().float().expand(2, length, width) + config.noise_scale * noise
+
+
+def _shared_init(patterns: int, length: int, width: int, config: RepConfig) -> torch.Tensor:
+    """Eq. 11: normalised noise vectors, one buffer per missing pattern."""
+    if not config.dynamic_init:
+        return torch.randn(patterns, length, width) * RANDOM_INIT_STD
+    return unit_noise((patterns, length, width), config.noise_type)
+
+
+@dataclass
+class RepRun:
+    """What one forward carries between REP layers: the buffer states and each stream's slot tokens."""
+
+    buffers: RepBuffers
+    states: BufferStates
+    carried: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+class RepLayer(MissingMethodLayer):
+    """Wraps every encoder layer of every stream. The first layer of the first stream owns the adapter's
+    :class:`RepBuffers`, computes the buffer chain once per forward and adds the orthogonality loss;
+    every layer inserts its stream's slots (layer 0: eq. 5; layers 1..d-1: replay, eq. 9; later layers:
+    the slots flow forward), runs the base layer and strips them again."""
+
+    adapter_layer_names = ("rep_buffers",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rep_buffers = nn.ModuleDict()
+        self.rep_ortho_weight: dict[str, float] = {}
+
+    @property
+    def is_owner(self) -> bool:
+        return self.stream.name == self.interface.streams[0].name and self.index == 0
+
+    def update_layer(self, adapter_name: str, config: RepConfig) -> None:
+        self.rep_ortho_weight[adapter_name] = config.ortho_weight
+        if self.is_owner:
+            self.rep_buffers[adapter_name] = RepBuffers(modality_widths(self.interface), config,
+                                                        init_embeddings(self.interface) if config.dynamic_init
+                                                        else None)
+        self.set_adapter(self.active_adapters)
+
+    def _has_active(self) -> bool:
+        return not self.disable_adapters and any(a in self.rep_ortho_weight for a in self.active_adapters)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {f"rep/{a}/{k}": v for a, buffers in self.rep_buffers.items() for k, v in buffers.gates().items()}
+
+    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        ctx = current_context()
+        adapter = next(a for a in self.active_adapters if a in self.rep_ortho_weight)
+        if self.is_owner:
+            ctx.extras[f"rep/{adapter}"] = self._start(adapter, ctx)
+        run: RepRun = ctx.extras[f"rep/{adapter}"]
+        order = sorted(self.stream.modalities, key=lambda m: ctx.spans[self.stream.name][m].start or 0)
+        carried = run.carried.pop(self.stream.name, {})
+        blocks = [self._slots(run, m, carried.get(m), ctx.missing_type) for m in order]
+        args, kwargs, mask = _pop_mask(args, kwargs)
+        hidden, mask, where = self._insert(hidden_states, mask, order, blocks, ctx)
+        out = self.base_layer(hidden, mask, *args, **kwargs)
+        slots, hidden = remove_blocks(out[0] if isinstance(out, tuple) else out, where)
+        run.carried[self.stream.name] = dict(zip(order, slots, strict=True))
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+    def _start(self, adapter: str, ctx: ForwardContext) -> RepRun:
+        buffers = self.rep_buffers[adapter]
+        states = buffers.states()
+        weight = self.rep_ortho_weight[adapter]
+        if weight > 0:
+            ctx.aux_losses[f"rep_orthogonality/{adapter}"] = weight * buffers.orthogonality_loss(states)
+        return RepRun(buffers, states)
+
+    def _slots(self, run: RepRun, modality: str, carried: torch.Tensor | None, codes: torch.Tensor) -> torch.Tensor:
+        if self.index == 0:
+            return run.buffers.initial_slots(run.states, modality, codes)
+        if self.index < run.buffers.num_states:
+            return carried + run.buffers.replayed(run.states, modality, self.index, codes)
+        return carried
+
+    def _insert(self, hidden: torch.Tensor, mask: torch.Tensor | None, order: list[str],
+                blocks: list[torch.Tensor], ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None, list]:
+        if not self.stream.causal:
+            starts = [ctx.spans[self.stream.name][m].start or 0 for m in order]
+            return insert_blocks(hidden, mask, list(zip(starts, blocks, strict=True)))
+        if len(blocks) != 1 or (ctx.spans[self.stream.name][order[0]].start or 0) != 0:
+            raise NotImplementedError(f"REP places slots in a causal stream only in front of a single modality; "
+                                      f"the {self.stream.name} stream holds {order}.")
+        hidden, mask = insert_tokens(hidden, blocks[0], mask, causal=True)
+        return hidden, mask, [slice(0, blocks[0].shape[1])]
+
+
+def modality_widths(interface: BackboneInterface) -> dict[str, int]:
+    """Hidden size of the stream that holds each modality, in the backbone's modality order."""
+    return {m: interface.stream_of(m).hidden_size for m in interface.modalities}
+
+
+def init_embeddings(interface: BackboneInterface) -> dict[str, torch.Tensor]:
+    """``E_m`` of eq. 10 for each modality, from the backbone's pretrained weights."""
+    return {m: interface.pretrained_token_embedding(m) for m in interface.modalities}
