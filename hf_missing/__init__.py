@@ -6,9 +6,11 @@ Importing the package registers the wrapper with the ``Auto*`` classes and every
 from . import methods, metrics
 from .backbones import BackboneInterface, register_backbone
 from .data import MissingModalityCollator, missing_settings, simulate_missing
+from .data.loaders import load_food101, load_hateful_memes, load_mmimdb
 from .methods import get_method_config, list_methods
 from .missingness import ModalityPattern
 from .modeling import MissingModalityConfig, MissingModalityForClassification
+from .presets import list_presets, load_preset
 
 __version__ = "0.1.0"
 
@@ -20,6 +22,11 @@ __all__ = [
     "ModalityPattern",
     "get_method_config",
     "list_methods",
+    "list_presets",
+    "load_food101",
+    "load_hateful_memes",
+    "load_mmimdb",
+    "load_preset",
     "methods",
     "metrics",
     "missing_settings",
