@@ -223,6 +223,12 @@ class MissingModalityForClassification(PreTrainedModel):
                     return list(module.active_adapters)
         return super().active_adapters()
 
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars the injected method exposes for logging (e.g. REP's gates alpha, beta, eps)."""
+        from .methods.base import collect_diagnostics
+
+        return collect_diagnostics(self)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Full checkpoint, or — with an adapter injected — the tiny adapter folder plus ``config.json``."""
         super().save_pretrained(save_directory, *args, **kwargs)

@@ -23,14 +23,16 @@ def _train(model, dataset, backbone, tmp_path, epochs=15):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-@pytest.mark.parametrize("method", ["map", "baseline"])
+@pytest.mark.parametrize("method", ["map", "baseline", "rep"])
 def test_trainer_learns_and_only_adapter_and_head_change(shapes_missing, backbone, method, tmp_path):
     # 4 prompt tokens: 16 per layer (MAP's default) outnumber the tiny random model's 9 text tokens and
-    # drown its weak input signal; on real backbones the default is fine.
-    model = make_model(backbone, method, **({"prompt_length": 4} if method == "map" else {}))
+    # drown its weak input signal; on real backbones the default is fine. The tiny models have 2 layers.
+    options = {"map": {"prompt_length": 4}, "baseline": {},
+               "rep": {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4}}[method]
+    model = make_model(backbone, method, **options)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    assert all(("map_prompts" in n) or ("modules_to_save" in n) for n in trained)
+    assert all(("map_prompts" in n) or ("rep_buffers" in n) or ("modules_to_save" in n) for n in trained)
     trainer = _train(model, shapes_missing, backbone, tmp_path)
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -141,15 +142,6 @@ class MissingMethodModel(BaseTuner):
         """(stream, layer index) pairs the method wraps; none for head-only methods."""
         return []
 
-    def diagnostics(self) -> dict[str, float]:
-        """Every wrapped layer's :meth:`MissingMethodLayer.diagnostics`, merged (the one hook that
-        ``trainer_callbacks`` logs, whatever the method)."""
-        values: dict[str, float] = {}
-        for module in self.model.modules():
-            if isinstance(module, MissingMethodLayer):
-                values.update(module.diagnostics())
-        return values
-
     def _pre_injection_hook(self, model: nn.Module, config: MissingMethodConfig, adapter_name: str) -> None:
         wrapper = _wrapper_of(model)
         interface = wrapper.interface
@@ -161,6 +153,14 @@ class MissingMethodModel(BaseTuner):
         config.target_modules = sorted(self._targets) or DUMMY_TARGET_MODULES
         saved = ["head", *(f"backbone.{m}" for m in interface.pooler_modules)]
         config.modules_to_save = list(dict.fromkeys([*(config.modules_to_save or []), *saved]))
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """Checkpoint key of a model key: drop the adapter name that follows the method's container
+        (``rep_buffers.default.G.text.0.weight`` -> ``rep_buffers.G.text.0.weight``); peft's default only
+        drops it when it is the last or second-to-last part, which breaks containers of nested modules."""
+        pattern = rf"(\.{re.escape(cls.prefix)}[^.]*)\.{re.escape(adapter_name)}(\.|$)"
+        return re.sub(pattern, r"\1\2", key, count=1)
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
         return peft_config
@@ -174,6 +174,16 @@ class MissingMethodModel(BaseTuner):
         new = self.layer_cls(target, _wrapper_of(self.model).interface, stream, index)
         new.update_layer(adapter_name, peft_config)
         self._replace_module(parent, target_name, new, target)
+
+
+def collect_diagnostics(model: nn.Module) -> dict[str, float]:
+    """Every method layer's :meth:`MissingMethodLayer.diagnostics` in ``model``, merged: the one hook
+    that ``trainer_callbacks`` logs, whatever the method."""
+    values: dict[str, float] = {}
+    for module in model.modules():
+        if isinstance(module, MissingMethodLayer):
+            values.update(module.diagnostics())
+    return values
 
 
 def _strip_wrapper_prefix(key: str) -> str:

@@ -163,11 +163,11 @@ class RepBuffers(nn.Module):
         """Current values of the learned gates (alpha_m, eps_s, beta_p, beta_s)."""
         if not self.replay:
             return {}
-        values = {f"alpha_{m}": float(a) for m, a in self.alpha.items()} if self.has_private else {}
+        values = {f"alpha_{m}": a.item() for m, a in self.alpha.items()} if self.has_private else {}
         if self.has_private:
-            values["beta_p"] = float(self.beta_p)
+            values["beta_p"] = self.beta_p.item()
         if self.has_shared:
-            values.update(eps_s=float(self.eps_s), beta_s=float(self.beta_s))
+            values.update(eps_s=self.eps_s.item(), beta_s=self.beta_s.item())
         return values
 
 

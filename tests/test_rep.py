@@ -1,0 +1,252 @@
+"""REP (buffer replay prompting): each equation on small tensors, the ablation switches, training, round trips."""
+
+import pytest
+import torch
+from peft import get_peft_model
+from torch.nn import functional as F
+from transformers import AutoModel
+
+import hf_missing
+from hf_missing.backbones import BackboneInterface, ClipBackbone, insert_blocks, remove_blocks
+from hf_missing.methods.rep import RepBuffers, RepConfig
+from hf_missing.methods.rep.layer import RepLayer, squared_cosine
+from tests.conftest import BACKBONES, make_batch, make_model
+
+TINY = {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4}
+WIDTHS = {"text": 8, "image": 12}
+
+
+def _buffers(widths=WIDTHS, **options) -> RepBuffers:
+    config = RepConfig(**{**TINY, "prompt_depth": 3, **options})
+    init = {m: torch.randn(d) for m, d in widths.items()}
+    return RepBuffers(widths, config, init)
+
+
+def _owner(model) -> RepLayer:
+    return next(m for m in model.modules() if isinstance(m, RepLayer) and m.is_owner)
+
+
+def test_eq7_private_update_is_the_residual_bypass():
+    buffers = _buffers()
+    states = buffers.states()
+    for k, m in enumerate(buffers.modalities):
+        rows = torch.where(buffers.presence[:, k], 0, 1)
+        f0 = buffers.private[m][rows]
+        assert torch.equal(states.private[m][0], f0)
+        alpha = buffers.alpha[m]
+        expected = alpha * buffers.G[m](F.layer_norm(f0, (WIDTHS[m],), buffers.norm[m].weight, buffers.norm[m].bias)) \
+            + (1 - alpha) * f0
+        assert torch.allclose(states.private[m][1], expected, atol=1e-6)
+    g = buffers.G["image"]
+    assert [type(x).__name__ for x in g] == ["Linear", "GELU", "Linear"] and g[0].out_features == 12 // 4
+
+
+def test_eq8_shared_update_mixes_the_concatenated_private_buffers():
+    buffers = _buffers()
+    states = buffers.states()
+    concat = torch.cat([states.private["text"][2], states.private["image"][2]], dim=-1)
+    eps = buffers.eps_s
+    expected = eps * F.gelu(concat @ buffers.H[0].weight.T + buffers.H[0].bias) + (1 - eps) * states.shared[1]
+    assert torch.allclose(states.shared[2], expected, atol=1e-6)
+    assert states.shared[0].shape == (3, 4, 8) and len(states.shared) == 3
+    assert torch.allclose(states.projected["image"][2], buffers.theta["image"](states.shared[2]))
+
+
+def test_eq9_replay_selects_each_samples_pattern():
+    buffers = _buffers()
+    states = buffers.states()
+    codes = torch.tensor([0, 2, 1, 0])
+    out = buffers.replayed(states, "text", 1, codes)
+    assert out.shape == (4, 8, 8)
+    for b, c in enumerate(codes):
+        assert torch.allclose(out[b, :4], buffers.beta_s * states.projected["text"][1][c])
+        assert torch.allclose(out[b, 4:], buffers.beta_p * states.private["text"][1][c])
+    first = buffers.initial_slots(states, "image", codes)  # eq. 5: [Theta_m(F_s) | F_p^m]
+    assert torch.equal(first[:, :4], states.projected["image"][0][codes])
+    assert torch.equal(first[:, 4:], states.private["image"][0][codes])
+
+
+def test_private_rows_follow_presence_for_three_modalities():
+    widths = {"text": 8, "image": 8, "audio": 6}
+    buffers = _buffers(widths)
+    states = buffers.states()
+    assert len(buffers.presence) == 7 and states.shared[0].shape == (7, 4, 8)
+    for k, m in enumerate(widths):
+        for p in range(7):
+            row = 0 if buffers.presence[p, k] else 1
+            assert torch.equal(states.private[m][0][p], buffers.private[m][row])
+    assert states.projected["audio"][2].shape == (7, 4, 6)
+    assert buffers.orthogonality_loss(states) > 0
+
+
+@pytest.mark.parametrize("noise_type", ["gaussian", "uniform", "laplace"])
+def test_eq10_11_dynamic_initialisation(noise_type):
+    torch.manual_seed(0)
+    config = RepConfig(**TINY, noise_type=noise_type, noise_scale=0.2)
+    init = {m: torch.randn(d) for m, d in WIDTHS.items()}
+    buffers = RepBuffers(WIDTHS, config, init)
+    for m in WIDTHS:
+        offsets = (buffers.private[m] - init[m]).norm(dim=-1)
+        assert torch.allclose(offsets, torch.full_like(offsets, 0.2), atol=1e-5)
+        assert not torch.equal(buffers.private[m][0], buffers.private[m][1])
+    norms = buffers.shared.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_static_initialisation_is_small_random():
+    buffers = RepBuffers(WIDTHS, RepConfig(**TINY, dynamic_init=False), None)
+    assert buffers.private["text"].std() < 0.05 and buffers.shared.abs().max() < 0.2
+
+
+def test_clip_init_sources_are_eot_and_class_embeddings():
+    model = make_model("clip", "rep", **TINY)
+    clip = model.backbone
+    private = _owner(model).rep_buffers["default"].private
+    eot = clip.text_model.embeddings.token_embedding.weight[clip.config.text_config.eos_token_id]
+    cls = clip.vision_model.embeddings.class_embedding
+    for m, source in (("text", eot), ("image", cls)):
+        offsets = (private[m] - source).norm(dim=-1)
+        assert torch.allclose(offsets, torch.full_like(offsets, 0.2), atol=1e-5)
+
+
+def test_eq6_orthogonality_on_small_tensors():
+    buffers = _buffers()
+    states = buffers.states()
+    expected = 0.0
+    for j in range(3):
+        for m in WIDTHS:
+            shared, private = F.normalize(states.projected[m][j], dim=-1), F.normalize(states.private[m][j], dim=-1)
+            expected += (shared @ private.transpose(1, 2)).pow(2).mean()
+        t = states.private["text"][j] @ buffers.theta["text"].weight
+        i = states.private["image"][j] @ buffers.theta["image"].weight
+        expected += (F.normalize(t, dim=-1) @ F.normalize(i, dim=-1).transpose(1, 2)).pow(2).mean()
+    assert torch.allclose(buffers.orthogonality_loss(states), expected)
+    assert squared_cosine(torch.eye(3)[None], torch.eye(3)[None]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_orthogonality_term_is_in_the_loss_and_gradients_reach_every_tensor(shapes_missing, backbone):
+    model = make_model(backbone, "rep", **TINY, ortho_weight=0.5)
+    batch = make_batch(shapes_missing["train"], backbone, n=12)
+    out = model(**batch)
+    buffers = _owner(model).rep_buffers["default"]
+    assert torch.allclose(out.aux_loss, 0.5 * buffers.orthogonality_loss(buffers.states()))
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits, batch["labels"]) + out.aux_loss)
+    out.loss.backward()
+    for name in ("private.text", "private.image", "shared", "alpha.text", "alpha.image", "beta_p", "beta_s",
+                 "eps_s", "G.text.0.weight", "H.0.weight", "theta.image.weight"):
+        grad = buffers.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(("options", "present", "absent"), [
+    ({}, {"private", "shared", "theta", "G", "H", "alpha", "beta_p", "beta_s", "eps_s"}, set()),
+    ({"replay": False}, {"private", "shared", "theta"}, {"G", "H", "alpha", "beta_p", "beta_s", "eps_s"}),
+    ({"dual_buffers": False}, {"private", "G", "alpha", "beta_p"}, {"shared", "theta", "H", "eps_s", "beta_s"}),
+    ({"use_private_buffer": False}, {"shared", "theta", "H", "eps_s", "beta_s"}, {"private", "G", "alpha", "beta_p"}),
+])
+def test_ablation_switches_change_the_parameter_set(options, present, absent):
+    names = {n.split(".")[0] for n, _ in _buffers(**options).named_parameters()}
+    assert present <= names and not (absent & names)
+
+
+def test_without_private_buffer_the_shared_chain_updates_itself():
+    buffers = _buffers(use_private_buffer=False)
+    states = buffers.states()
+    expected = buffers.eps_s * buffers.H(states.shared[0]) + (1 - buffers.eps_s) * states.shared[0]
+    assert torch.allclose(states.shared[1], expected) and states.private == {}
+    assert buffers.initial_slots(states, "text", torch.tensor([0])).shape == (1, 4, 8)
+
+
+def test_insert_blocks_places_slots_before_each_span_and_restores():
+    hidden = torch.arange(5.0)[None, :, None].expand(2, 5, 3)
+    mask = torch.zeros(2, 1, 1, 5)
+    mask[1, ..., 2] = -1e9
+    a, b = torch.full((2, 2, 3), -1.0), torch.full((2, 1, 3), -2.0)
+    joined, new_mask, where = insert_blocks(hidden, mask, [(0, a), (3, b)])
+    assert joined[0, :, 0].tolist() == [-1, -1, 0, 1, 2, -2, 3, 4]
+    assert new_mask[1, 0, 0].tolist() == [0, 0, 0, 0, -1e9, 0, 0, 0]
+    blocks, rest = remove_blocks(joined, where)
+    assert torch.equal(rest, hidden) and torch.equal(blocks[0], a) and torch.equal(blocks[1], b)
+    square = torch.zeros(1, 1, 5, 5)
+    assert insert_blocks(hidden[:1], square, [(3, b[:1])])[1].shape == (1, 1, 6, 6)
+
+
+def test_slots_replayed_before_layer_one_are_carried_plus_buffers(shapes_missing):
+    model = make_model("vilt", "rep", **TINY).eval()
+    batch = make_batch(shapes_missing["train"], "vilt", n=6)
+    seen = []
+    for layer in model.backbone.encoder.layer:
+        layer.base_layer.register_forward_hook(lambda _m, args, out: seen.append((args[0], out[0])))
+    torch.manual_seed(1)
+    model(**batch)
+    buffers = _owner(model).rep_buffers["default"]
+    states = buffers.states()
+    text_len = batch["input_ids"].shape[1]
+    (_, out0), (in1, _) = seen
+    codes = batch["missing_type"]
+    for modality, start in (("text", 0), ("image", text_len + 8)):
+        expected = out0[:, start:start + 8] + buffers.replayed(states, modality, 1, codes)
+        assert torch.allclose(in1[:, start:start + 8], expected, atol=1e-6)
+    assert in1.shape[1] == out0.shape[1] == text_len + 16 + (batch["pixel_values"].shape[-1] // 6) ** 2 + 1
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_save_load_bit_identical_and_disable_adapter(shapes_missing, backbone, tmp_path):
+    base = make_model(backbone, None)
+    base.save_pretrained(tmp_path / "base")
+    model = AutoModel.from_pretrained(tmp_path / "base", adapter="rep", num_labels=4,
+                                      adapter_options={**TINY}).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    batch = make_batch(shapes_missing["train"], backbone, n=12)
+    torch.manual_seed(1)
+    logits = model(**batch).logits
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = AutoModel.from_pretrained(tmp_path / "adapter").eval()
+    torch.manual_seed(1)
+    assert torch.equal(loaded(**batch).logits, logits)
+
+
+def test_disable_adapter_restores_the_backbone(shapes_missing):
+    base = make_model("clip", None).eval()
+    batch = make_batch(shapes_missing["train"], "clip", n=8)
+    from tests.test_training import _features
+
+    reference = _features(base, batch)
+    peft_model = get_peft_model(base, hf_missing.get_method_config("rep", **TINY))
+    assert not torch.allclose(_features(base, batch), reference)
+    with peft_model.disable_adapter():
+        assert torch.equal(_features(base, batch), reference)
+
+
+def test_diagnostics_report_the_gates():
+    values = make_model("vilt", "rep", **TINY).diagnostics()
+    assert values["rep/default/alpha_text"] == pytest.approx(0.5) and "rep/default/beta_s" in values
+    assert make_model("vilt", "map").diagnostics() == {}
+
+
+def test_too_deep_buffer_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"prompt_depth=6 exceeds the 2 layers .* prompt_depth <= 2"):
+        make_model("vilt", "rep", prompt_length=4)
+
+
+def test_too_long_buffer_overflows_the_text_position_budget():
+    with pytest.raises(ValueError, match=r"prompt_length=20 is longer than the 16 text positions"):
+        make_model("clip", "rep", prompt_length=20, prompt_depth=2)
+
+
+def test_missing_init_source_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(ClipBackbone, "pretrained_token_embedding", BackboneInterface.pretrained_token_embedding)
+    with pytest.raises(ValueError, match=r"no pretrained embedding for 'text'.*dynamic_init=False"):
+        make_model("clip", "rep", **TINY)
+    assert make_model("clip", "rep", **TINY, dynamic_init=False) is not None
+
+
+def test_contradictory_switches_are_rejected():
+    with pytest.raises(ValueError, match="no buffer at all"):
+        RepConfig(dual_buffers=False, use_private_buffer=False)
+    with pytest.raises(ValueError, match="noise_type must be one of"):
+        RepConfig(noise_type="pink")
