@@ -48,6 +48,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     ViTImageProcessorPil,
 )
+from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -228,19 +229,23 @@ class FusedPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation; the image type embedding and the mean image feature start at zero."""
         std = self.config.text_config.initializer_range
         if isinstance(module, nn.Linear | nn.Conv2d):
-            nn.init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=std)
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=std)
         elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, BertEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+            init.zeros_(module.token_type_ids)
         elif isinstance(module, FusedEmbeddings):
-            nn.init.zeros_(module.image_type_embedding)
-            nn.init.zeros_(module.image_feature_mean)
+            init.zeros_(module.image_type_embedding)
+            init.zeros_(module.image_feature_mean)
 
 
 class FusedModel(FusedPreTrainedModel):

@@ -159,7 +159,7 @@ def emoji_text(entry: dict[str, Any]) -> str:
 
 
 def _stratified_split(records: list[dict[str, Any]], seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Per category, a seeded permutation cut 70/10/20 (each category's order is fixed first)."""
+    """Per category, a seeded permutation cut 70/10/20 (at least one test and one validation item from 3 up)."""
     by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_category[record["category"]].append(record)
@@ -167,8 +167,9 @@ def _stratified_split(records: list[dict[str, Any]], seed: int) -> dict[str, lis
     for k, category in enumerate(sorted(by_category)):
         rows = by_category[category]
         order = np.random.default_rng([seed, k]).permutation(len(rows))
-        n_test = round(SPLITS["test"] * len(rows))
-        n_val = round(SPLITS["validation"] * len(rows))
+        n_test, n_val = (round(SPLITS[name] * len(rows)) for name in ("test", "validation"))
+        if len(rows) >= 3:  # every split sees every category
+            n_test, n_val = max(n_test, 1), max(n_val, 1)
         cuts = {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
         for name, idx in cuts.items():
             splits[name].extend(rows[i] for i in sorted(idx))

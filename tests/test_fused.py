@@ -1,0 +1,207 @@
+"""The fused (MiniLM + EfficientNet-Lite0) backbone: tiny random configs (fast) and the real encoders (slow)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, BertTokenizerFast
+
+import hf_missing
+from hf_missing import MissingModalityCollator, MissingModalityForClassification
+from hf_missing.backbones import FusedBackbone, FusedConfig, FusedModel, FusedProcessor
+from hf_missing.backbones.fused import (
+    Stage1Settings,
+    align_fused_backbone,
+    build_fused_backbone,
+    image_processor,
+)
+from hf_missing.context import ForwardContext
+from hf_missing.data.synthetic import CLASSES, FILLER, IMAGE_SIZE, SPECIAL
+
+
+def tiny_tokenizer() -> BertTokenizerFast:
+    """A word-level BERT tokenizer over the shapes data's words (an in-memory vocabulary)."""
+    words = sorted({w for c in CLASSES for w in c.split()} | set(FILLER))
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate([*SPECIAL, *words])}, do_lower_case=True)
+
+
+def tiny_config() -> FusedConfig:
+    tokenizer = tiny_tokenizer()
+    return FusedConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16, initializer_range=0.2),
+        image_encoder="tiny_conv", image_size=IMAGE_SIZE, image_feature_dim=24, image_stride=10,
+        cls_token_id=tokenizer.cls_token_id,
+    )
+
+
+def tiny_processor() -> FusedProcessor:
+    return FusedProcessor(tiny_tokenizer(), image_processor(IMAGE_SIZE))
+
+
+def tiny_wrapper(method: str | None = None) -> MissingModalityForClassification:
+    model = MissingModalityForClassification.from_backbone(AutoModel.from_config(tiny_config()), num_labels=4)
+    if method:
+        model.add_adapter(hf_missing.get_method_config(method))
+    return model
+
+
+def batch(dataset, processor: FusedProcessor, n: int = 8, policy: str = "dummy") -> dict:
+    return MissingModalityCollator(processor, policy=policy)([dataset[i] for i in range(n)])
+
+
+def test_auto_classes_and_shapes() -> None:
+    model = AutoModel.from_config(tiny_config())
+    assert isinstance(model, FusedModel) and model.config.num_image_tokens == 9
+    out = model(torch.randint(0, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long), torch.randn(2, 3, 30, 30))
+    assert out.last_hidden_state.shape == (2, 5 + 9, 32)
+    assert out.pooler_output.shape == (2, 64)
+    assert FusedBackbone(model).pooled_size == 64
+
+
+@pytest.mark.parametrize("method", [None, "baseline", "map"])
+def test_forward_backward_with_collator(shapes_missing, method: str | None) -> None:
+    model = tiny_wrapper(method)
+    out = model(**batch(shapes_missing["train"], tiny_processor()))
+    assert out.logits.shape == (8, 4) and torch.isfinite(out.loss)
+    out.loss.backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and any(p.grad is not None for p in trained)
+    assert not any(p.requires_grad for p in model.backbone.embeddings.parameters())
+
+
+def test_spans_and_layers() -> None:
+    interface = FusedBackbone(AutoModel.from_config(tiny_config()))
+    (stream,) = interface.streams
+    assert (stream.name, stream.modalities, stream.num_layers) == ("joint", ("text", "image"), 2)
+    assert len(interface.layers("joint")) == 2
+    ctx = ForwardContext(missing_type=torch.zeros(2, dtype=torch.long), present=torch.ones(2, 2, dtype=torch.bool),
+                         modalities=("text", "image"))
+    inputs = {"input_ids": torch.randint(0, 20, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
+              "pixel_values": torch.randn(2, 3, 30, 30)}
+    assert interface.encode(inputs, ctx).shape == (2, 64)
+    assert ctx.spans == {"joint": {"text": slice(0, 6), "image": slice(6, None)}}
+
+
+@pytest.mark.parametrize("policy", ["mask", "zero"])
+def test_policies_change_only_incomplete_samples(shapes_missing, policy: str) -> None:
+    model = tiny_wrapper().eval()
+    inputs = batch(shapes_missing["test"], tiny_processor(), n=16, policy=policy)
+    incomplete = inputs["missing_type"] != 0
+    assert incomplete.any() and (~incomplete).any()
+    with torch.no_grad():
+        applied = model(**inputs).logits
+        dummy = model(**{**inputs, "missing_policy": "dummy"}).logits
+    torch.testing.assert_close(applied[~incomplete], dummy[~incomplete])
+    assert not torch.allclose(applied[incomplete], dummy[incomplete])
+
+
+def test_kv_prefix_extends_attention() -> None:
+    model = AutoModel.from_config(tiny_config()).eval()
+    interface = FusedBackbone(model)
+    interface.enable_kv_prefix()
+    args = (torch.randint(0, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long), torch.randn(2, 3, 30, 30))
+    with torch.no_grad():
+        plain = model(*args).pooler_output
+        layer = interface.layers("joint")[0]
+        prefix = torch.randn(2, 3, 32)
+        with interface.kv_prefix(layer, "joint", prefix, prefix):
+            prefixed = model(*args).pooler_output
+        after = model(*args).pooler_output
+    assert not torch.allclose(plain, prefixed)
+    torch.testing.assert_close(plain, after)
+
+
+def test_pretrained_token_embedding() -> None:
+    model = AutoModel.from_config(tiny_config())
+    interface = FusedBackbone(model)
+    text, image = interface.pretrained_token_embedding("text"), interface.pretrained_token_embedding("image")
+    assert text.shape == image.shape == (32,)
+    torch.testing.assert_close(text, model.embeddings.text.word_embeddings.weight[model.config.cls_token_id])
+    embeddings = model.embeddings
+    torch.testing.assert_close(image, embeddings.image_projection.bias + embeddings.image_type_embedding)
+    with pytest.raises(ValueError, match="audio"):
+        interface.pretrained_token_embedding("audio")
+
+
+def test_check_inputs_errors() -> None:
+    interface = FusedBackbone(AutoModel.from_config(tiny_config()))
+    ids = torch.ones(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"\[B, 3, 30, 30\].*FusedProcessor"):
+        interface.check_inputs({"input_ids": ids, "pixel_values": torch.zeros(1, 3, 64, 64)})
+    with pytest.raises(ValueError, match=r"\[B, 3, 30, 30\]"):
+        interface.check_inputs({"input_ids": ids, "pixel_values": torch.zeros(1, 1, 30, 30)})
+    with pytest.raises(ValueError, match="at most 16 text tokens"):
+        interface.check_inputs({"input_ids": torch.ones(1, 17, dtype=torch.long),
+                                "pixel_values": torch.zeros(1, 3, 30, 30)})
+
+
+def test_feature_cache_and_frozen_image_encoder() -> None:
+    model = AutoModel.from_config(tiny_config()).requires_grad_(False)
+    pixels = torch.randn(3, 3, 30, 30)
+    first = model.embeddings.image_features(pixels)
+    assert len(model.embeddings.feature_cache) == 3
+    again = model.embeddings.image_features(torch.cat([pixels[:1], torch.randn(1, 3, 30, 30)]))
+    assert len(model.embeddings.feature_cache) == 4
+    torch.testing.assert_close(again[0], first[0])
+    model.train()
+    assert not model.embeddings.image_encoder.training and model.encoder.training
+
+
+def test_save_load_bit_identical(tmp_path, shapes_missing) -> None:
+    model = AutoModel.from_config(tiny_config()).eval()
+    model.embeddings.image_feature_mean.normal_()
+    model.save_pretrained(tmp_path / "fused")
+    loaded = AutoModel.from_pretrained(tmp_path / "fused").eval()
+    args = (torch.randint(0, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long), torch.randn(2, 3, 30, 30))
+    with torch.no_grad():
+        assert torch.equal(model(*args).pooler_output, loaded(*args).pooler_output)
+    torch.testing.assert_close(loaded.embeddings.image_feature_mean, model.embeddings.image_feature_mean)
+    wrapper = MissingModalityForClassification.from_pretrained(tmp_path / "fused", num_labels=4).eval()
+    wrapper.save_pretrained(tmp_path / "wrapper")
+    reloaded = MissingModalityForClassification.from_pretrained(tmp_path / "wrapper").eval()
+    inputs = batch(shapes_missing["test"], tiny_processor())
+    with torch.no_grad():
+        assert torch.equal(wrapper(**inputs).logits, reloaded(**inputs).logits)
+
+
+def test_stage1_trains_only_the_alignment(tmp_path, shapes) -> None:
+    model = AutoModel.from_config(tiny_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dataset = {"train": shapes["train"].select(range(32)), "validation": shapes["test"].select(range(16))}
+    model, _, report = align_fused_backbone(dataset, Stage1Settings(image_size=IMAGE_SIZE, epochs=1),
+                                            model=model, processor=tiny_processor())
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"embeddings.image_projection.weight", "embeddings.image_projection.bias",
+                       "embeddings.image_type_embedding", "embeddings.image_position_embeddings.weight",
+                       "embeddings.image_feature_mean"}
+    assert 0.0 <= report["validation_accuracy"] <= 1.0 and report["train_size"] == 32
+
+
+# ---- the real packaged encoders ----------------------------------------------------------------
+@pytest.mark.slow
+def test_real_encoders_forward_backward_map(shapes_missing) -> None:
+    processor = FusedProcessor.from_packaged()
+    model = MissingModalityForClassification.from_backbone(FusedModel.from_packaged_encoders(), num_labels=4)
+    model.add_adapter(hf_missing.get_method_config("map"))
+    out = model(**batch(shapes_missing["train"], processor))
+    out.loss.backward()
+    assert out.logits.shape == (8, 4) and torch.isfinite(out.loss)
+    interface = model.interface
+    assert interface.pretrained_token_embedding("text").shape == (384,)
+    assert interface.pretrained_token_embedding("image").shape == (384,)
+
+
+@pytest.mark.slow
+def test_real_stage1_checkpoint_round_trip(tmp_path, shapes, shapes_missing) -> None:
+    dataset = {"train": shapes["train"].select(range(64)), "validation": shapes["test"].select(range(16))}
+    path = build_fused_backbone(tmp_path, dataset=dataset, settings=Stage1Settings(epochs=1))
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert build_fused_backbone(tmp_path, dataset=dataset, settings=Stage1Settings(epochs=1)) == path
+    processor = FusedProcessor.from_pretrained(path)
+    model = MissingModalityForClassification.from_backbone(AutoModel.from_pretrained(path), num_labels=4).eval()
+    model.save_pretrained(tmp_path / "wrapper")
+    reloaded = MissingModalityForClassification.from_pretrained(tmp_path / "wrapper").eval()
+    inputs = batch(shapes_missing["test"], processor)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, reloaded(**inputs).logits)
