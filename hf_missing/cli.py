@@ -36,7 +36,44 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--n-test", type=int, default=192)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output-dir", default="runs/quickstart")
+    for name, help_text, output in (
+        ("demo", "Embedded default: real packaged encoders + emoji data; trains and compares every method.",
+         "runs/demo"),
+        ("benchmark", "Full grid on the embedded default: method x training pattern x test pattern and rate, "
+                      "plus costs relative to the baseline.", "benchmarks/results"),
+    ):
+        _add_demo_arguments(sub.add_parser(name, help=help_text), output)
     return parser
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
+    parser.add_argument("--methods", nargs="+", default=list_methods(), help=f"Subset of {list_methods()}.")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--rate", type=float, default=0.7, help="Training missing rate.")
+    parser.add_argument("--pattern", default="both", help="Training missing pattern (demo only).")
+    parser.add_argument("--epochs", type=float, default=None, help="Override the presets' epochs.")
+    parser.add_argument("--train-limit", type=int, default=None, help="Use only this many training samples.")
+    parser.add_argument("--test-limit", type=int, default=None, help="Use only this many test samples.")
+    parser.add_argument("--cache-dir", default=None, help="Data/backbone cache (default $HF_MISSING_CACHE or "
+                                                           "~/.cache/hf_missing).")
+    parser.add_argument("--output-dir", default=output_dir)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_benchmark, run_demo
+
+    settings = DemoSettings(output_dir=args.output_dir, methods=args.methods, train_rate=args.rate,
+                            train_pattern=args.pattern, seeds=args.seeds, epochs=args.epochs,
+                            train_limit=args.train_limit, test_limit=args.test_limit, cache_dir=args.cache_dir,
+                            progress=not args.no_progress)
+    if args.command == "demo":
+        run_demo(settings)
+        print(f"Wrote {args.output_dir}/report.md, results.json and robustness.png")
+    else:
+        run_benchmark(settings)
+        print(f"Wrote {args.output_dir}/benchmark.md and benchmark.json")
+    return 0
 
 
 def _methods() -> int:
@@ -86,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "methods":
         return _methods()
+    if args.command in ("demo", "benchmark"):
+        return _demo(args)
     return _train(args)
 
 

@@ -250,3 +250,21 @@ def test_contradictory_switches_are_rejected():
         RepConfig(dual_buffers=False, use_private_buffer=False)
     with pytest.raises(ValueError, match="noise_type must be one of"):
         RepConfig(noise_type="pink")
+
+
+def test_fused_backbone_round_trip(shapes_missing, tmp_path):
+    from tests.test_fused import batch, tiny_config, tiny_processor
+
+    AutoModel.from_config(tiny_config()).save_pretrained(tmp_path / "fused")
+    model = hf_missing.MissingModalityForClassification.from_pretrained(tmp_path / "fused", adapter="rep",
+                                                                        adapter_options=TINY, num_labels=4)
+    assert isinstance(model, hf_missing.MissingModalityForClassification)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    inputs = batch(shapes_missing["train"], tiny_processor(), n=8)
+    logits = model.eval()(**inputs).logits
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = AutoModel.from_pretrained(tmp_path / "adapter").eval()
+    assert torch.equal(loaded(**inputs).logits, logits)
