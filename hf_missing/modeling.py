@@ -160,15 +160,18 @@ class MissingModalityForClassification(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any,
                         adapter: str | None = None, adapter_options: dict | None = None, **kwargs: Any):
-        """Load a wrapper, a raw CLIP/ViLT checkpoint or an adapter folder; inject ``adapter`` if given.
+        """Load a wrapper, a raw CLIP/ViLT checkpoint, or an adapter (a local folder or a Hub repo id);
+        inject ``adapter`` if given.
 
         Keyword arguments that are config fields (``num_labels``, ``id2label``, ``problem_type``,
-        ``missing_policy``, ``max_text_len``, ...) override the saved config.
+        ``missing_policy``, ``max_text_len``, ...) override the saved config. Adapters load from safetensors
+        only and are validated against the backbone before any adapter weight is read (``hf_missing.hub``).
         """
+        from .hub import resolve_adapter_dir
         from .methods.base import get_method_config
 
         kwargs.pop("adapter_kwargs", None)
-        adapter_dir = _local_adapter_dir(str(pretrained_model_name_or_path))
+        adapter_dir = resolve_adapter_dir(pretrained_model_name_or_path, **kwargs)
         if adapter_dir is not None:
             model = cls._from_adapter_folder(adapter_dir, **kwargs)
         else:
@@ -189,14 +192,19 @@ class MissingModalityForClassification(PreTrainedModel):
 
     @classmethod
     def _from_adapter_folder(cls, folder: str, **kwargs: Any) -> MissingModalityForClassification:
+        """Rebuild the model around the adapter's backbone, validating the adapter config first (method,
+        option sizes, then stream widths, depths and modalities on the backbone's config) so that a wrong or
+        hostile adapter fails before any weight is read."""
+        from .hub import HUB_KWARGS, backbone_of, validate_adapter_config, validate_backbone
+
         with open(os.path.join(folder, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
             saved = json.load(f)
-        settings = dict(saved.get("model_settings") or {})
-        if not settings:
-            raise ValueError(f"{folder} holds an adapter that is not an hf_missing adapter (no model_settings).")
-        backbone_path = kwargs.pop("backbone_name_or_path", None) or saved.get("base_model_name_or_path")
-        kwargs.pop("config", None)  # the folder's config.json describes the same model as model_settings
-        settings.update(kwargs)
+        validate_adapter_config(saved, folder)
+        backbone_path = kwargs.pop("backbone_name_or_path", None) or backbone_of(folder, saved)
+        for key in (*HUB_KWARGS, "config", "trust_remote_code"):  # they address the adapter, not the backbone
+            kwargs.pop(key, None)
+        validate_backbone(saved, backbone_path, folder)
+        settings = {**saved["model_settings"], **kwargs}
         settings.pop("backbone_name_or_path", None)
         model = cls._load_base(backbone_path, **settings)
         model.load_adapter(folder)
@@ -234,6 +242,16 @@ class MissingModalityForClassification(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if getattr(self, "_hf_peft_config_loaded", False) and kwargs.get("is_main_process", True):
             self.config.save_pretrained(save_directory)
+
+    def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> Any:
+        """With an adapter injected: upload the adapter and a model card (:func:`hf_missing.hub.push_adapter`,
+        which also takes ``results=``, ``plot=``, ``missing=`` and ``dataset=``); else the full checkpoint."""
+        if not getattr(self, "_hf_peft_config_loaded", False):
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        from .hub import push_adapter
+
+        kwargs.pop("max_shard_size", None)  # an adapter is one small file
+        return push_adapter(self, repo_id, *args, **kwargs)
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(
@@ -335,13 +353,6 @@ class MissingModalityForClassification(PreTrainedModel):
 def _attention(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     mask = inputs.get("attention_mask")
     return mask if mask is not None else torch.ones_like(inputs["input_ids"])
-
-
-def _local_adapter_dir(path: str) -> str | None:
-    """``path`` if it is a local adapter folder (adapter config, no full weights)."""
-    if not os.path.isfile(os.path.join(path, ADAPTER_CONFIG_NAME)):
-        return None
-    return None if os.path.isfile(os.path.join(path, "model.safetensors")) else path
 
 
 def _model_type(path: str, kwargs: dict[str, Any]) -> str | None:

@@ -1,0 +1,1 @@
+"""Model card templates (Jinja/markdown) that ``hf_missing.hub`` renders; packaged as data."""
