@@ -93,7 +93,7 @@ def test_load_caches_with_save_to_disk(package: Path, tmp_path: Path, monkeypatc
     monkeypatch.setattr(emoji, "build_emoji_dataset",
                         lambda folder, seed=0: build_emoji_dataset(folder, seed=seed, min_per_category=2))
     dataset = load_emoji_dataset(cache)
-    assert (cache / "dataset-v1-seed0" / "dataset_dict.json").is_file()
+    assert (cache / "dataset-v2-seed0" / "dataset_dict.json").is_file()
     shutil.rmtree(cache / "package")  # the saved dataset no longer needs the source files
     assert load_emoji_dataset(cache)["train"]["text"] == dataset["train"]["text"]
 

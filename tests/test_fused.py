@@ -204,4 +204,7 @@ def test_real_stage1_checkpoint_round_trip(tmp_path, shapes, shapes_missing) -> 
     reloaded = MissingModalityForClassification.from_pretrained(tmp_path / "wrapper").eval()
     inputs = batch(shapes_missing["test"], processor)
     with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, reloaded(**inputs).logits)
+        # Same weights bit for bit; the CPU matmul kernels' rounding can depend on where a tensor sits in memory.
+        torch.testing.assert_close(model(**inputs).logits, reloaded(**inputs).logits, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(),
+                                                  strict=True))

@@ -12,7 +12,7 @@ Source: the npm package ``emoji-datasource-google`` 16.0.0 (MIT; the Noto images
 Only base emoji (no skin-tone variants) with ``has_img_google`` true and an existing image file are
 kept. Categories with fewer than ``min_per_category`` emoji are dropped: with the default 20 that is
 "Component" (5 hair/skin-tone swatches), leaving 9 categories and 1,906 emoji. The split is a
-stratified (per category) 70/10/20 train/validation/test split, seeded.
+stratified (per category) 70/10/20 train/validation/test split, seeded, each split shuffled.
 
 The tarball is fetched once with ``npm pack`` (package registry only) and the built dataset is cached
 with ``save_to_disk`` under ``$HF_MISSING_CACHE/emoji`` (default ``~/.cache/hf_missing/emoji``).
@@ -39,7 +39,7 @@ IMAGE_DIR = "img/google/64"
 CACHE_ENV = "HF_MISSING_CACHE"
 MIN_PER_CATEGORY = 20
 SPLITS = {"train": 0.7, "validation": 0.1, "test": 0.2}
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -159,7 +159,8 @@ def emoji_text(entry: dict[str, Any]) -> str:
 
 
 def _stratified_split(records: list[dict[str, Any]], seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Per category, a seeded permutation cut 70/10/20 (at least one test and one validation item from 3 up)."""
+    """Per category, a seeded permutation cut 70/10/20 (at least one test and one validation item from 3 up);
+    each split is then shuffled so that categories are interleaved."""
     by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_category[record["category"]].append(record)
@@ -173,6 +174,9 @@ def _stratified_split(records: list[dict[str, Any]], seed: int) -> dict[str, lis
         cuts = {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
         for name, idx in cuts.items():
             splits[name].extend(rows[i] for i in sorted(idx))
+    for k, name in enumerate(SPLITS):  # interleave the categories
+        order = np.random.default_rng([seed, len(by_category) + k]).permutation(len(splits[name]))
+        splits[name] = [splits[name][i] for i in order]
     return splits
 
 
