@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_missing.data.collator import MissingModalityCollator
+
+
+def epoch_of(state: TrainerState) -> int:
+    """The 0-based epoch that is starting or running (``state.epoch`` is fractional when a run resumes
+    mid-epoch)."""
+    return math.floor(state.epoch or 0.0)
 
 
 class RedrawMissingCallback(TrainerCallback):
@@ -17,5 +26,5 @@ class RedrawMissingCallback(TrainerCallback):
         self.collator = collator
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       **kwargs) -> None:
-        self.collator.set_epoch(int(state.epoch or 0))
+                       **kwargs: Any) -> None:
+        self.collator.set_epoch(epoch_of(state))
