@@ -46,6 +46,7 @@ class DemoSettings:
     test_limit: int | None = None
     cache_dir: str | None = None
     progress: bool = True
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,20 +75,21 @@ def prepare(settings: DemoSettings) -> Workspace:
     return Workspace(data, folder, collator, data["train"].features["label"].names)
 
 
-def demo_preset(method: str) -> Preset:
-    """The method's ``<method>-demo`` preset, or the baseline's training settings with the method's defaults."""
+def demo_preset(method: str, options: dict[str, Any] | None = None) -> Preset:
+    """The method's ``<method>-demo`` preset, or the baseline's training settings with the method's defaults;
+    ``options`` override the preset's method options."""
     name = f"{method}-demo"
-    if name in list_presets():
-        return load_preset(name)
-    return replace(load_preset("baseline-demo"), name=name, method=method, method_options={},
-                   method_config=get_method_config(method))
+    preset = load_preset(name) if name in list_presets() else replace(load_preset("baseline-demo"), name=name,
+                                                                       method=method, method_options={})
+    merged = {**preset.method_options, **(options or {})}
+    return replace(preset, method_options=merged, method_config=get_method_config(method, **merged))
 
 
 def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, seed: int,
                        train_pattern: str) -> dict[str, Any]:
     """Train ``method`` on the training split with ``train_pattern`` missing at ``settings.train_rate`` and
     evaluate it under every test pattern and rate."""
-    preset = demo_preset(method)
+    preset = demo_preset(method, settings.method_options.get(method))
     torch.manual_seed(seed)
     model = MissingModalityForClassification.from_backbone(
         AutoModel.from_pretrained(work.backbone_dir), num_labels=len(work.labels),

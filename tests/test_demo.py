@@ -1,0 +1,62 @@
+"""The demo / benchmark pipeline end to end: tiny fused backbone + shapes data (fast), real assets (slow)."""
+
+import json
+
+import pytest
+from transformers import AutoModel
+
+from hf_missing import MissingModalityCollator
+from hf_missing.demo import (
+    TEST_RATES,
+    DemoSettings,
+    Workspace,
+    aggregate,
+    demo_preset,
+    markdown_table,
+    train_and_evaluate,
+    write_outputs,
+)
+from tests.test_fused import tiny_config, tiny_processor
+
+TINY_OPTIONS = {"map": {"prompt_length": 2}, "rep": {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8,
+                                                     "mlp_reduction": 4}}
+
+
+@pytest.fixture(scope="module")
+def workspace(shapes, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fused")
+    AutoModel.from_config(tiny_config()).save_pretrained(folder)
+    return Workspace(shapes, folder, MissingModalityCollator(tiny_processor()), shapes["train"].features["label"].names)
+
+
+def test_pipeline_trains_evaluates_and_writes_the_report(workspace, tmp_path):
+    settings = DemoSettings(output_dir=str(tmp_path), methods=["baseline", "rep"], epochs=1, progress=False,
+                            method_options=TINY_OPTIONS)
+    runs = {m: [train_and_evaluate(m, workspace, settings, seed, "both") for seed in (0, 1)] for m in settings.methods}
+    methods = aggregate(runs)
+    rep = methods["rep"]
+    assert rep["seeds"] == 2 and [p["rate"] for p in rep["curves"]["both"]] == list(TEST_RATES)
+    assert set(rep["per_pattern"]) == {"complete", "missing_text", "missing_image"}
+    assert rep["trainable_beside_head_pct"] > 0 and rep["step_seconds"] > 0 and rep["inference_ms_per_sample"] > 0
+    assert rep["both_70"] == pytest.approx(sum(r["curves"]["both"][7]["accuracy"] for r in runs["rep"]) / 2)
+    write_outputs({"settings": {"train_rate": 0.7, "train_pattern": "both", "seeds": [0, 1]}, "methods": methods},
+                  tmp_path, title="test")
+    report = (tmp_path / "report.md").read_text()
+    assert "| baseline |" in report and "| rep |" in report and "robustness.png" in report
+    assert (tmp_path / "robustness.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "results.json").read_text())["methods"]["rep"]["seeds"] == 2
+    assert "| 1.00 |" in markdown_table(methods).splitlines()[2]  # the baseline's own cost ratios
+
+
+def test_methods_plug_in_by_name_with_or_without_a_demo_preset():
+    assert demo_preset("rep", {"prompt_depth": 3}).method_config.prompt_depth == 3
+    assert demo_preset("baseline").method == "baseline"
+
+
+@pytest.mark.slow
+def test_cli_demo_on_real_assets_tiny_subset(tmp_path):
+    from hf_missing.cli import main
+
+    assert main(["demo", "--methods", "baseline", "map", "--epochs", "1", "--train-limit", "64", "--test-limit",
+                 "32", "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "robustness.png").is_file()
