@@ -1,0 +1,33 @@
+"""MemPrompt tuner: wraps every encoder layer of every stream with :class:`MemPromptLayer`."""
+
+from __future__ import annotations
+
+from ...backbones import BackboneInterface, Stream
+from ..base import MissingMethodModel
+from .config import MemPromptConfig
+from .layer import MemPromptLayer
+
+
+class MemPromptModel(MissingMethodModel):
+    """Memory-driven prompts on every stream (CLIP: each modality's prompts in its own tower; ViLT and the
+    fused default: the joint stream, prompts next to each modality's tokens). Every layer is wrapped so that
+    prompts inserted at a prompted layer flow through the later ones."""
+
+    tuner_layer_cls = MemPromptLayer
+    layer_cls = MemPromptLayer
+
+    def target_layers(self, interface: BackboneInterface, config: MemPromptConfig) -> list[tuple[Stream, int]]:
+        check_depth(interface, config)
+        return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
+
+
+def check_depth(interface: BackboneInterface, config: MemPromptConfig) -> None:
+    """A clear error for a prompted layer that a stream does not have."""
+    for stream in interface.streams:
+        beyond = [i for i in config.prompt_layers if i >= stream.num_layers]
+        if beyond:
+            raise ValueError(
+                f"MemPrompt prompt_layers {beyond} do not exist in the {stream.num_layers}-layer {stream.name} stream "
+                f"of this {interface.model_type} backbone; pass layer indices 0..{stream.num_layers - 1}, e.g. "
+                f"prompt_layers={list(range(min(6, stream.num_layers)))}."
+            )
