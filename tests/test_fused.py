@@ -137,13 +137,14 @@ def test_check_inputs_errors() -> None:
 
 
 def test_feature_cache_and_frozen_image_encoder() -> None:
-    model = AutoModel.from_config(tiny_config()).requires_grad_(False)
+    model = AutoModel.from_config(tiny_config())
     pixels = torch.randn(3, 3, 30, 30)
     first = model.embeddings.image_features(pixels)
     assert len(model.embeddings.feature_cache) == 3
     again = model.embeddings.image_features(torch.cat([pixels[:1], torch.randn(1, 3, 30, 30)]))
     assert len(model.embeddings.feature_cache) == 4
     torch.testing.assert_close(again[0], first[0])
+    assert not first.requires_grad  # no gradient reaches the frozen image encoder
     model.train()
     assert not model.embeddings.image_encoder.training and model.encoder.training
 

@@ -184,9 +184,11 @@ class FusedEmbeddings(nn.Module):
         return self
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[B, N, F]`` image-encoder feature tokens (row-major grid), cached while the encoder is frozen."""
-        if any(p.requires_grad for p in self.image_encoder.parameters()):
-            return self._encode_images(pixel_values)
+        """``[B, N, F]`` image-encoder feature tokens (row-major grid), cached.
+
+        The image encoder is frozen by design: it runs in eval mode under ``no_grad`` (no gradient reaches
+        it or its input), so its features depend on the pixels only and are cached per image.
+        """
         keys = [FeatureCache.key(p) for p in pixel_values]
         found = [self.feature_cache.get(k) for k in keys]
         todo = [i for i, f in enumerate(found) if f is None]
