@@ -3,10 +3,12 @@
 Importing the package registers the wrapper with the ``Auto*`` classes and every method with peft.
 """
 
-from . import methods, metrics
+from . import callbacks, evaluation, hub, methods, metrics
 from .backbones import BackboneInterface, register_backbone
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import load_food101, load_hateful_memes, load_mmimdb
+from .evaluation import missing_grid, predict_patterns
+from .hub import AdapterLoadError, push_adapter
 from .methods import get_method_config, list_methods
 from .missingness import ModalityPattern
 from .modeling import MissingModalityConfig, MissingModalityForClassification
@@ -15,12 +17,16 @@ from .presets import list_presets, load_preset
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterLoadError",
     "BackboneInterface",
     "MissingModalityCollator",
     "MissingModalityConfig",
     "MissingModalityForClassification",
     "ModalityPattern",
+    "callbacks",
+    "evaluation",
     "get_method_config",
+    "hub",
     "list_methods",
     "list_presets",
     "load_food101",
@@ -29,7 +35,10 @@ __all__ = [
     "load_preset",
     "methods",
     "metrics",
+    "missing_grid",
     "missing_settings",
+    "predict_patterns",
+    "push_adapter",
     "register_backbone",
     "simulate_missing",
 ]

@@ -409,16 +409,21 @@ def validate_adapter_config(adapter_config: dict[str, Any], source: str) -> Miss
     sane sizes, and head settings; returns the method config it describes."""
     method = _method_name(adapter_config, source)
     options = _method_options(adapter_config, method)
-    too_big = {k: v for k, v in options.items() if _is_int(v) and abs(v) > MAX_OPTION_VALUE}
-    if too_big:
-        raise AdapterLoadError(f"{source}: {method} option(s) {too_big} exceed {MAX_OPTION_VALUE}; the adapter "
-                               "config is corrupt or hostile. Re-save the adapter with sane options.")
+    check_option_sizes(method, options, source)
     try:
         config = get_method_config(method, **options)
     except (TypeError, ValueError) as err:
         raise AdapterLoadError(f"{source}: invalid {method} options: {err}") from err
     _check_settings(adapter_config.get("model_settings") or {}, source)
     return config
+
+
+def check_option_sizes(method: str, options: dict[str, Any], source: str) -> None:
+    """Refuse integer options beyond ``MAX_OPTION_VALUE`` before anything is allocated."""
+    too_big = {k: v for k, v in options.items() if _is_int(v) and abs(v) > MAX_OPTION_VALUE}
+    if too_big:
+        raise AdapterLoadError(f"{source}: {method} option(s) {too_big} exceed {MAX_OPTION_VALUE}; the adapter "
+                               "config is corrupt or hostile. Re-save the adapter with sane options.")
 
 
 def _check_settings(settings: dict[str, Any], source: str) -> None:

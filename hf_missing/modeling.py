@@ -112,6 +112,9 @@ class MissingModalityForClassification(PreTrainedModel):
     base_model_prefix = "hf_missing"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
+    # forward takes **kwargs for collator extras, not for Trainer's num_items_in_batch: let Trainer average
+    # the loss itself (otherwise gradient accumulation and multi-process runs scale it wrongly).
+    accepts_loss_kwargs = False
     _no_split_modules: ClassVar[list[str]] = []
 
     def __init__(self, config: MissingModalityConfig, backbone: PreTrainedModel | None = None) -> None:

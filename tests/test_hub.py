@@ -31,6 +31,7 @@ TINY_OPTIONS = {
     "baseline": {},
     "map": {"prompt_length": 4, "prompt_depth": 2},
     "rep": {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4},
+    "memprompt": {"prompt_length": 2, "memory_size": 6, "top_n": 2, "prompt_layers": [0, 1]},
 }
 RESULTS = {"eval_loss": 0.9, "eval_accuracy": 0.61, "eval_complete/accuracy": 0.8, "eval_complete/count": 14.0,
            "eval_missing_text/accuracy": 0.55, "eval_missing_image/accuracy": 0.48}

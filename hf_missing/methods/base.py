@@ -143,6 +143,9 @@ class MissingMethodModel(BaseTuner):
         return []
 
     def _pre_injection_hook(self, model: nn.Module, config: MissingMethodConfig, adapter_name: str) -> None:
+        from ..hub import check_option_sizes
+
+        check_option_sizes(config.method_name, {k: getattr(config, k) for k in config.options_help()}, "adapter")
         wrapper = _wrapper_of(model)
         interface = wrapper.interface
         check_signature(config, interface)
