@@ -1,0 +1,11 @@
+from ..base import register_method
+from .config import CmptConfig
+from .layer import CmptLayer, ProxyGate
+from .model import CmptModel
+from .ops import CmptBackboneOps, ops_for
+
+register_method("cmpt", CmptConfig, CmptModel,
+                "Cross-modal proxy tokens: a learned token per modality estimates a missing modality's class token "
+                "from the available modality; rank-1 LoRA on the frozen encoders, alignment loss, gated fusion (CMPT).")
+
+__all__ = ["CmptBackboneOps", "CmptConfig", "CmptLayer", "CmptModel", "ProxyGate", "ops_for"]

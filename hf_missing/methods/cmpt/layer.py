@@ -1,0 +1,399 @@
+"""CMPT's proxy tokens, their attention masks, the gate, the alignment loss and the encoder-layer wrapper.
+
+Every encoder layer of every stream is wrapped. Layer 0 of a stream appends, after the real tokens,
+
+- in a stream that holds several modalities and ``single_stream_context="unimodal"``: a *shadow* copy of each
+  modality's tokens, which attends only to its own modality (so the shadows evolve as a unimodal pass would);
+- one proxy token for each proxied modality ``m`` the stream can estimate (it holds a modality other than ``m``).
+
+The appended tokens flow through every layer of the stream (carried in the run state, re-appended before each
+layer, stripped after it). The attention mask is the layer's own for the real tokens, which never see the
+appended ones, so every real token, the class tokens included, is exactly what it is without CMPT. A proxy for
+``m`` sees itself and the tokens (or shadows) of the modalities other than ``m`` that are present for the sample.
+
+After the last layer, the proxies go through the readout of their stream (the same final norm and projection as
+that stream's class token). The owner layer (layer 0 of the first stream) registers :meth:`CmptRun.fuse` as a
+feature hook: once the interface has pooled the real class tokens, it substitutes proxies for missing
+modalities, adds the alignment loss to ``ctx.aux_losses``, gates the K tokens and composes the head's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora.layer import Linear as LoraLinear
+from peft.tuners.lora.layer import LoraLayer
+from torch import nn
+from torch.nn import functional as F
+
+from ...backbones import BackboneInterface, Stream
+from ...context import ForwardContext, current_context
+from ..base import MissingMethodLayer, _pop_mask
+from .config import CmptConfig
+from .ops import FEATURE_HOOKS, CmptBackboneOps, ops_for
+
+PROXY_INIT_STD = 0.02
+RUN_KEY = "cmpt"
+
+
+# ---- which tokens a stream appends ----------------------------------------------------------------
+@dataclass(frozen=True)
+class StreamLayout:
+    """The tokens one stream appends: shadows of ``shadowed`` modalities (in order), then one proxy per
+    modality of ``proxies``. ``sources`` are the stream's modalities a proxy may read."""
+
+    sources: tuple[str, ...]
+    shadowed: tuple[str, ...]
+    proxies: tuple[str, ...]
+
+
+def hosted_proxies(stream_modalities: tuple[str, ...], proxied: tuple[str, ...]) -> tuple[str, ...]:
+    """The proxied modalities a stream can estimate: those for which it holds another modality."""
+    return tuple(m for m in proxied if any(a != m for a in stream_modalities))
+
+
+def stream_layout(stream: Stream, proxied: tuple[str, ...], context: str) -> StreamLayout:
+    """The layout of ``stream`` for the proxied modalities and the single-stream context option."""
+    proxies = hosted_proxies(stream.modalities, proxied)
+    shadow = context == "unimodal" and len(stream.modalities) > 1 and bool(proxies)
+    return StreamLayout(stream.modalities, stream.modalities if shadow else (), proxies)
+
+
+# ---- attention masks --------------------------------------------------------------------------------
+def allowed_matrix(mask: torch.Tensor | None, length: int, causal: bool, batch: int,
+                   device: torch.device) -> torch.Tensor:
+    """The layer's own mask as booleans ``[B, 1, L, L]`` (True = may attend), from None, boolean or additive
+    masks of shape ``[B, 1, 1 or L, L]``."""
+    if mask is None:
+        allowed = torch.ones(length, length, dtype=torch.bool, device=device)
+        allowed = allowed.tril() if causal else allowed
+        return allowed.expand(batch, 1, length, length)
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return allowed[:, :1].expand(batch, 1, length, length)
+
+
+def appended_rows(layout: StreamLayout, spans: dict[str, slice], key_valid: torch.Tensor,
+                  present: dict[str, torch.Tensor], causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention rows ``[B, n, L + n]`` of the ``n`` appended tokens, and ``[B, P]`` whether each proxy has a
+    present source modality for the sample.
+
+    Args:
+        spans: the slice of the real sequence each of the stream's modalities occupies.
+        key_valid: ``[B, L]`` real keys that are not padding (nor masked out by the "mask" policy).
+        present: ``[B]`` presence of each modality.
+    """
+    batch, length = key_valid.shape
+    positions = {a: torch.arange(length, device=key_valid.device)[spans[a]] for a in layout.sources}
+    n = sum(len(positions[a]) for a in layout.shadowed) + len(layout.proxies)
+    rows = torch.zeros(batch, n, length + n, dtype=torch.bool, device=key_valid.device)
+    columns, row = {}, 0
+    for a in layout.shadowed:
+        idx = positions[a]
+        block = slice(row, row + len(idx))
+        visible = key_valid[:, None, idx].expand(batch, len(idx), len(idx))
+        if causal:
+            visible = visible & torch.ones(len(idx), len(idx), dtype=torch.bool, device=idx.device).tril()
+        rows[:, block, length + row:length + row + len(idx)] = visible
+        columns[a] = length + row + torch.arange(len(idx), device=idx.device)
+        row += len(idx)
+    has_source = torch.zeros(batch, len(layout.proxies), dtype=torch.bool, device=key_valid.device)
+    for j, m in enumerate(layout.proxies):
+        for a in (a for a in layout.sources if a != m):
+            visible = key_valid[:, positions[a]] & present[a][:, None]
+            rows[:, row + j, columns.get(a, positions[a])] = visible
+            has_source[:, j] |= present[a]
+    diagonal = torch.arange(n, device=key_valid.device)
+    rows[:, diagonal, length + diagonal] = True
+    return rows, has_source
+
+
+def extended_mask(mask: torch.Tensor | None, rows: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The ``[B, 1, L + n, L + n]`` mask: the layer's own for the real rows (blind to the appended columns) and
+    ``rows`` for the appended ones; boolean if the layer's mask was, else additive in ``dtype``."""
+    batch, n, total = rows.shape
+    length = total - n
+    allowed = allowed_matrix(mask, length, causal, batch, rows.device)
+    top = torch.cat([allowed, torch.zeros(batch, 1, length, n, dtype=torch.bool, device=rows.device)], dim=-1)
+    full = torch.cat([top, rows[:, None]], dim=2)
+    if mask is not None and mask.dtype == torch.bool:
+        return full
+    return torch.zeros(full.shape, dtype=dtype, device=rows.device).masked_fill(~full, torch.finfo(dtype).min)
+
+
+# ---- estimates, alignment, gate ---------------------------------------------------------------------
+def combine_estimates(estimates: list[tuple[str, torch.Tensor, torch.Tensor]]
+                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per modality, the mean of its proxies' estimates ``[B, d]`` over the streams where the proxy had a present
+    source, and ``[B]`` whether any did. ``estimates`` holds (modality, estimate, has_source) per host stream."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for m in dict.fromkeys(name for name, _, _ in estimates):
+        mine = [(e, ok) for name, e, ok in estimates if name == m]
+        weights = torch.stack([ok for _, ok in mine]).to(mine[0][0].dtype)  # [S, B]
+        total = (weights[..., None] * torch.stack([e for e, _ in mine])).sum(0)
+        count = weights.sum(0)
+        out[m] = (total / count.clamp(min=1)[:, None], count > 0)
+    return out
+
+
+def alignment_loss(pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], kind: str) -> torch.Tensor:
+    """Mean over valid (sample, modality) pairs of the distance between a proxy ``[B, d]`` and its target
+    ``[B, d]``; each pair comes with a ``[B]`` validity mask. ``kind``: "mse" (mean over features) or "cosine"
+    (1 - cos). Zero, still attached to the graph, when nothing is valid."""
+    total, count = None, 0
+    for proxy, target, valid in pairs:
+        if kind == "mse":
+            per_sample = (proxy - target).pow(2).mean(-1)
+        else:
+            per_sample = 1 - F.cosine_similarity(proxy, target, dim=-1)
+        term = (per_sample * valid.to(per_sample.dtype)).sum()
+        total = term if total is None else total + term
+        count += int(valid.sum())
+    return total / max(count, 1)
+
+
+class ProxyGate(nn.Module):
+    """Weights over K class tokens: ``softmax_k(W [z_1; ..; z_K] + b)`` across modalities, one weight per
+    modality (``scalar``) or per modality and feature (``vector``). ``W`` and ``b`` start at zero (uniform
+    weights 1/K), so at initialisation the composed feature is the backbone's own layout."""
+
+    def __init__(self, num_modalities: int, width: int, kind: str) -> None:
+        super().__init__()
+        self.num_modalities, self.width, self.kind = num_modalities, width, kind
+        outputs = num_modalities * width if kind == "vector" else num_modalities
+        self.linear = nn.Linear(num_modalities * width, outputs)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, K, d]`` tokens -> ``[B, K, d]`` (vector) or ``[B, K, 1]`` (scalar) weights summing to 1 over K."""
+        logits = self.linear(tokens.flatten(1)).view(tokens.shape[0], self.num_modalities, -1)
+        return logits.softmax(dim=1)
+
+    def prior(self) -> torch.Tensor:
+        """``[K]`` weights for all-zero tokens (the input-independent part), averaged over features."""
+        return self.linear.bias.view(self.num_modalities, -1).softmax(dim=0).mean(-1)
+
+
+# ---- per-forward state ------------------------------------------------------------------------------
+@dataclass
+class StreamState:
+    """One stream in one forward: its layout, extended mask, carried tokens and last-layer outputs."""
+
+    layout: StreamLayout
+    mask: torch.Tensor | None = None
+    has_source: torch.Tensor | None = None
+    carried: torch.Tensor | None = None
+    final: torch.Tensor | None = None
+
+
+@dataclass
+class CmptRun:
+    """What one forward carries between CMPT layers, and the feature hook that ends it."""
+
+    config: CmptConfig
+    gate: ProxyGate
+    ops: CmptBackboneOps
+    ctx: ForwardContext
+    adapter: str
+    streams: dict[str, StreamState] = field(default_factory=dict)
+
+    def estimates(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each proxied modality's estimate ``[B, d]`` and ``[B]`` availability, read out from every host stream."""
+        found = []
+        for name, state in self.streams.items():
+            if not state.layout.proxies:
+                continue
+            proxies = state.carried[:, -len(state.layout.proxies):]
+            read = self.ops.readout(name, proxies)
+            found += [(m, read[:, j], state.has_source[:, j]) for j, m in enumerate(state.layout.proxies)]
+        return combine_estimates(found)
+
+    def fuse(self, features: torch.Tensor) -> torch.Tensor:
+        """Class tokens (proxies where missing), the alignment loss, the gate and the composed head input."""
+        ctx = self.ctx
+        real = self.ops.class_tokens(features, {n: s.final for n, s in self.streams.items()}, ctx)
+        estimates = self.estimates()
+        tokens, pairs = {}, []
+        for m in ctx.modalities:
+            present = ctx.present_of(m)
+            tokens[m] = real[m]
+            if m not in estimates:
+                continue
+            proxy, available = estimates[m]
+            own = (real[m] + proxy) / 2 if self.config.proxy_when_present else real[m]
+            tokens[m] = torch.where(present[:, None], own, torch.where(available[:, None], proxy, real[m]))
+            target = real[m].detach() if self.config.detach_target else real[m]
+            pairs.append((proxy, target, present & available))
+        if self.config.align_weight > 0 and pairs:
+            loss = alignment_loss(pairs, self.config.align_loss)
+            ctx.aux_losses[f"cmpt_alignment/{self.adapter}"] = self.config.align_weight * loss
+        stacked = torch.stack([tokens[m] for m in ctx.modalities], dim=1)
+        weights = self.gate(stacked)
+        return self.ops.compose({m: weights[:, k] * stacked[:, k] for k, m in enumerate(ctx.modalities)})
+
+
+# ---- LoRA -------------------------------------------------------------------------------------------
+def linear_names(layer: nn.Module) -> list[str]:
+    """Paths, relative to an encoder layer, of its Linear modules (LoRA-wrapped ones by their wrapper's path)."""
+    names = []
+    for name, module in layer.named_modules():
+        inside_lora = any(part.startswith("lora_") or part == "base_layer" for part in name.split("."))
+        if isinstance(module, LoraLayer) or (isinstance(module, nn.Linear) and not inside_lora):
+            names.append(name)
+    return names
+
+
+def resolve_lora_paths(layer: nn.Module, targets: list[str], ops: CmptBackboneOps) -> list[str]:
+    """The Linear paths inside ``layer`` that ``targets`` (roles or relative paths) name; errors for a target
+    that names nothing."""
+    available = linear_names(layer)
+    paths = []
+    for target in targets:
+        wanted = ops.lora_roles.get(target, target)
+        found = [n for n in available if n == wanted or n.endswith(f".{wanted}")]
+        if not found:
+            raise ValueError(f"CMPT lora_targets entry {target!r} matches no Linear layer of a {ops.model_type} "
+                             f"encoder layer; use a role of {sorted(ops.lora_roles)} or a path among {available}.")
+        paths += [p for p in found if p not in paths]
+    return paths
+
+
+def add_lora(layer: nn.Module, paths: list[str], adapter_name: str, config: CmptConfig) -> None:
+    """Wrap each Linear at ``paths`` in ``layer`` with peft's own LoRA ``Linear`` for ``adapter_name`` (or add the
+    adapter to an existing wrapper), so peft saves, loads, disables and deletes it with the CMPT adapter."""
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      inference_mode=config.inference_mode)
+    for path in paths:
+        module = layer.get_submodule(path)
+        if isinstance(module, LoraLayer):
+            module.update_layer(adapter_name, config.lora_rank, lora_alpha=config.lora_alpha, config=lora)
+            continue
+        parent_path, _, name = path.rpartition(".")
+        parent = layer.get_submodule(parent_path) if parent_path else layer
+        setattr(parent, name, LoraLinear(module, adapter_name, config=lora, r=config.lora_rank,
+                                         lora_alpha=config.lora_alpha))
+
+
+# ---- the layer --------------------------------------------------------------------------------------
+class CmptLayer(MissingMethodLayer):
+    """Wraps one encoder layer. Layer 0 of a stream holds the proxies it hosts (``cmpt_proxies``, ``[P, H]``);
+    layer 0 of the first stream also holds the gate (``cmpt_gate``); every layer's targeted Linear modules carry
+    peft LoRA for the same adapter."""
+
+    adapter_layer_names = ("cmpt_proxies", "cmpt_gate")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cmpt_proxies = nn.ParameterDict()
+        self.cmpt_gate = nn.ModuleDict()
+        self.cmpt_settings: dict[str, CmptConfig] = {}
+
+    @property
+    def is_owner(self) -> bool:
+        return self.stream.name == self.interface.streams[0].name and self.index == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.stream.num_layers - 1
+
+    def update_layer(self, adapter_name: str, config: CmptConfig) -> None:
+        self.cmpt_settings[adapter_name] = config
+        ops = ops_for(self.interface)
+        if config.lora_targets:
+            add_lora(self.base_layer, resolve_lora_paths(self.base_layer, config.lora_targets, ops), adapter_name,
+                     config)
+        proxies = hosted_proxies(self.stream.modalities, proxied_modalities(self.interface, config))
+        if self.index == 0 and proxies:
+            self.cmpt_proxies[adapter_name] = nn.Parameter(initial_proxies(ops, self.stream, proxies, config))
+        if self.is_owner:
+            self.cmpt_gate[adapter_name] = ProxyGate(len(self.interface.modalities), ops.token_width, config.gate)
+        self.set_adapter(self.active_adapters)
+
+    def _has_active(self) -> bool:
+        return not self.disable_adapters and any(a in self.cmpt_settings for a in self.active_adapters)
+
+    def diagnostics(self) -> dict[str, float]:
+        values = {}
+        for adapter, gate in self.cmpt_gate.items():
+            prior = gate.prior()
+            values.update({f"cmpt/{adapter}/gate_prior_{m}": float(prior[k])
+                           for k, m in enumerate(self.interface.modalities)})
+        return values
+
+    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        ctx = current_context()
+        adapter = next(a for a in self.active_adapters if a in self.cmpt_settings)
+        if self.is_owner:
+            self._start(adapter, ctx)
+        run: CmptRun = ctx.extras[RUN_KEY]
+        args, kwargs, mask = _pop_mask(args, kwargs)
+        state = run.streams.get(self.stream.name) or self._open_stream(run, adapter, hidden_states, mask)
+        appended = self._initial_tokens(run, adapter, state, hidden_states) if self.index == 0 else state.carried
+        if appended is None:
+            out = self.base_layer(hidden_states, mask, *args, **kwargs)
+            real = out[0] if isinstance(out, tuple) else out
+        else:
+            if "is_causal" in kwargs:
+                kwargs["is_causal"] = False  # the extended mask carries the causality
+            length = hidden_states.shape[1]
+            out = self.base_layer(torch.cat([hidden_states, appended.to(hidden_states.dtype)], dim=1), state.mask,
+                                  *args, **kwargs)
+            joined = out[0] if isinstance(out, tuple) else out
+            real, state.carried = joined[:, :length], joined[:, length:]
+        if self.is_last:
+            state.final = real
+        return (real, *out[1:]) if isinstance(out, tuple) else real
+
+    def _start(self, adapter: str, ctx: ForwardContext) -> None:
+        run = CmptRun(self.cmpt_settings[adapter], self.cmpt_gate[adapter], ops_for(self.interface), ctx, adapter)
+        ctx.extras[RUN_KEY] = run
+        ctx.extras.setdefault(FEATURE_HOOKS, []).append(run.fuse)
+
+    def _open_stream(self, run: CmptRun, adapter: str, hidden: torch.Tensor,
+                     mask: torch.Tensor | None) -> StreamState:
+        """The stream's layout and extended mask, built once per forward at its layer 0."""
+        proxied = proxied_modalities(self.interface, run.config)
+        state = StreamState(stream_layout(self.stream, proxied, run.config.single_stream_context))
+        run.streams[self.stream.name] = state
+        if not state.layout.proxies:
+            return state
+        batch, length = hidden.shape[:2]
+        allowed = allowed_matrix(mask, length, self.stream.causal, batch, hidden.device)
+        spans = run.ctx.spans[self.stream.name]
+        present = {m: run.ctx.present_of(m) for m in self.stream.modalities}
+        rows, state.has_source = appended_rows(state.layout, spans, allowed[:, 0, -1], present, self.stream.causal)
+        state.mask = extended_mask(mask, rows, self.stream.causal, hidden.dtype)
+        return state
+
+    def _initial_tokens(self, run: CmptRun, adapter: str, state: StreamState,
+                        hidden: torch.Tensor) -> torch.Tensor | None:
+        """Layer 0's appended tokens: shadows of the stream's modalities, then the hosted proxies."""
+        if not state.layout.proxies:
+            return None
+        spans = run.ctx.spans[self.stream.name]
+        shadows = [hidden[:, spans[a]] for a in state.layout.shadowed]
+        proxies = self.cmpt_proxies[adapter][None].expand(hidden.shape[0], -1, -1).to(hidden.dtype)
+        return torch.cat([*shadows, proxies], dim=1)
+
+
+def proxied_modalities(interface: BackboneInterface, config: CmptConfig) -> tuple[str, ...]:
+    """The modalities that get a proxy, in the backbone's order; a clear error for unknown names."""
+    if config.proxy_modalities is None:
+        return interface.modalities
+    unknown = sorted(set(config.proxy_modalities) - set(interface.modalities))
+    if unknown:
+        raise ValueError(f"CMPT proxy_modalities {unknown} are not modalities of this {interface.model_type} "
+                         f"backbone, which has {list(interface.modalities)}; pass a subset of those (or None).")
+    return tuple(m for m in interface.modalities if m in config.proxy_modalities)
+
+
+def initial_proxies(ops: CmptBackboneOps, stream: Stream, proxies: tuple[str, ...], config: CmptConfig) -> torch.Tensor:
+    """``[P, H]`` proxies: the pretrained embedding (``proxy_init="pretrained"``) plus N(0, 0.02^2) noise, or the
+    noise alone."""
+    noise = torch.randn(len(proxies), stream.hidden_size) * PROXY_INIT_STD
+    if config.proxy_init == "random":
+        return noise
+    return torch.stack([ops.proxy_embedding(stream, m) for m in proxies]) + noise
