@@ -7,14 +7,20 @@ Protocols:
   the text (at 0.7: 35% no text, 35% no image, 30% complete). Unlike the released code, the table is
   keyed by seed and both_ratio, so a stale table can never be reused.
 * ``"ragpt"`` — the RAGPT family: one global table over all splits of a ``DatasetDict`` together (so the
-  training split is incomplete too), patterns in disjoint shares of ``rate/len(patterns)``.
+  training split is incomplete too), patterns in disjoint shares of ``rate/len(patterns)``, counted as
+  under "redeem".
 * ``"redeem"`` — REDEEM §4.1: per split, ``rate`` is the share of incomplete samples, split evenly over
-  the patterns (``rate/2`` text-only and ``rate/2`` image-only for "both"), each count rounded.
+  the patterns (``rate/2`` text-only and ``rate/2`` image-only for "both"), each count rounded (half up).
+  Where the rounded counts add up to more than ``ceil(N·rate)`` (5 samples at 1.0: 2.5 + 2.5 -> 3 + 3) or
+  less than ``floor(N·rate)``, the counts nearest to a tie move by one, so they never exceed N and
+  ``rate=1.0`` leaves no complete sample.
 * ``"per_epoch"`` — MPLMM: the pattern is redrawn every epoch by ``MissingModalityCollator``; this
   transform only adds the ``sample_index`` column the redraw is keyed on and a ``complete`` column.
 
-Every table is a function of ``(seed, protocol, rate, shares, split sizes)`` alone, so the columns are
-identical for any ``num_proc`` and any processing order. The settings are stored as JSON in the
+Rates and shares are read as the fractions they stand for (``0.29`` is 29/100: 100 samples at 0.29 give
+29 incomplete, not the 28 of float ``int(100 * 0.29)``). Every table is a function of ``(seed, protocol,
+rate, shares, split sizes)`` alone, so the columns are identical for any ``num_proc`` and any processing
+order. The settings are stored as JSON in the
 dataset's ``info.description`` (read back with :func:`missing_settings`) so model cards can state them.
 """
 
@@ -22,11 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, Features, Value
 
 from ..missingness import DEFAULT_MODALITIES, MISSING_TYPE_COLUMN, ModalityPattern
 
@@ -70,11 +78,35 @@ def pattern_shares(
 def pattern_counts(n: int, rate: float, shares: dict[str, float], protocol: str) -> dict[str, int]:
     """How many of ``n`` samples get each incomplete pattern under ``protocol``."""
     names = list(shares)
+    incomplete = n * _fraction(rate)
     if protocol == "map":
-        n_incomplete = int(n * rate)
-        counts = [int(n_incomplete * shares[name]) for name in names[1:]]
+        n_incomplete = math.floor(incomplete)
+        counts = [math.floor(n_incomplete * _fraction(shares[name])) for name in names[1:]]
         return dict(zip(names, [n_incomplete - sum(counts), *counts], strict=True))
-    return {name: round(n * rate * shares[name]) for name in names}
+    return _round_counts({name: incomplete * _fraction(shares[name]) for name in names})
+
+
+def _fraction(value: float) -> Fraction:
+    """``value`` as the simple fraction it stands for (0.29 -> 29/100, 0.3333333333333333 -> 1/3), so that
+    counts like N·rate carry no binary floating-point error."""
+    return Fraction(value).limit_denominator(1_000_000)
+
+
+def _round_counts(exact: dict[str, Fraction]) -> dict[str, int]:
+    """Each count rounded half up, then moved by one where needed (those closest to their rounding threshold
+    first) so that the total lies between floor and ceil of the exact total."""
+    counts = {name: math.floor(value + Fraction(1, 2)) for name, value in exact.items()}
+    total = sum(exact.values())
+    excess = sum(counts.values()) - math.ceil(total)
+    shortfall = math.floor(total) - sum(counts.values())
+    remainder = {name: value - math.floor(value) for name, value in exact.items()}
+    rounded_up = sorted((n for n in exact if counts[n] > exact[n]), key=remainder.get)
+    rounded_down = sorted((n for n in exact if counts[n] < exact[n]), key=remainder.get, reverse=True)
+    for name in rounded_up[: max(excess, 0)]:
+        counts[name] -= 1
+    for name in rounded_down[: max(shortfall, 0)]:
+        counts[name] += 1
+    return counts
 
 
 def missing_table(n: int, counts: dict[str, int], patterns: ModalityPattern, seed: int, key: int) -> np.ndarray:
@@ -107,6 +139,11 @@ def _assign(split: Dataset, codes: np.ndarray, column: str, patterns: ModalityPa
             num_proc: int | None) -> Dataset:
     """Write the table into ``split``; the batch is lazy, so images are never decoded here."""
     split = split.remove_columns([c for c in (column, SAMPLE_INDEX_COLUMN) if c in split.column_names])
+    if len(split) == 0:  # map() adds no columns to an empty split
+        features = Features({**split.features, column: patterns.feature(), SAMPLE_INDEX_COLUMN: Value("int64")})
+        info = split.info.copy()
+        info.features = features
+        return Dataset.from_dict({name: [] for name in features}, features=features, info=info)
 
     def add_codes(_batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         return {column: codes[indices].tolist(), SAMPLE_INDEX_COLUMN: list(indices)}
