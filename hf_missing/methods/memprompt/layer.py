@@ -84,7 +84,8 @@ class MemPromptBank(nn.Module):
         super().__init__()
         self.modalities = tuple(widths)
         self.top_n = config.top_n
-        self.usage: dict[str, torch.Tensor] = {}  # top-N selection counts of the last forward (not saved)
+        self.usage: dict[str, torch.Tensor] = {}  # top-N selection counts of the last forward (not saved,
+        # left on the device: read back only when diagnostics() asks)
         layers = [str(i) for i in config.prompt_layers]
         if config.generative_prompts:
             self.memories = nn.ModuleDict({
@@ -112,7 +113,7 @@ class MemPromptBank(nn.Module):
         memory = self.memories[modality][str(layer)]
         found = memory.retrieve(query, self.top_n)
         self.usage[f"{modality}/layer{layer}"] = torch.bincount(found.indices.detach().flatten(),
-                                                                minlength=memory.keys.shape[0]).cpu()
+                                                                minlength=memory.keys.shape[0])
         return found.prompt
 
     def shared_prompt(self, layer: int, modality: str, present: torch.Tensor) -> torch.Tensor:
@@ -245,6 +246,7 @@ class MemPromptLayer(MissingMethodLayer):
 
     def _new_prompts(self, run: MemPromptRun, ctx: ForwardContext, modality: str, hidden: torch.Tensor,
                      mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """This layer's ``[p_s,m^i, p_g,m^i]`` (eq. 7, eq. 4-6); adds their orthogonality term when asked."""
         bank, parts = run.bank, []
         if bank.has_shared:
             present = torch.stack([ctx.present_of(m) for m in bank.modalities], dim=1)
