@@ -56,6 +56,8 @@ class MissingModalityCollator:
         self.epoch = int(epoch)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features:
+            raise ValueError("Cannot collate an empty batch; the data loader handed over no samples.")
         codes = self._codes(features)
         present = self.patterns.present(codes)
         texts, images = [], []
@@ -123,7 +125,12 @@ class MissingModalityCollator:
         if not real:
             size = _image_size(self.processor.image_processor)
             return {"pixel_values": BackboneInterface.dummy_pixel_values((len(images), 3, *size))}
-        processed = dict(self.processor.image_processor(real, return_tensors="pt"))
+        try:
+            processed = dict(self.processor.image_processor(real, return_tensors="pt"))
+        except ValueError as err:
+            sizes = [im.size for im in real]
+            raise ValueError(f"The image processor cannot take images of (width, height) {sizes}: {err} Very thin "
+                             "images resize to a zero side; pad or crop them first.") from err
         values = processed["pixel_values"]
         out = BackboneInterface.dummy_pixel_values((len(images), *values.shape[1:]), values.dtype)
         rows = [i for i, im in enumerate(images) if im is not None]
