@@ -174,7 +174,7 @@ class ProxyGate(nn.Module):
 
     def prior(self) -> torch.Tensor:
         """``[K]`` weights for all-zero tokens (the input-independent part), averaged over features."""
-        return self.linear.bias.view(self.num_modalities, -1).softmax(dim=0).mean(-1)
+        return self.linear.bias.detach().view(self.num_modalities, -1).softmax(dim=0).mean(-1)
 
 
 # ---- per-forward state ------------------------------------------------------------------------------
@@ -211,10 +211,14 @@ class CmptRun:
             found += [(m, read[:, j], state.has_source[:, j]) for j, m in enumerate(state.layout.proxies)]
         return combine_estimates(found)
 
+    def real_tokens(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each modality's real class token ``[B, d]`` (what the backbone pooled, proxies never seen)."""
+        return self.ops.class_tokens(features, {n: s.final for n, s in self.streams.items()}, self.ctx)
+
     def fuse(self, features: torch.Tensor) -> torch.Tensor:
         """Class tokens (proxies where missing), the alignment loss, the gate and the composed head input."""
         ctx = self.ctx
-        real = self.ops.class_tokens(features, {n: s.final for n, s in self.streams.items()}, ctx)
+        real = self.real_tokens(features)
         estimates = self.estimates()
         tokens, pairs = {}, []
         for m in ctx.modalities:
@@ -279,16 +283,20 @@ def add_lora(layer: nn.Module, paths: list[str], adapter_name: str, config: Cmpt
 
 # ---- the layer --------------------------------------------------------------------------------------
 class CmptLayer(MissingMethodLayer):
-    """Wraps one encoder layer. Layer 0 of a stream holds the proxies it hosts (``cmpt_proxies``, ``[P, H]``);
-    layer 0 of the first stream also holds the gate (``cmpt_gate``); every layer's targeted Linear modules carry
-    peft LoRA for the same adapter."""
+    """Wraps one encoder layer. Layer 0 of a stream holds the proxies it hosts (``lora_cmpt_proxies``, ``[P, H]``);
+    layer 0 of the first stream also holds the gate (``lora_cmpt_gate``); every layer's targeted Linear modules carry
+    peft LoRA for the same adapter.
 
-    adapter_layer_names = ("cmpt_proxies", "cmpt_gate")
+    The containers start with ``lora_``, CMPT's key prefix (see ``model.py``): transformers' ``load_adapter`` puts the
+    adapter name back only after segments that start with the method's prefix, and peft's LoRA keys are
+    ``lora_A`` / ``lora_B``, so one prefix covers the proxies, the gate and the LoRA."""
+
+    adapter_layer_names = ("lora_cmpt_proxies", "lora_cmpt_gate")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cmpt_proxies = nn.ParameterDict()
-        self.cmpt_gate = nn.ModuleDict()
+        self.lora_cmpt_proxies = nn.ParameterDict()
+        self.lora_cmpt_gate = nn.ModuleDict()
         self.cmpt_settings: dict[str, CmptConfig] = {}
 
     @property
@@ -307,17 +315,25 @@ class CmptLayer(MissingMethodLayer):
                      config)
         proxies = hosted_proxies(self.stream.modalities, proxied_modalities(self.interface, config))
         if self.index == 0 and proxies:
-            self.cmpt_proxies[adapter_name] = nn.Parameter(initial_proxies(ops, self.stream, proxies, config))
+            self.lora_cmpt_proxies[adapter_name] = nn.Parameter(initial_proxies(ops, self.stream, proxies, config))
         if self.is_owner:
-            self.cmpt_gate[adapter_name] = ProxyGate(len(self.interface.modalities), ops.token_width, config.gate)
+            self.lora_cmpt_gate[adapter_name] = ProxyGate(len(self.interface.modalities), ops.token_width, config.gate)
         self.set_adapter(self.active_adapters)
 
     def _has_active(self) -> bool:
         return not self.disable_adapters and any(a in self.cmpt_settings for a in self.active_adapters)
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete the adapter's proxies and gate, and its LoRA in the wrapped layer."""
+        super().delete_adapter(adapter_name)
+        self.cmpt_settings.pop(adapter_name, None)
+        for module in self.base_layer.modules():
+            if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+                module.delete_adapter(adapter_name)
+
     def diagnostics(self) -> dict[str, float]:
         values = {}
-        for adapter, gate in self.cmpt_gate.items():
+        for adapter, gate in self.lora_cmpt_gate.items():
             prior = gate.prior()
             values.update({f"cmpt/{adapter}/gate_prior_{m}": float(prior[k])
                            for k, m in enumerate(self.interface.modalities)})
@@ -348,7 +364,7 @@ class CmptLayer(MissingMethodLayer):
         return (real, *out[1:]) if isinstance(out, tuple) else real
 
     def _start(self, adapter: str, ctx: ForwardContext) -> None:
-        run = CmptRun(self.cmpt_settings[adapter], self.cmpt_gate[adapter], ops_for(self.interface), ctx, adapter)
+        run = CmptRun(self.cmpt_settings[adapter], self.lora_cmpt_gate[adapter], ops_for(self.interface), ctx, adapter)
         ctx.extras[RUN_KEY] = run
         ctx.extras.setdefault(FEATURE_HOOKS, []).append(run.fuse)
 
@@ -375,7 +391,7 @@ class CmptLayer(MissingMethodLayer):
             return None
         spans = run.ctx.spans[self.stream.name]
         shadows = [hidden[:, spans[a]] for a in state.layout.shadowed]
-        proxies = self.cmpt_proxies[adapter][None].expand(hidden.shape[0], -1, -1).to(hidden.dtype)
+        proxies = self.lora_cmpt_proxies[adapter][None].expand(hidden.shape[0], -1, -1).to(hidden.dtype)
         return torch.cat([*shadows, proxies], dim=1)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from peft.tuners.tuners_utils import _remove_adapter_name_from_state_dict_key
+from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 
 from ...backbones import BackboneInterface, Stream
 from ..base import MissingMethodModel
 from .config import CmptConfig
 from .layer import CmptLayer, proxied_modalities, resolve_lora_paths
 from .ops import install_feature_hooks, ops_for
+
+LORA_PREFIX = "lora_"
 
 
 class CmptModel(MissingMethodModel):
@@ -30,10 +32,10 @@ class CmptModel(MissingMethodModel):
         install_feature_hooks(interface)
         return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
 
-    @classmethod
-    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        """CMPT containers (``cmpt_proxies.<adapter>``, ``cmpt_gate.<adapter>.linear.weight``) as in the base
-        class; the nested peft LoRA keys (``q_proj.lora_A.<adapter>.weight``) as peft itself does."""
-        if f".{cls.prefix}" in key:
-            return super()._remove_adapter_name_from_key(key, adapter_name)
-        return _remove_adapter_name_from_state_dict_key(key, adapter_name)
+
+def use_lora_key_prefix() -> None:
+    """Give CMPT the key prefix ``lora_`` (after :func:`register_method` set ``cmpt_``): its proxies and gate live in
+    ``lora_cmpt_*`` containers and its LoRA in peft's ``lora_A`` / ``lora_B``, so every adapter key carries the
+    prefix, which both the base class's adapter-name stripping and transformers' ``load_adapter`` renaming need."""
+    CmptModel.prefix = LORA_PREFIX
+    PEFT_TYPE_TO_PREFIX_MAPPING[CmptConfig.method_type] = LORA_PREFIX
