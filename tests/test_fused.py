@@ -184,6 +184,8 @@ def test_stage1_trains_only_the_alignment(tmp_path, shapes) -> None:
 def test_real_encoders_forward_backward_map(shapes_missing) -> None:
     processor = FusedProcessor.from_packaged()
     model = MissingModalityForClassification.from_backbone(FusedModel.from_packaged_encoders(), num_labels=4)
+    # PEFT's modules_to_save matches names by suffix: no backbone module may end in "head".
+    assert not [name for name, _ in model.backbone.named_modules() if name.endswith("head")]
     model.add_adapter(hf_missing.get_method_config("map"))
     out = model(**batch(shapes_missing["train"], processor))
     out.loss.backward()

