@@ -78,9 +78,10 @@ class CmptConfig(MissingMethodConfig):
     gate: str = field(
         default="vector",
         metadata={"help": f"One of {list(GATES)}. Weights over the K class tokens from Linear([z_1; ..; z_K]), "
-                          "softmax across modalities (two modalities: g and 1 - g with g = sigmoid). 'vector': one "
-                          "weight per modality and feature (the gated-fusion formula h = g*z1 + (1-g)*z2 of the "
-                          "method notes); 'scalar': one weight per modality (K*d*K parameters instead of (K*d)^2)."},
+                          "softmax across modalities (two modalities: g and 1 - g with g = sigmoid). 'vector' "
+                          "(default): one weight per modality and feature, the gated fusion h = g*z1 + (1-g)*z2 of "
+                          "the method notes; (K-1)*d*K*d parameters (0.5M on CLIP ViT-B/16). 'scalar': one weight "
+                          "per modality, (K-1)*K*d parameters, for a budget close to LoRA's."},
     )
     proxy_when_present: bool = field(
         default=False,

@@ -155,26 +155,30 @@ def alignment_loss(pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
 
 
 class ProxyGate(nn.Module):
-    """Weights over K class tokens: ``softmax_k(W [z_1; ..; z_K] + b)`` across modalities, one weight per
-    modality (``scalar``) or per modality and feature (``vector``). ``W`` and ``b`` start at zero (uniform
-    weights 1/K), so at initialisation the composed feature is the backbone's own layout."""
+    """Weights over K class tokens, ``softmax_k`` across modalities of the logits ``[W [z_1; ..; z_K] + b; 0]``
+    (the last modality's logit is fixed at 0, so two modalities give exactly ``g = sigmoid(W [z_1; z_2] + b)`` and
+    ``1 - g``). ``vector``: one weight per modality and feature; ``scalar``: one per modality. ``W`` and ``b``
+    start at zero (uniform weights 1/K), so at initialisation the composed feature is the backbone's own layout."""
 
     def __init__(self, num_modalities: int, width: int, kind: str) -> None:
         super().__init__()
         self.num_modalities, self.width, self.kind = num_modalities, width, kind
-        outputs = num_modalities * width if kind == "vector" else num_modalities
-        self.linear = nn.Linear(num_modalities * width, outputs)
+        per_modality = width if kind == "vector" else 1
+        self.linear = nn.Linear(num_modalities * width, (num_modalities - 1) * per_modality)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
+    def _weights(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.view(logits.shape[0], self.num_modalities - 1, -1)
+        return torch.cat([logits, torch.zeros_like(logits[:, :1])], dim=1).softmax(dim=1)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, K, d]`` tokens -> ``[B, K, d]`` (vector) or ``[B, K, 1]`` (scalar) weights summing to 1 over K."""
-        logits = self.linear(tokens.flatten(1)).view(tokens.shape[0], self.num_modalities, -1)
-        return logits.softmax(dim=1)
+        return self._weights(self.linear(tokens.flatten(1)))
 
     def prior(self) -> torch.Tensor:
         """``[K]`` weights for all-zero tokens (the input-independent part), averaged over features."""
-        return self.linear.bias.detach().view(self.num_modalities, -1).softmax(dim=0).mean(-1)
+        return self._weights(self.linear.bias.detach()[None])[0].mean(-1)
 
 
 # ---- per-forward state ------------------------------------------------------------------------------
