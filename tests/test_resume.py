@@ -29,10 +29,10 @@ RESUME_BUG = ("transformers' Trainer resumes adapters only for peft.PeftModel; f
               "injected adapter it looks for full or sharded weights and raises \"Can't find a checkpoint index\"")
 
 
-def _command(output_dir: Path, route: str, *extra: str) -> list[str]:
+def _command(output_dir: Path, route: str, method: str, *extra: str) -> list[str]:
     flags = ["--peft-model"] if route == "peft_model" else []
     return [sys.executable, str(SCRIPT), "--output-dir", str(output_dir), "--save-steps", str(SAVE_STEPS),
-            *flags, *extra]
+            "--method", method, *flags, *extra]
 
 
 def _env() -> dict[str, str]:
@@ -72,13 +72,15 @@ def _assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
 
-@pytest.mark.parametrize("route", ["peft_model",
-                                   pytest.param("injected", marks=pytest.mark.xfail(strict=True, reason=RESUME_BUG))])
-def test_resume_after_sigkill_reaches_the_uninterrupted_weights(route, tmp_path):
+@pytest.mark.parametrize(("route", "method"), [
+    ("peft_model", "rep"),  # REP: buffers and gates in the adapter state, gate diagnostics in the logs
+    pytest.param("injected", "map", marks=pytest.mark.xfail(strict=True, reason=RESUME_BUG)),
+])
+def test_resume_after_sigkill_reaches_the_uninterrupted_weights(route, method, tmp_path):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    _run(_command(reference, route))
-    _run_and_kill_after_first_checkpoint(_command(resumed, route, "--step-sleep", "0.3"), resumed)
-    _run(_command(resumed, route, "--resume"))
+    _run(_command(reference, route, method))
+    _run_and_kill_after_first_checkpoint(_command(resumed, route, method, "--step-sleep", "0.3"), resumed)
+    _run(_command(resumed, route, method, "--resume"))
 
     _assert_same_adapter(_adapter(resumed / "final"), _adapter(reference / "final"))
     assert sorted(p.name for p in resumed.glob("checkpoint-*")) == sorted(CHECKPOINTS)
@@ -88,7 +90,9 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_weights(route, tmp_path)
     train_logs = [h for h in history if "loss" in h]
     assert [h["step"] for h in train_logs] == list(range(1, STEPS + 1)), "each step logged once, none lost"
     expected = [h for h in json.loads((reference / "results.json").read_text())["log_history"] if "loss" in h]
-    assert [h["loss"] for h in train_logs] == [h["loss"] for h in expected]
+    assert train_logs == expected, "losses, grad norms, learning rates and method diagnostics as if never killed"
+    if method == "rep":
+        assert all("rep/default/alpha_text" in h for h in train_logs)
     seen = json.loads((resumed / "batches_rank0.json").read_text())
     assert seen == json.loads((reference / "batches_rank0.json").read_text())[SAVE_STEPS:], \
         "the resumed run trains on the batches (samples, missing patterns) the killed run had not committed"
