@@ -1,0 +1,437 @@
+"""REDEEM's memory bank: frozen-backbone embeddings of the training (and validation) samples, and its faiss index.
+
+Per modality ``m`` and bank entry the bank stores, as float16:
+
+* ``query.m [N, D_m]``: the search vector, the L2-normalised mean of the backbone's last-layer states over
+  m's tokens when the backbone sees m alone (the other modality masked out of attention), standing in for
+  the paper's separate CLIP encoders Psi_t / Psi_v of eq. 1;
+* ``tokens.m [N, n, D_m]``: m's first-layer input embeddings (what the CMoE generator and the SAIM prompter
+  consume), adaptively average-pooled over m's valid tokens to ``n = bank_tokens`` tokens;
+
+plus ``labels [N, C]`` (one-/multi-hot, for RAGPT's label token) and ``content_hash [N]`` (a hash of each
+sample's raw text and image, which identifies a training sample for self-exclusion and the reconstruction
+target without relying on row order). Files: ``redeem_bank.safetensors`` (memory-mapped on load) and
+``redeem_index.faiss`` (``faiss.write_index``). The index holds ``[query.text ; query.image]``: the inner
+product of two such vectors is the sum of the two cosine similarities of eq. 1, and zeroing a missing
+modality's half turns it into the within-modal retrieval of an incomplete sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from datasets import Dataset
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from torch.nn import functional as F
+
+from ...context import maybe_context
+from ...data.emoji import default_cache_dir
+
+BANK_FILE = "redeem_bank.safetensors"
+INDEX_FILE = "redeem_index.faiss"
+BANK_VERSION = 1
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
+FLAT_LIMIT = 200_000  # "auto" keeps exact search up to this many entries
+HNSW_NEIGHBOURS = 32
+HNSW_EF_SEARCH = 64
+IVF_TRAIN_PER_LIST = 40
+IVF_MIN_PROBES = 16
+_DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
+
+
+class BankError(ValueError):
+    """A memory bank that cannot serve this model or this request; the message says how to fix it."""
+
+
+@dataclass
+class MemoryBank:
+    """Bank arrays (numpy, possibly memory-mapped), their faiss index and what they were built with.
+
+    Attributes:
+        arrays: ``query.<m>``, ``tokens.<m>``, ``content_hash`` and optionally ``labels``.
+        index: faiss inner-product index over ``[query.<m> for m in modalities]``.
+        modalities: modality order of the search vector.
+        signature: the backbone signature (type, stream widths and depths) the bank was built with.
+        sources: per source dataset, its split name, fingerprint and number of rows.
+        key: the build fingerprint (cache key), which also keys the neighbour columns' cache.
+    """
+
+    arrays: dict[str, np.ndarray]
+    index: Any
+    modalities: tuple[str, ...]
+    signature: dict[str, Any]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    key: str = ""
+    _rows: dict[int, int] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.arrays["content_hash"].shape[0])
+
+    def __deepcopy__(self, memo: dict) -> MemoryBank:
+        return self  # read-only; configs holding it may be deep-copied
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.arrays[f"tokens.{self.modalities[0]}"].shape[1])
+
+    def width(self, modality: str) -> int:
+        return int(self.arrays[f"query.{modality}"].shape[1])
+
+    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
+        """Bank row of each content hash, -1 for samples not in the bank."""
+        if self._rows is None:
+            self._rows = {int(h): i for i, h in enumerate(self.arrays["content_hash"])}
+        return np.array([self._rows.get(int(h), -1) for h in hashes], dtype=np.int64)
+
+    def lookup(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        """``arrays[key][rows]`` as float32 on ``rows``' device (only those rows are read from disk)."""
+        flat = rows.reshape(-1).cpu().numpy()
+        values = torch.from_numpy(np.ascontiguousarray(self.arrays[key][flat])).float()
+        return values.reshape(*rows.shape, *values.shape[1:]).to(rows.device)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner-product search (eq. 1 scores) of float32 ``queries [Q, sum D_m]``."""
+        if k > len(self):
+            raise BankError(f"Asked for {k} neighbours but the memory bank holds {len(self)} entries; lower "
+                            "num_retrieved or build the bank from more training samples.")
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, ids
+
+    def check_model(self, signature: dict[str, Any], modalities: Sequence[str], num_tokens: int) -> None:
+        """Raise when the bank was built with another backbone, other modalities or another token count."""
+        if _streams(self.signature) != _streams(signature):
+            raise BankError(
+                f"The memory bank was built with a {self.signature['model_type']} backbone with streams "
+                f"{_streams(self.signature)[1]} ([hidden size, layers]), but the model is a {signature['model_type']} "
+                f"with {_streams(signature)[1]}; rebuild the bank with this model (build_memory_bank)."
+            )
+        if tuple(modalities) != self.modalities or num_tokens != self.num_tokens:
+            raise BankError(f"The memory bank holds modalities {list(self.modalities)} with {self.num_tokens} tokens, "
+                            f"but the adapter expects {list(modalities)} with bank_tokens={num_tokens}; rebuild it.")
+
+    # ---- files -----------------------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write ``redeem_bank.safetensors`` (float16 arrays, metadata) and ``redeem_index.faiss``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        metadata = {"version": str(BANK_VERSION), "modalities": json.dumps(list(self.modalities)),
+                    "signature": json.dumps(self.signature, sort_keys=True), "sources": json.dumps(self.sources),
+                    "key": self.key}
+        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(folder / BANK_FILE), metadata)
+        faiss.write_index(self.index, str(folder / INDEX_FILE))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> MemoryBank:
+        """Open a saved bank: arrays memory-mapped (rows are read on lookup), index read with faiss."""
+        folder = Path(folder)
+        path, index_path = folder / BANK_FILE, folder / INDEX_FILE
+        if not path.is_file() or not index_path.is_file():
+            raise BankError(f"{folder} holds no REDEEM memory bank ({BANK_FILE} and {INDEX_FILE}); build one with "
+                            "prepare_for_training(model, train_dataset, collator) and save the adapter again.")
+        with safe_open(str(path), framework="np") as f:
+            metadata = f.metadata() or {}
+        if metadata.get("version") != str(BANK_VERSION):
+            raise BankError(f"{path} is a memory bank of version {metadata.get('version')!r}; this hf_missing reads "
+                            f"version {BANK_VERSION}. Rebuild the bank.")
+        bank = cls(arrays=_memory_map(path), index=faiss.read_index(str(index_path)),
+                   modalities=tuple(json.loads(metadata["modalities"])), signature=json.loads(metadata["signature"]),
+                   sources=json.loads(metadata["sources"]), key=metadata.get("key", ""))
+        if bank.index.ntotal != len(bank):
+            raise BankError(f"{index_path} indexes {bank.index.ntotal} vectors but {path} holds {len(bank)} entries; "
+                            "the files come from different banks. Save the adapter again.")
+        return bank
+
+
+def _streams(signature: dict[str, Any]) -> tuple[str, dict[str, list[int]]]:
+    return signature["model_type"], {k: list(v) for k, v in signature["streams"].items()}
+
+
+def _memory_map(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a read-only ``np.memmap`` (the format is an 8-byte header length,
+    a JSON header with byte offsets, then the raw little-endian data)."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    arrays = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if begin == end:
+            arrays[name] = np.zeros(shape, dtype=_DTYPES[info["dtype"]])
+            continue
+        arrays[name] = np.memmap(path, dtype=_DTYPES[info["dtype"]], mode="r", offset=8 + length + begin, shape=shape)
+    return arrays
+
+
+# ---- faiss --------------------------------------------------------------------------------------------
+def build_index(vectors: np.ndarray, index_type: str = "auto", nlist: int | None = None,
+                nprobe: int | None = None, seed: int = 0) -> Any:
+    """An inner-product faiss index over ``vectors [N, D]`` (float16 or float32).
+
+    ``"flat"``: exact (IndexFlatIP). ``"ivf"``: IndexIVFFlat with ``nlist`` ~ 2 sqrt(N) lists trained by
+    k-means on a sample of ``40 nlist`` vectors and ``nprobe`` (default max(16, nlist / 32)) lists searched.
+    ``"hnsw"``: IndexHNSWFlat (32 links, efSearch 64). ``"auto"``: flat up to 200,000 entries, IVF above.
+    """
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"index_type must be one of {list(INDEX_TYPES)}, got {index_type!r}.")
+    n, dim = vectors.shape
+    if n == 0:
+        raise BankError("The memory bank is empty: there is nothing to index. Build it from a non-empty training set.")
+    if index_type == "auto":
+        index_type = "flat" if n <= FLAT_LIMIT else "ivf"
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        index = _ivf(data, nlist or max(1, int(2 * np.sqrt(n))), nprobe, seed)
+    index.add(data)
+    return index
+
+
+def _ivf(data: np.ndarray, nlist: int, nprobe: int | None, seed: int) -> Any:
+    quantizer = faiss.IndexFlatIP(data.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, data.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(seed).choice(len(data), min(len(data), IVF_TRAIN_PER_LIST * nlist), replace=False)
+    index.cp.seed = seed
+    index.train(data[np.sort(sample)])
+    index.nprobe = min(nlist, nprobe or max(IVF_MIN_PROBES, nlist // 32))
+    return index
+
+
+# ---- embeddings ---------------------------------------------------------------------------------------
+@dataclass
+class Embedded:
+    """What one batch of samples contributes per modality: rows that had it, its query and its tokens."""
+
+    rows: dict[str, np.ndarray]
+    query: dict[str, torch.Tensor]
+    tokens: dict[str, torch.Tensor]
+
+
+def pool_tokens(tokens: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tensor:
+    """Adaptive average pooling of each sample's valid tokens ``tokens[b, valid[b]]`` to ``n`` tokens
+    (``[B, L, D]`` -> ``[B, n, D]``); fewer valid tokens than ``n`` are repeated."""
+    pooled = [F.adaptive_avg_pool1d(x[v].T[None], n)[0].T for x, v in zip(tokens, valid, strict=True)]
+    return torch.stack(pooled)
+
+
+def _visible(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
+    """``[B, L]`` keys the last query may attend to (padding and masked modalities excluded)."""
+    if mask is None:
+        return torch.ones(batch, length, dtype=torch.bool)
+    row = mask[:, 0, -1, :].expand(batch, length)
+    return row if row.dtype == torch.bool else row == 0
+
+
+@contextmanager
+def adapters_bypassed(model: torch.nn.Module) -> Any:
+    """Run ``model`` as the frozen backbone: every method layer forwards to its base layer."""
+    from ..base import MissingMethodLayer
+
+    layers = [m for m in model.modules() if isinstance(m, MissingMethodLayer)]
+    saved = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, saved, strict=True):
+            layer._disable_adapters = flag
+
+
+@torch.no_grad()
+def embed_batch(model: Any, batch: dict[str, Any], available: dict[str, np.ndarray], num_tokens: int) -> Embedded:
+    """Query vectors and pooled first-layer tokens of each available modality, each computed with that modality
+    alone (the others masked out of attention; one forward over the stacked unimodal copies of the batch)."""
+    interface, patterns = model.interface, model.patterns
+    keys = ("input_ids", "attention_mask", "pixel_values", "token_type_ids", "pixel_mask")
+    rows = {m: np.flatnonzero(available[m]) for m in patterns.modalities}
+    order = np.concatenate([rows[m] for m in patterns.modalities])
+    codes = torch.tensor([patterns.code(tuple(o for o in patterns.modalities if o != m))
+                          for m in patterns.modalities for _ in rows[m]], dtype=torch.long)
+    inputs = {k: batch[k][torch.from_numpy(order)] for k in keys if batch.get(k) is not None}
+    captured: dict[str, dict[str, Any]] = {}
+    handles = []
+    for stream in interface.streams:
+        layers = interface.layers(stream.name)
+        handles.append(layers[0].register_forward_pre_hook(_capture_input(captured, stream.name), with_kwargs=True))
+        handles.append(layers[-1].register_forward_hook(_capture_output(captured, stream.name)))
+    device = next(model.parameters()).device
+    try:
+        with adapters_bypassed(model):
+            model(**{k: v.to(device) for k, v in inputs.items()}, missing_type=codes.to(device), missing_policy="mask")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _split_modalities(interface, captured, rows, num_tokens)
+
+
+def _capture_input(store: dict, stream: str) -> Callable:
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        ctx = maybe_context()
+        store[stream] = {"input": args[0] if args else kwargs["hidden_states"], "mask": mask,
+                         "spans": ctx.spans[stream]}
+    return hook
+
+
+def _capture_output(store: dict, stream: str) -> Callable:
+    def hook(_module: torch.nn.Module, _args: tuple, output: Any) -> None:
+        store[stream]["output"] = output[0] if isinstance(output, tuple) else output
+    return hook
+
+
+def _split_modalities(interface: Any, captured: dict, rows: dict[str, np.ndarray], num_tokens: int) -> Embedded:
+    out = Embedded(rows, {}, {})
+    start = 0
+    for m, idx in rows.items():
+        seg = slice(start, start + len(idx))
+        start += len(idx)
+        stream = captured[interface.stream_of(m).name]
+        span = stream["spans"][m]
+        first, last = stream["input"][seg, span].float(), stream["output"][seg, span].float()
+        batch, length = stream["input"].shape[:2]
+        valid = _visible(stream["mask"], batch, length)[seg, span].cpu()
+        if len(idx) == 0:
+            out.query[m] = torch.zeros(0, first.shape[-1])
+            out.tokens[m] = torch.zeros(0, num_tokens, first.shape[-1])
+            continue
+        weights = valid.to(last.dtype)[..., None].to(last.device)
+        mean = (last * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        out.query[m] = F.normalize(mean, dim=-1).cpu()
+        out.tokens[m] = pool_tokens(first.cpu(), valid, num_tokens)
+    return out
+
+
+# ---- content identity -------------------------------------------------------------------------------
+def content_hashes(texts: Sequence[str | None], images: Sequence[Any]) -> np.ndarray:
+    """A 63-bit hash of each sample's raw text and image pixels (-1 when either is missing)."""
+    out = np.full(len(texts), -1, dtype=np.int64)
+    for i, (text, image) in enumerate(zip(texts, images, strict=True)):
+        if text is None or image is None:
+            continue
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8)
+        digest.update(f"{image.mode}{image.size}".encode())
+        digest.update(image.tobytes())
+        out[i] = int.from_bytes(digest.digest(), "little") >> 1
+    return out
+
+
+# ---- building ---------------------------------------------------------------------------------------
+def build_memory_bank(model: Any, datasets: Dataset | Sequence[Dataset], collator: Any, *, num_tokens: int = 16,
+                      index_type: str = "auto", batch_size: int = 32,
+                      cache_dir: str | os.PathLike | None = None) -> MemoryBank:
+    """Embed every sample of the training (and validation) ``datasets`` with the frozen backbone of ``model``
+    and index them (a ``datasets`` map with a progress bar); cached under ``<cache>/redeem-banks/<fingerprint>``
+    and reused.
+
+    Every sample must hold both modalities (the bank stores complete (text, image) pairs; a simulated
+    ``missing_type`` column is ignored: the training set is fully available, as in the paper). A split named
+    ``test*`` is refused: the bank must not see test data.
+    """
+    datasets = [datasets] if isinstance(datasets, Dataset) else list(datasets)
+    for ds in datasets:
+        _check_source(ds)
+    key = bank_fingerprint(model, datasets, collator, num_tokens, index_type)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "redeem-banks"
+    folder = folder / key
+    if (folder / BANK_FILE).is_file() and (folder / INDEX_FILE).is_file():
+        return MemoryBank.load(folder)
+    parts = [_embed_dataset(model, ds, collator, num_tokens, batch_size, key) for ds in datasets]
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    modalities = tuple(model.patterns.modalities)
+    vectors = np.concatenate([arrays[f"query.{m}"] for m in modalities], axis=1)
+    bank = MemoryBank(arrays=arrays, index=build_index(vectors, index_type), modalities=modalities,
+                      signature=model.interface.signature(),
+                      sources=[{"split": str(ds.split), "fingerprint": ds._fingerprint, "rows": len(ds)}
+                               for ds in datasets], key=key)
+    bank.save(folder)
+    return MemoryBank.load(folder)
+
+
+def _check_source(dataset: Dataset) -> None:
+    if len(dataset) == 0:
+        raise BankError("The memory bank is empty: the dataset passed to build it has no rows. Pass the training "
+                        "split.")
+    if str(dataset.split or "").lower().startswith("test"):
+        raise BankError(f"The memory bank must be built from the training (and validation) data, never from the test "
+                        f"split (got split {str(dataset.split)!r}): retrieving test samples leaks their labels.")
+
+
+def bank_fingerprint(model: Any, datasets: Sequence[Dataset], collator: Any, num_tokens: int, index_type: str) -> str:
+    """Cache key: the datasets' fingerprints, the backbone (signature and weights), the collator's settings."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"version": BANK_VERSION, "signature": model.interface.signature(),
+                              "datasets": [ds._fingerprint for ds in datasets], "tokens": num_tokens,
+                              "index": index_type, "collator": [type(collator).__name__,
+                                                                getattr(collator, "max_length", None)]},
+                             sort_keys=True).encode())
+    for name, tensor in model.backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _embed_dataset(model: Any, dataset: Dataset, collator: Any, num_tokens: int, batch_size: int,
+                   key: str) -> dict[str, np.ndarray]:
+    modalities = model.patterns.modalities
+    num_labels = max(model.config.num_labels, 2) if model.config.problem_type != "multi_label_classification" \
+        else model.config.num_labels
+
+    def embed(batch: dict[str, list]) -> dict[str, np.ndarray]:
+        features = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        texts, images = _raw(features, collator)
+        if any(t is None for t in texts) or any(im is None for im in images):
+            raise BankError("Memory-bank samples must hold both text and image (the bank stores complete pairs); "
+                            "drop the incomplete ones from the bank's dataset.")
+        complete = [{**f, "missing_type": 0} for f in features]
+        collated = collator(complete)
+        available = {m: np.ones(len(features), dtype=bool) for m in modalities}
+        out = embed_batch(model, collated, available, num_tokens)
+        result = {f"query.{m}": out.query[m].half().numpy() for m in modalities}
+        result.update({f"tokens.{m}": out.tokens[m].half().numpy() for m in modalities})
+        result["content_hash"] = content_hashes(texts, images)
+        if "labels" in collated:
+            result["labels"] = _one_hot(collated["labels"], num_labels)
+        return result
+
+    mapped = dataset.map(embed, batched=True, batch_size=batch_size, remove_columns=dataset.column_names,
+                         new_fingerprint=f"redeem-bank-{key}-{dataset._fingerprint}"[:64],
+                         desc="REDEEM memory bank")
+    mapped = mapped.with_format("numpy")
+    return {name: _array(mapped[name], name) for name in mapped.column_names}
+
+
+def _array(values: Any, name: str) -> np.ndarray:
+    array = np.stack(values) if isinstance(values, list) else np.asarray(values)
+    if name == "content_hash":
+        return array.astype(np.int64)
+    return array.astype(np.float16)
+
+
+def _raw(features: list[dict[str, Any]], collator: Any) -> tuple[list, list]:
+    text_column = getattr(collator, "text_column", "text")
+    image_column = getattr(collator, "image_column", "image")
+    return [f.get(text_column) for f in features], [f.get(image_column) for f in features]
+
+
+def _one_hot(labels: torch.Tensor, num_labels: int) -> np.ndarray:
+    if labels.dim() == 2:
+        return labels.half().numpy()
+    return F.one_hot(labels.long(), num_labels).half().numpy()

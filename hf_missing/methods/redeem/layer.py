@@ -1,0 +1,377 @@
+"""REDEEM's trained modules (CMoE generator, eq. 2-4; SAIM prompter, eq. 5-6) and the encoder-layer wrapper.
+
+Every encoder layer of every stream is wrapped. The first layer of the first stream builds a
+:class:`RedeemRun` once per forward: it looks the retrieved neighbours up in the memory bank, generates the
+missing modality's embeddings and adds the reconstruction loss. Each layer then inserts, next to the tokens:
+
+* before layer 0, in front of modality m's span, the generated block ``E_hat_m [n, D]`` for samples missing
+  m; m's placeholder tokens are hidden from attention for them, and the block is hidden for samples that
+  have m (eq. 7's ``H_0 = E_hat``);
+* before layer l, at the front of the stream, ``[label token | P_m for each modality m of the stream]``
+  (eq. 7);
+
+and, as REP's slots, the inserted tokens flow forward through every later layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...backbones import BackboneInterface, Stream, insert_blocks, insert_tokens, remove_blocks
+from ...context import ForwardContext, current_context
+from ..base import MissingMethodLayer, _pop_mask
+from .config import RedeemConfig
+
+BATCH_PREFIX = "redeem_"  # batch entries (RedeemCollator) the wrapper's forward hooks hand to the layers
+NEIGHBOURS, SELF, QUERY = "redeem_neighbors", "redeem_self", "redeem_query_"
+INIT_STD = 0.02
+CURRENT_BATCH: ContextVar[dict[str, torch.Tensor] | None] = ContextVar("redeem_batch", default=None)
+
+
+class Expert(nn.Module):
+    """FFN_k of eq. 4, residual with a zero-initialised output layer: training starts from the routing-weighted
+    mean of the retrieved embeddings."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(width, width), nn.Linear(width, width)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out(F.gelu(self.inp(x)))
+
+
+class CrossAttention(nn.Module):
+    """Eq. 5-6: ``Softmax(f_Q(q) f_K(kv)^T / sqrt(d)) f_V(kv)`` (one head; output width = ``kv``'s)."""
+
+    def __init__(self, query_width: int, width: int) -> None:
+        super().__init__()
+        self.f_q, self.f_k, self.f_v = nn.Linear(query_width, width), nn.Linear(width, width), nn.Linear(width, width)
+
+    def forward(self, query: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        scores = self.f_q(query) @ self.f_k(kv).transpose(-1, -2) / math.sqrt(kv.shape[-1])
+        return scores.softmax(dim=-1) @ self.f_v(kv)
+
+
+class CrossModalGenerator(nn.Module):
+    """Table 3 "Cross-modal": an encoder of the available modality's query vector and a decoder of ``n`` learned
+    token queries, with no retrieved data."""
+
+    def __init__(self, query_width: int, width: int, num_tokens: int) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(query_width, width), nn.GELU())
+        self.queries = nn.Parameter(torch.randn(num_tokens, width) * INIT_STD)
+        self.decoder = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(condition)[:, None] + self.queries)
+
+
+def pool_prompt(tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """Eq. 5's Pool: adaptive average pooling of ``[B, L, D]`` along the tokens to ``[B, length, D]``."""
+    return F.adaptive_avg_pool1d(tokens.transpose(1, 2), length).transpose(1, 2)
+
+
+class RedeemModules(nn.Module):
+    """All trained REDEEM tensors of one adapter, for a two-modality backbone.
+
+    Args:
+        widths: hidden size of the stream holding each modality (= its bank query and token width).
+        streams: width of each stream (label tokens).
+        config: the adapter's :class:`RedeemConfig`.
+    """
+
+    def __init__(self, widths: dict[str, int], streams: dict[str, int], config: RedeemConfig) -> None:
+        super().__init__()
+        self.modalities, self.config = tuple(widths), config
+        other = {m: widths[self.other(m)] for m in widths}
+        if config.generator in ("cmoe", "mean"):
+            self.experts = nn.ModuleDict({m: nn.ModuleList(Expert(d) for _ in range(config.num_retrieved))
+                                          for m, d in widths.items()})
+        if config.generator == "cmoe":
+            self.w1 = nn.ModuleDict({m: nn.Linear(other[m], d, bias=False) for m, d in widths.items()})
+            self.w2 = nn.ModuleDict({m: nn.Linear(d, d, bias=False) for m, d in widths.items()})
+        if config.generator == "cross_modal":
+            self.cross = nn.ModuleDict({m: CrossModalGenerator(other[m], d, config.bank_tokens)
+                                        for m, d in widths.items()})
+        if config.prompter in ("saim", "intra"):
+            self.attention = nn.ModuleDict({m: CrossAttention(other[m] if config.prompter == "saim" else d, d)
+                                            for m, d in widths.items()})
+        if config.prompter == "static":
+            self.static = nn.ParameterDict({m: nn.Parameter(torch.randn(config.prompt_length, d) * INIT_STD)
+                                            for m, d in widths.items()})
+        if config.label_token:
+            classes = num_label_classes(config.model_settings or {})
+            self.label_embeddings = nn.ParameterDict({s: nn.Parameter(torch.randn(classes, d) * INIT_STD)
+                                                      for s, d in streams.items()})
+        self.last_router_max: float | None = None
+
+    def other(self, modality: str) -> str:
+        return next(m for m in self.modalities if m != modality)
+
+    # ---- eq. 2-4 --------------------------------------------------------------------------------------
+    def route(self, modality: str, condition: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Eq. 2-3: routing weights ``[B, K]`` of the K retrieved ``experts [B, K, D]`` (pooled) given the
+        available modality's pooled ``condition [B, D']``."""
+        if self.config.generator == "mean":
+            return torch.full(experts.shape[:2], 1 / experts.shape[1], device=experts.device)
+        query, keys = self.w1[modality](condition), self.w2[modality](experts)
+        scores = (keys @ query[..., None])[..., 0] / math.sqrt(query.shape[-1])
+        return scores.softmax(dim=-1)
+
+    def generate(self, modality: str, condition: torch.Tensor, experts: torch.Tensor,
+                 retrieved: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: ``E_hat = sum_k w_k FFN_k(E_r_k)`` from ``retrieved [B, K, n, D]``; ``[B, n, D]``."""
+        if self.config.generator == "cross_modal":
+            return self.cross[modality](condition)
+        weights = self.route(modality, condition, experts)
+        self.last_router_max = float(weights.detach().max(dim=-1).values.mean())
+        outputs = torch.stack([ffn(retrieved[:, k]) for k, ffn in enumerate(self.experts[modality])], dim=1)
+        return (weights[..., None, None] * outputs).sum(dim=1)
+
+    # ---- eq. 5-6 --------------------------------------------------------------------------------------
+    def saim_prompt(self, modality: str, retrieved: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Eq. 5: each neighbour's other-modality tokens attend to its ``modality`` tokens; the K n outputs
+        are pooled to ``[B, b, D]``."""
+        values = self.attention[modality](retrieved[self.other(modality)], retrieved[modality])
+        return pool_prompt(values.flatten(1, 2), self.config.prompt_length)
+
+    def intra_prompt(self, modality: str, target: torch.Tensor, retrieved: torch.Tensor) -> torch.Tensor:
+        """Table 3 "Intra-modal" (RAGPT's CAP): the target's own ``modality`` tokens attend to the retrieved
+        ones of the same modality; pooled to ``[B, b, D]``."""
+        values = self.attention[modality](target, retrieved.flatten(1, 2))
+        return pool_prompt(values, self.config.prompt_length)
+
+    def label_token(self, stream: str, labels: torch.Tensor) -> torch.Tensor:
+        """RAGPT's label token ``[B, 1, D]``: the neighbours' (multi-)hot labels ``[B, K, C]`` averaged over
+        their labels, times the learned label embeddings."""
+        counts = labels.sum(dim=1)
+        weights = counts / counts.sum(dim=-1, keepdim=True).clamp(min=1.0)
+        return (weights @ self.label_embeddings[stream])[:, None]
+
+
+def num_label_classes(settings: dict[str, Any]) -> int:
+    """Rows of the label embedding: the classes of a multi-label task, at least 2 otherwise (binary)."""
+    num_labels = int(settings.get("num_labels") or 2)
+    return num_labels if settings.get("problem_type") == "multi_label_classification" else max(num_labels, 2)
+
+
+@dataclass
+class RedeemRun:
+    """What one forward carries between REDEEM layers."""
+
+    modules: RedeemModules
+    retrieved: dict[str, torch.Tensor]
+    generated: dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+    first_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    carried: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def prompt_block(self, stream: Stream, ctx: ForwardContext) -> torch.Tensor | None:
+        """``[label token | P_m ...]`` for the modalities of ``stream`` (eq. 7), or None without prompts."""
+        parts = []
+        if self.labels is not None:
+            parts.append(self.modules.label_token(stream.name, self.labels))
+        for m in stream.modalities:
+            prompt = self._prompt(m, ctx)
+            if prompt is not None:
+                parts.append(prompt)
+        return torch.cat(parts, dim=1) if parts else None
+
+    def _prompt(self, modality: str, ctx: ForwardContext) -> torch.Tensor | None:
+        prompter, modules = self.modules.config.prompter, self.modules
+        batch = ctx.missing_type.shape[0]
+        if prompter == "saim":
+            return modules.saim_prompt(modality, self.retrieved)
+        if prompter == "static":
+            return modules.static[modality].expand(batch, -1, -1)
+        if prompter == "intra":
+            real = modules.intra_prompt(modality, self.first_inputs[modality], self.retrieved[modality])
+            if modality not in self.generated:
+                return real
+            generated = modules.intra_prompt(modality, self.generated[modality], self.retrieved[modality])
+            return torch.where(ctx.present_of(modality)[:, None, None], real, generated)
+        return None
+
+
+def start_run(modules: RedeemModules, config: RedeemConfig, ctx: ForwardContext, adapter: str) -> RedeemRun:
+    """Look the batch's neighbours up in the bank, generate what is missing (eq. 2-4) and add the
+    reconstruction loss; the prompts come later (they may need the first-layer inputs)."""
+    bank, batch = config.memory_bank, CURRENT_BATCH.get() or {}
+    if bank is None:
+        raise RuntimeError("This REDEEM adapter has no memory bank: call hf_missing.methods.redeem."
+                           "prepare_for_training(model, train_dataset, collator) (or load_memory_bank(model, folder)).")
+    if NEIGHBOURS not in batch:
+        raise ValueError("REDEEM needs each sample's retrieved neighbours: add them with hf_missing.methods.redeem."
+                         "add_neighbors(dataset, model, collator) and batch with RedeemCollator(collator).")
+    neighbours = batch[NEIGHBOURS][:, :config.num_retrieved].to(ctx.missing_type.device)
+    retrieved = {m: bank.lookup(f"tokens.{m}", neighbours) for m in modules.modalities}
+    experts = {m: bank.lookup(f"query.{m}", neighbours) for m in modules.modalities}
+    if config.retrieval == "none":
+        retrieved = {m: _noise_like(x) for m, x in retrieved.items()}
+        experts = {m: _noise_like(x) for m, x in experts.items()}
+    generated = {}
+    if config.generator != "none":
+        for m in modules.modalities:
+            if not ctx.present_of(m).all():
+                condition = batch[QUERY + modules.other(m)].to(neighbours.device).float()
+                generated[m] = modules.generate(m, condition, experts[m], retrieved[m])
+    _reconstruction_loss(generated, bank, batch.get(SELF), ctx, config, adapter)
+    labels = bank.lookup("labels", neighbours) if config.label_token else None
+    return RedeemRun(modules, retrieved, generated, labels)
+
+
+def _noise_like(x: torch.Tensor) -> torch.Tensor:
+    """Table 3 "w/o Retriever": random values with the retrieved features' mean and spread."""
+    return torch.randn_like(x) * x.std() + x.mean()
+
+
+def _reconstruction_loss(generated: dict[str, torch.Tensor], bank: Any, self_rows: torch.Tensor | None,
+                         ctx: ForwardContext, config: RedeemConfig, adapter: str) -> None:
+    """MSE between the generated and the true first-layer embeddings of every sample whose modality the
+    simulation dropped and that is in the bank (its own row, found by content). The released code compares
+    the substituted embeddings with themselves, which is identically zero."""
+    if config.recon_weight == 0 or self_rows is None:
+        return
+    self_rows = self_rows.to(ctx.missing_type.device)
+    terms = []
+    for m, values in generated.items():
+        rows = ~ctx.present_of(m) & (self_rows >= 0)
+        if rows.any():
+            terms.append(F.mse_loss(values[rows], bank.lookup(f"tokens.{m}", self_rows[rows])))
+    if terms:
+        ctx.aux_losses[f"redeem_reconstruction/{adapter}"] = config.recon_weight * torch.stack(terms).mean()
+
+
+@dataclass
+class Block:
+    """Tokens inserted before ``start`` (a position of the original sequence), hidden for some samples."""
+
+    name: str
+    start: int
+    tokens: torch.Tensor
+    hidden: torch.Tensor  # [B] bool
+
+
+class RedeemLayer(MissingMethodLayer):
+    """Wraps every encoder layer of every stream; the first layer of the first stream owns the trained
+    :class:`RedeemModules` of each adapter."""
+
+    adapter_layer_names = ("redeem_modules",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        setattr(self, self.adapter_layer_names[0], nn.ModuleDict())
+        self.redeem_config: dict[str, RedeemConfig] = {}
+
+    @property
+    def trained(self) -> nn.ModuleDict:
+        """The adapters' :class:`RedeemModules` (held under the method's prefix, which PEFT matches)."""
+        return getattr(self, self.adapter_layer_names[0])
+
+    @property
+    def is_owner(self) -> bool:
+        return self.stream.name == self.interface.streams[0].name and self.index == 0
+
+    def update_layer(self, adapter_name: str, config: RedeemConfig) -> None:
+        self.redeem_config[adapter_name] = config
+        if self.is_owner:
+            widths = modality_widths(self.interface)
+            streams = {s.name: s.hidden_size for s in self.interface.streams}
+            self.trained[adapter_name] = RedeemModules(widths, streams, config)
+        self.set_adapter(self.active_adapters)
+
+    def _has_active(self) -> bool:
+        return not self.disable_adapters and any(a in self.redeem_config for a in self.active_adapters)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {f"redeem/{a}/router_max_weight": m.last_router_max for a, m in self.trained.items()
+                if m.last_router_max is not None}
+
+    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        ctx = current_context()
+        adapter = next(a for a in self.active_adapters if a in self.redeem_config)
+        config = self.redeem_config[adapter]
+        if self.is_owner:
+            ctx.extras[f"redeem/{adapter}"] = start_run(self.trained[adapter], config, ctx, adapter)
+        run: RedeemRun = ctx.extras[f"redeem/{adapter}"]
+        if self.index == 0:
+            for m in self.stream.modalities:
+                run.first_inputs[m] = hidden_states[:, ctx.spans[self.stream.name][m]]
+        blocks = self._blocks(run, config, ctx)
+        if not blocks:
+            return self.base_layer(hidden_states, *args, **kwargs)
+        args, kwargs, mask = _pop_mask(args, kwargs)
+        hidden, mask, where = self._insert(hidden_states, mask, blocks, run, ctx)
+        out = self.base_layer(hidden, mask, *args, **kwargs)
+        outputs, hidden = remove_blocks(out[0] if isinstance(out, tuple) else out, where)
+        run.carried[self.stream.name] = {b.name: o for b, o in zip(blocks, outputs, strict=True)}
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+    def _blocks(self, run: RedeemRun, config: RedeemConfig, ctx: ForwardContext) -> list[Block]:
+        carried = run.carried.pop(self.stream.name, {})
+        spans = ctx.spans[self.stream.name]
+        blocks = []
+        if self.index >= config.prompt_layer:
+            tokens = run.prompt_block(self.stream, ctx) if self.index == config.prompt_layer else carried.get("prompt")
+            if tokens is not None:
+                blocks.append(Block("prompt", 0, tokens, torch.zeros_like(ctx.missing_type, dtype=torch.bool)))
+        for m in sorted(run.generated.keys() & set(self.stream.modalities), key=lambda m: spans[m].start or 0):
+            tokens = run.generated[m] if self.index == 0 else carried[m]
+            blocks.append(Block(m, spans[m].start or 0, tokens, ctx.present_of(m)))
+        return blocks
+
+    def _insert(self, hidden: torch.Tensor, mask: torch.Tensor | None, blocks: list[Block], run: RedeemRun,
+                ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None, list[slice]]:
+        """Insert the blocks and hide, per sample, the unused generated blocks and the placeholders they replace."""
+        placeholder = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        for m in run.generated.keys() & set(self.stream.modalities):
+            placeholder[:, ctx.spans[self.stream.name][m]] |= ~ctx.present_of(m)[:, None]
+        flags = [b.hidden[:, None].expand(-1, b.tokens.shape[1]) for b in blocks]
+        if self.stream.causal:
+            if any(b.start != 0 for b in blocks):
+                raise NotImplementedError(f"REDEEM inserts tokens into a causal stream only at its front; the "
+                                          f"{self.stream.name} stream holds {self.stream.modalities}.")
+            prefix = torch.cat([b.tokens for b in blocks], dim=1)
+            hidden, mask = insert_tokens(hidden, prefix, mask, causal=True)
+            bounds = torch.tensor([0, *(b.tokens.shape[1] for b in blocks)]).cumsum(0).tolist()
+            where = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+            hide = torch.cat([*flags, placeholder], dim=1)
+        else:
+            hidden, mask, where = insert_blocks(hidden, mask, [(b.start, b.tokens) for b in blocks])
+            joined, _, _ = insert_blocks(placeholder[..., None].float(), None,
+                                         [(b.start, f[..., None].float()) for b, f in zip(blocks, flags, strict=True)])
+            hide = joined[..., 0] > 0
+        return hidden, hide_keys(mask, hide, hidden.dtype), where
+
+
+class RagptLayer(RedeemLayer):
+    """The same wrapper for RAGPT adapters (their tensors live under the ``ragpt_`` prefix)."""
+
+    adapter_layer_names = ("ragpt_modules",)
+
+
+def hide_keys(mask: torch.Tensor | None, hide: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """``mask`` with the keys ``hide [B, L]`` made invisible to every query (additive or boolean 4-D masks)."""
+    if not hide.any():
+        return mask
+    if mask is None:
+        mask = torch.zeros(hide.shape[0], 1, 1, hide.shape[1], dtype=dtype, device=hide.device)
+    mask = mask.expand(hide.shape[0], *mask.shape[1:])
+    if mask.dtype == torch.bool:
+        return mask & ~hide[:, None, None, :]
+    return mask.masked_fill(hide[:, None, None, :], torch.finfo(mask.dtype).min)
+
+
+def modality_widths(interface: BackboneInterface) -> dict[str, int]:
+    """Hidden size of the stream that holds each modality, in the backbone's modality order."""
+    return {m: interface.stream_of(m).hidden_size for m in interface.modalities}

@@ -1,0 +1,207 @@
+"""The MSA retriever (eq. 1) as a ``datasets`` map, the collator that hands its columns to the model, and the
+one call that prepares a model and its training data.
+
+:func:`add_neighbors` runs once over a dataset and adds three kinds of columns:
+
+* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns
+  (row 0 complete: text + image cosines summed, eq. 1; "missing_text": image-only; "missing_image":
+  text-only), so that evaluating a sample under any pattern needs no new search;
+* ``redeem_self``: the bank row of the sample itself (found by a hash of its raw text and image; -1 when it
+  is not in the bank). It is excluded from its own neighbours, and it is where the reconstruction target of a
+  dropped modality is looked up;
+* ``redeem_query_<m>``: the sample's query vector per modality (the router's condition, eq. 2).
+
+:class:`RedeemCollator` picks each sample's neighbour row by its ``missing_type`` and zeroes the query of
+every modality the sample misses, so nothing of a dropped modality reaches the model but the loss target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from ...missingness import MISSING_TYPE_COLUMN
+from .bank import BankError, MemoryBank, build_memory_bank, content_hashes, embed_batch
+from .config import RedeemConfig
+from .layer import NEIGHBOURS, QUERY, SELF
+
+
+def redeem_configs(model: Any) -> dict[str, RedeemConfig]:
+    """The REDEEM/RAGPT adapter configs of ``model`` (a wrapper or a PeftModel around one), by adapter name."""
+    configs = {name: c for name, c in (getattr(model, "peft_config", None) or {}).items()
+               if isinstance(c, RedeemConfig)}
+    if not configs:
+        raise ValueError("The model has no REDEEM or RAGPT adapter; load it with adapter='redeem' (or 'ragpt').")
+    return configs
+
+
+def _wrapper(model: Any) -> Any:
+    return model if hasattr(model, "interface") else model.base_model.model
+
+
+def attach_memory_bank(model: Any, bank: MemoryBank) -> None:
+    """Give every REDEEM/RAGPT adapter of ``model`` the bank, after checking it fits (backbone, K, tokens)."""
+    wrapper = _wrapper(model)
+    for config in redeem_configs(model).values():
+        bank.check_model(wrapper.interface.signature(), wrapper.patterns.modalities, config.bank_tokens)
+        if config.num_retrieved >= len(bank):
+            raise BankError(f"num_retrieved={config.num_retrieved} needs a memory bank of more than "
+                            f"{config.num_retrieved} entries (a training sample never retrieves itself), but it holds "
+                            f"{len(bank)}; lower num_retrieved or build the bank from more samples.")
+        config.memory_bank = bank
+
+
+def load_memory_bank(model: Any, folder_or_repo: str | os.PathLike) -> MemoryBank:
+    """Attach the bank saved beside an adapter (a local folder, or a Hub repo id pulled like the adapter)."""
+    from ...hub import resolve_adapter_dir
+
+    folder = str(folder_or_repo)
+    if not Path(folder).is_dir():
+        folder = resolve_adapter_dir(folder) or folder
+    bank = MemoryBank.load(folder)
+    attach_memory_bank(model, bank)
+    return bank
+
+
+def memory_bank_of(model: Any) -> MemoryBank:
+    banks = {id(c.memory_bank): c.memory_bank for c in redeem_configs(model).values()}
+    if None in banks.values():
+        raise BankError("The REDEEM adapter has no memory bank yet: call prepare_for_training(model, train_dataset, "
+                        "collator) or load_memory_bank(model, adapter_folder).")
+    return next(iter(banks.values()))
+
+
+def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: int = 32, seed: int = 0) -> Dataset:
+    """Eq. 1 once per dataset (a ``datasets`` map): neighbour ids for every missing pattern, the sample's own bank
+    row and its query vectors (module docstring). Samples of the bank reuse its query vectors; others are
+    embedded with the frozen backbone from the modalities they hold."""
+    wrapper, bank = _wrapper(model), memory_bank_of(model)
+    config = next(iter(redeem_configs(model).values()))
+    k, modalities = config.num_retrieved, wrapper.patterns.modalities
+    present = wrapper.patterns.present_matrix().numpy()
+
+    def retrieve(batch: dict[str, list], indices: list[int]) -> dict[str, np.ndarray]:
+        features = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        texts, images = _raw(features, collator)
+        available = {"text": np.array([t is not None for t in texts]),
+                     "image": np.array([i is not None for i in images])}
+        self_rows = bank.rows_of(content_hashes(texts, images))
+        queries = _queries(wrapper, bank, collator, features, available, self_rows, config.bank_tokens)
+        if config.retrieval == "random":
+            neighbours = _random(len(bank), k, self_rows, indices, seed, present.shape[0])
+        else:
+            neighbours = _nearest(bank, queries, present, modalities, k, self_rows)
+        return {NEIGHBOURS: neighbours, SELF: self_rows, **{QUERY + m: queries[m] for m in modalities}}
+
+    key = hashlib.sha256(f"{dataset._fingerprint}-{bank.key}-{len(bank)}-{k}-{config.retrieval}-{seed}".encode())
+    return dataset.map(retrieve, batched=True, batch_size=batch_size, with_indices=True,
+                       remove_columns=[c for c in (NEIGHBOURS, SELF, *(QUERY + m for m in modalities))
+                                       if c in dataset.column_names],
+                       new_fingerprint=key.hexdigest()[:32], desc="REDEEM retrieval")
+
+
+def _raw(features: list[dict[str, Any]], collator: Any) -> tuple[list, list]:
+    text_column = getattr(collator, "text_column", "text")
+    image_column = getattr(collator, "image_column", "image")
+    return [f.get(text_column) for f in features], [f.get(image_column) for f in features]
+
+
+def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[str, Any]],
+             available: dict[str, np.ndarray], self_rows: np.ndarray, num_tokens: int) -> dict[str, np.ndarray]:
+    """Per modality ``[B, D_m]`` float32 query vectors (zeros where the sample lacks the modality)."""
+    modalities = wrapper.patterns.modalities
+    if (self_rows >= 0).all():
+        return {m: bank.arrays[f"query.{m}"][self_rows].astype(np.float32) for m in modalities}
+    codes = [wrapper.patterns.code(tuple(m for m in modalities if not available[m][i])) for i in range(len(features))]
+    collated = collator([{**f, MISSING_TYPE_COLUMN: c} for f, c in zip(features, codes, strict=True)])
+    embedded = embed_batch(wrapper, collated, available, num_tokens)
+    out = {}
+    for m in modalities:
+        values = np.zeros((len(features), bank.width(m)), dtype=np.float32)
+        values[embedded.rows[m]] = embedded.query[m].half().float().numpy()
+        out[m] = values
+    return out
+
+
+def _nearest(bank: MemoryBank, queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str],
+             k: int, self_rows: np.ndarray) -> np.ndarray:
+    """``[B, P, K]`` neighbours: one search per missing pattern with the missing modalities' halves zeroed."""
+    batch, patterns = len(self_rows), present.shape[0]
+    stacked = np.concatenate([np.concatenate([queries[m] * present[p, j] for j, m in enumerate(modalities)], axis=1)
+                              for p in range(patterns)])
+    _, ids = bank.search(stacked, min(k + 1, len(bank)))
+    ids = ids.reshape(patterns, batch, -1).transpose(1, 0, 2)
+    return np.stack([[_drop_self(row, self_rows[b], k) for row in ids[b]] for b in range(batch)])
+
+
+def _drop_self(ids: np.ndarray, self_row: int, k: int) -> np.ndarray:
+    kept = ids[(ids != self_row) & (ids >= 0)][:k]
+    if len(kept) < k:
+        raise BankError(f"The index returned {len(kept)} of the {k} neighbours asked for; the memory bank is too small "
+                        "for num_retrieved (or an approximate index probes too few lists: use index_type='flat').")
+    return kept
+
+
+def _random(size: int, k: int, self_rows: np.ndarray, indices: list[int], seed: int, patterns: int) -> np.ndarray:
+    """Table 3 "Random": K distinct random bank rows other than the sample itself, the same for every pattern."""
+    out = []
+    for row, index in zip(self_rows, indices, strict=True):
+        rng = np.random.default_rng([seed, index])
+        drawn = rng.choice(size, min(size, k + 1), replace=False)
+        out.append(np.repeat(_drop_self(drawn, row, k)[None], patterns, axis=0))
+    return np.stack(out)
+
+
+class RedeemCollator:
+    """Wraps a collator (e.g. :class:`~hf_missing.MissingModalityCollator`) and adds, per sample, its neighbour ids
+    for its missing pattern, its own bank row and the query vectors of the modalities it holds."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "collator":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if NEIGHBOURS not in features[0]:
+            raise ValueError("Samples have no retrieved neighbours; run hf_missing.methods.redeem.add_neighbors("
+                             "dataset, model, collator) first (prepare_for_training does it for the training split).")
+        batch = self.collator(features)
+        codes = batch[MISSING_TYPE_COLUMN].long()
+        neighbours = torch.tensor(np.asarray([f[NEIGHBOURS] for f in features]), dtype=torch.long)
+        batch[NEIGHBOURS] = neighbours[torch.arange(len(features)), codes]
+        batch[SELF] = torch.tensor([int(f[SELF]) for f in features], dtype=torch.long)
+        present = self.collator.patterns.present(codes)
+        for j, m in enumerate(self.collator.patterns.modalities):
+            query = torch.tensor(np.asarray([f[QUERY + m] for f in features]), dtype=torch.float32)
+            batch[QUERY + m] = query * present[:, j, None]
+        return batch
+
+
+def prepare_for_training(model: Any, train_dataset: Dataset, collator: Any, *, validation: Dataset | None = None,
+                         index_type: str = "auto", batch_size: int = 32,
+                         cache_dir: str | os.PathLike | None = None) -> tuple[Dataset, RedeemCollator]:
+    """Build (or reuse) the memory bank from the training (and validation) split, attach it to the model's
+    REDEEM/RAGPT adapters and retrieve the training samples' neighbours.
+
+    Returns the training dataset with the neighbour columns and the collator to train with. Evaluate other
+    splits after ``add_neighbors(split, model, collator)`` with the returned collator.
+    """
+    tokens = {c.bank_tokens for c in redeem_configs(model).values()}
+    if len(tokens) != 1:
+        raise ValueError(f"The model's REDEEM adapters store different bank_tokens {sorted(tokens)}; one bank serves "
+                         "them all, so give them the same bank_tokens.")
+    sources = [train_dataset, *([validation] if validation is not None else [])]
+    bank = build_memory_bank(_wrapper(model), sources, collator, num_tokens=tokens.pop(), index_type=index_type,
+                             batch_size=batch_size, cache_dir=cache_dir)
+    attach_memory_bank(model, bank)
+    return add_neighbors(train_dataset, model, collator, batch_size=batch_size), RedeemCollator(collator)
