@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from peft.tuners.lora.layer import LoraLayer
 from safetensors.torch import load_file
 from torch.nn import functional as F
@@ -396,9 +396,13 @@ def test_save_load_bit_identical(shapes_missing, backbone, tmp_path):
     base.save_pretrained(tmp_path / "base")
     model = AutoModel.from_pretrained(tmp_path / "base", adapter="cmpt", num_labels=4)
     _perturb_trainable(model)
-    loaded = _round_trip(model, make_batch(shapes_missing["train"], backbone, n=12), tmp_path / "adapter")
+    batch = make_batch(shapes_missing["train"], backbone, n=12)
+    loaded = _round_trip(model, batch, tmp_path / "adapter")
     state = {n: p for n, p in loaded.named_parameters() if ".lora_B." in n}
     assert state and all(p.abs().sum() > 0 for p in state.values())  # LoRA B was loaded, not re-initialised
+    bare = hf_missing.MissingModalityForClassification.from_pretrained(tmp_path / "base", num_labels=4)
+    through_peft = PeftModel.from_pretrained(bare, tmp_path / "adapter").eval()
+    assert torch.equal(_forward(through_peft, batch).logits, _forward(loaded, batch).logits)
 
 
 def test_fused_backbone_round_trip(shapes_missing, tmp_path):
@@ -482,3 +486,16 @@ def test_missing_pretrained_embedding_points_to_random_init(monkeypatch):
     with pytest.raises(ValueError, match="proxy_init='random'"):
         make_model("vilt", "cmpt")
     assert make_model("vilt", "cmpt", proxy_init="random") is not None
+
+
+def test_second_adapter_adds_and_deletes_its_own_lora_proxies_and_gate(shapes_missing):
+    model = make_model("clip", "cmpt")
+    model.add_adapter(hf_missing.get_method_config("cmpt", gate="scalar"), adapter_name="other")
+    lora = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    assert all(set(m.lora_A) == {"default", "other"} for m in lora) and len(lora) == 8
+    model.set_adapter("other")
+    assert torch.isfinite(_forward(model, make_batch(shapes_missing["train"], "clip", n=4)).loss)
+    model.delete_adapter("other")
+    assert all(set(m.lora_A) == {"default"} for m in lora)
+    layers = [m for m in model.modules() if isinstance(m, CmptLayer)]
+    assert all("other" not in m.lora_cmpt_proxies and "other" not in m.cmpt_settings for m in layers)

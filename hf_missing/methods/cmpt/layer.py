@@ -162,7 +162,7 @@ class ProxyGate(nn.Module):
 
     def __init__(self, num_modalities: int, width: int, kind: str) -> None:
         super().__init__()
-        self.num_modalities, self.width, self.kind = num_modalities, width, kind
+        self.num_modalities = num_modalities
         per_modality = width if kind == "vector" else 1
         self.linear = nn.Linear(num_modalities * width, (num_modalities - 1) * per_modality)
         nn.init.zeros_(self.linear.weight)
