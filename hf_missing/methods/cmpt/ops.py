@@ -14,8 +14,8 @@ where the interface only offers the fused feature. :class:`CmptBackboneOps` adds
   (CLIP ``[image; text]``, fused ``[text; image]``: concatenation; ViLT: one vector, so a sum).
 
 The wrapper's ``forward`` only calls ``interface.encode``; :func:`install_feature_hooks` makes that call apply
-the per-forward feature hooks a method leaves in ``ctx.extras[FEATURE_HOOKS]`` (see the module docstring of
-``layer.py`` for why, and the report for the two-line change that would make this wrapper unnecessary).
+the per-forward feature hooks a method leaves in ``ctx.extras[FEATURE_HOOKS]``. Applying those hooks right after
+``encode`` inside ``MissingModalityForClassification.forward`` would make this instance-level wrapper unnecessary.
 """
 
 from __future__ import annotations
