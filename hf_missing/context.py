@@ -7,7 +7,7 @@ forward pass; method layers inside the backbone read it through :func:`current_c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -32,6 +32,8 @@ class ForwardContext:
         extras: free slots for methods (running buffers and the like), emptied with the context.
         aux_losses: named auxiliary loss terms (already weighted) that method layers add; the wrapper adds
             their sum to the task loss.
+        feature_hooks: functions ``[B, pooled] -> [B, pooled]`` that method layers register; the wrapper applies
+            them, in order, to the backbone's fused representation before the head (CMPT's gated fusion).
     """
 
     missing_type: torch.Tensor
@@ -42,6 +44,7 @@ class ForwardContext:
     carried: dict[str, torch.Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    feature_hooks: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
 
     def present_of(self, modality: str) -> torch.Tensor:
         """``[B]`` bool presence of one modality."""

@@ -292,6 +292,8 @@ class MissingModalityForClassification(PreTrainedModel):
                              modalities=self.patterns.modalities, policy=policy)
         with forward_context(ctx):
             features = self.interface.encode(inputs, ctx)
+            for hook in ctx.feature_hooks:
+                features = hook(features)
         logits = self.head(features)
         aux = sum(ctx.aux_losses.values()) if ctx.aux_losses else None
         loss = self._loss(logits, labels) if labels is not None else None

@@ -33,7 +33,7 @@ from ...backbones import BackboneInterface, Stream
 from ...context import ForwardContext, current_context
 from ..base import MissingMethodLayer, _pop_mask
 from .config import CmptConfig
-from .ops import FEATURE_HOOKS, CmptBackboneOps, ops_for
+from .ops import CmptBackboneOps, ops_for
 
 PROXY_INIT_STD = 0.02
 RUN_KEY = "cmpt"
@@ -370,7 +370,7 @@ class CmptLayer(MissingMethodLayer):
     def _start(self, adapter: str, ctx: ForwardContext) -> None:
         run = CmptRun(self.cmpt_settings[adapter], self.lora_cmpt_gate[adapter], ops_for(self.interface), ctx, adapter)
         ctx.extras[RUN_KEY] = run
-        ctx.extras.setdefault(FEATURE_HOOKS, []).append(run.fuse)
+        ctx.feature_hooks.append(run.fuse)
 
     def _open_stream(self, run: CmptRun, adapter: str, hidden: torch.Tensor,
                      mask: torch.Tensor | None) -> StreamState:

@@ -8,7 +8,7 @@ from ...backbones import BackboneInterface, Stream
 from ..base import MissingMethodModel
 from .config import CmptConfig
 from .layer import CmptLayer, proxied_modalities, resolve_lora_paths
-from .ops import install_feature_hooks, ops_for
+from .ops import ops_for
 
 LORA_PREFIX = "lora_"
 
@@ -29,7 +29,6 @@ class CmptModel(MissingMethodModel):
         proxied_modalities(interface, config)
         for stream in interface.streams:
             resolve_lora_paths(interface.layers(stream.name)[0], config.lora_targets, ops)
-        install_feature_hooks(interface)
         return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
 
 

@@ -12,23 +12,16 @@ where the interface only offers the fused feature. :class:`CmptBackboneOps` adds
   ViLT: the pooler applied to the text [CLS] and to the image [CLS]; fused: the text mean and the image mean);
 - :meth:`~CmptBackboneOps.compose`: the head's input from per-modality tokens, in the backbone's own layout
   (CLIP ``[image; text]``, fused ``[text; image]``: concatenation; ViLT: one vector, so a sum).
-
-The wrapper's ``forward`` only calls ``interface.encode``; :func:`install_feature_hooks` makes that call apply
-the per-forward feature hooks a method leaves in ``ctx.extras[FEATURE_HOOKS]``. Applying those hooks right after
-``encode`` inside ``MissingModalityForClassification.forward`` would make this instance-level wrapper unnecessary.
 """
 
 from __future__ import annotations
 
-import types
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ...backbones import BackboneInterface, Stream
 from ...context import ForwardContext
-
-FEATURE_HOOKS = "feature_hooks"
 
 
 class CmptBackboneOps:
@@ -158,19 +151,3 @@ def ops_for(interface: BackboneInterface) -> CmptBackboneOps:
                          f"backbone (known: {sorted(OPS)}); add a CmptBackboneOps subclass for it in "
                          "hf_missing/methods/cmpt/ops.py.")
     return OPS[interface.model_type](interface)
-
-
-def _encode_with_feature_hooks(self: BackboneInterface, inputs: dict[str, torch.Tensor],
-                               ctx: ForwardContext) -> torch.Tensor:
-    """The interface's own ``encode``, then each hook that this forward's method layers registered."""
-    features = type(self).encode(self, inputs, ctx)
-    for hook in ctx.extras.get(FEATURE_HOOKS, ()):
-        features = hook(features)
-    return features
-
-
-def install_feature_hooks(interface: Any) -> None:
-    """Make ``interface.encode`` apply ``ctx.extras[FEATURE_HOOKS]`` (idempotent; a bound method, so a deep copy
-    of the model rebinds it to the copied interface). Without hooks in the context it is the plain ``encode``."""
-    if getattr(interface.encode, "__func__", None) is not _encode_with_feature_hooks:
-        interface.encode = types.MethodType(_encode_with_feature_hooks, interface)
