@@ -78,9 +78,9 @@ def _assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 ])
 def test_resume_after_sigkill_reaches_the_uninterrupted_weights(route, method, tmp_path):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    _run(_command(reference, route, method))
     _run_and_kill_after_first_checkpoint(_command(resumed, route, method, "--step-sleep", "0.3"), resumed)
     _run(_command(resumed, route, method, "--resume"))
+    _run(_command(reference, route, method))
 
     _assert_same_adapter(_adapter(resumed / "final"), _adapter(reference / "final"))
     assert sorted(p.name for p in resumed.glob("checkpoint-*")) == sorted(CHECKPOINTS)
