@@ -57,6 +57,8 @@ NEVER_READ = ("training_args.bin",)  # the Trainer's pickled arguments: hf_missi
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "adapter_card.md"
 PLOT_STEM = "robustness"
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
+# Written beside an adapter only for Trainer's resume (see MissingModalityForClassification.save_pretrained).
+TRAINER_ONLY_FILES = ["trainer_resume.safetensors", "model.safetensors.index.json", "training_args.bin"]
 DOWNLOAD_IGNORE = [*(f"*{s}" for s in PICKLE_SUFFIXES), *(f"*{s}" for s in PLOT_SUFFIXES), "*.md"]
 MAX_OPTION_VALUE = 65_536  # no method option (prompt length, depth, widths) is anywhere near this in any paper
 MAX_LABELS = 100_000
@@ -192,7 +194,7 @@ def push_adapter(
         method = _method_name(_read_json(folder / ADAPTER_CONFIG_NAME), str(folder))
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
                                  commit_message=commit_message or f"Upload hf_missing {method} adapter",
-                                 commit_description=commit_description)
+                                 commit_description=commit_description, ignore_patterns=TRAINER_ONLY_FILES)
 
 
 def _stage(model_or_folder: Any, folder: Path) -> Path:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -24,12 +25,14 @@ from transformers import (
 )
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from .backbones import BACKBONES, BackboneInterface, backbone_interface_for
 from .context import POLICIES, ForwardContext, forward_context
 from .missingness import DEFAULT_MODALITIES, ModalityPattern
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
+RESUME_WEIGHTS_NAME = "trainer_resume.safetensors"  # what Trainer's resume needs beside an injected adapter
 TASKS = ("single_label_classification", "multi_label_classification")
 
 
@@ -241,10 +244,26 @@ class MissingModalityForClassification(PreTrainedModel):
         return collect_diagnostics(self)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """Full checkpoint, or — with an adapter injected — the tiny adapter folder plus ``config.json``."""
+        """Full checkpoint, or — with an adapter injected — the tiny adapter folder plus ``config.json``.
+
+        When ``Trainer`` saves (it always passes ``state_dict=``, possibly None), the trained tensors are also
+        written under their model keys with a shard index, because ``Trainer`` resumes injected adapters only
+        through that path (it loads adapters by name for ``PeftModel`` alone); ``push_adapter`` skips them.
+        """
         super().save_pretrained(save_directory, *args, **kwargs)
-        if getattr(self, "_hf_peft_config_loaded", False) and kwargs.get("is_main_process", True):
-            self.config.save_pretrained(save_directory)
+        if not getattr(self, "_hf_peft_config_loaded", False) or not kwargs.get("is_main_process", True):
+            return
+        self.config.save_pretrained(save_directory)
+        if "state_dict" in kwargs:  # Trainer's checkpoints and save_model always pass it, users rarely do
+            self._save_resume_state(str(save_directory))
+
+    def _save_resume_state(self, folder: str) -> None:
+        trained = {n for n, p in self.named_parameters() if p.requires_grad}
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k in trained}
+        save_file(state, os.path.join(folder, RESUME_WEIGHTS_NAME), metadata={"format": "pt"})
+        with open(os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"format": "hf_missing-trainer-resume"},
+                       "weight_map": dict.fromkeys(state, RESUME_WEIGHTS_NAME)}, f)
 
     def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> Any:
         """With an adapter injected: upload the adapter and a model card (:func:`hf_missing.hub.push_adapter`,

@@ -8,8 +8,6 @@ measurable.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -74,11 +72,7 @@ def shapes_dataset(n_train: int = 256, n_test: int = 128, seed: int = 0) -> Data
 def tiny_tokenizer() -> BertTokenizerFast:
     """A word-level BERT tokenizer over this dataset's vocabulary ([CLS] text [SEP])."""
     words = sorted({w for c in CLASSES for w in c.split()} | set(FILLER))
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "vocab.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join([*SPECIAL, *words]) + "\n")
-        return BertTokenizerFast(vocab_file=path, do_lower_case=True)
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate([*SPECIAL, *words])}, do_lower_case=True)
 
 
 def tiny_processor(model_type: str) -> SimpleNamespace:
