@@ -182,7 +182,7 @@ def build_index(vectors: np.ndarray, index_type: str = "auto", nlist: int | None
     """An inner-product faiss index over ``vectors [N, D]`` (float16 or float32).
 
     ``"flat"``: exact (IndexFlatIP). ``"ivf"``: IndexIVFFlat with ``nlist`` ~ 2 sqrt(N) lists trained by
-    k-means on a sample of ``40 nlist`` vectors and ``nprobe`` (default max(16, nlist / 32)) lists searched.
+    k-means on a sample of ``40 nlist`` vectors and ``nprobe`` (default max(16, nlist / 128)) lists searched.
     ``"hnsw"``: IndexHNSWFlat (32 links, efSearch 64). ``"auto"``: flat up to 200,000 entries, IVF above.
     """
     if index_type not in INDEX_TYPES:
@@ -210,7 +210,7 @@ def _ivf(data: np.ndarray, nlist: int, nprobe: int | None, seed: int) -> Any:
     sample = np.random.default_rng(seed).choice(len(data), min(len(data), IVF_TRAIN_PER_LIST * nlist), replace=False)
     index.cp.seed = seed
     index.train(data[np.sort(sample)])
-    index.nprobe = min(nlist, nprobe or max(IVF_MIN_PROBES, nlist // 32))
+    index.nprobe = min(nlist, nprobe or max(IVF_MIN_PROBES, nlist // 128))
     return index
 
 
