@@ -9,6 +9,7 @@ or a saved adapter folder (which names its backbone), and injects a method with 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ from .backbones import BACKBONES, BackboneInterface, backbone_interface_for
 from .context import POLICIES, ForwardContext, forward_context
 from .missingness import DEFAULT_MODALITIES, ModalityPattern
 
+logger = logging.getLogger(__name__)
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 RESUME_WEIGHTS_NAME = "trainer_resume.safetensors"  # what Trainer's resume needs beside an injected adapter
 TASKS = ("single_label_classification", "multi_label_classification")
@@ -340,7 +342,12 @@ class MissingModalityForClassification(PreTrainedModel):
         checks = {"text": text_empty, "image": image_dummy}
         for k, modality in enumerate(self.patterns.modalities):
             bad = present[:, k] & checks[modality]
-            if bad.any():
+            if bad.any() and modality == "image":
+                # A real pure-white image equals the placeholder under mean = std = 0.5 normalisation (ViLT, the
+                # fused default): the two cannot be told apart, so trust missing_type and say so.
+                logger.warning("Samples %s have an image identical to the all-ones placeholder but missing_type says "
+                               "it is present (a white image?); it is used as given.", bad.nonzero().flatten().tolist())
+            elif bad.any():
                 raise ValueError(
                     f"missing_type says {modality} is present for samples {bad.nonzero().flatten().tolist()}, "
                     f"but their {modality} is the empty placeholder; set their missing_type to a pattern "
