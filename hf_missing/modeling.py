@@ -204,6 +204,7 @@ class MissingModalityForClassification(PreTrainedModel):
         option sizes, then stream widths, depths and modalities on the backbone's config) so that a wrong or
         hostile adapter fails before any weight is read."""
         from .hub import HUB_KWARGS, backbone_of, validate_adapter_config, validate_backbone
+        from .methods.base import load_method_files
 
         with open(os.path.join(folder, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
             saved = json.load(f)
@@ -216,6 +217,7 @@ class MissingModalityForClassification(PreTrainedModel):
         settings.pop("backbone_name_or_path", None)
         model = cls._load_base(backbone_path, **settings)
         model.load_adapter(folder)
+        load_method_files(model, folder)
         return model
 
     # ---- adapters -----------------------------------------------------------------------------

@@ -21,9 +21,10 @@ from PIL import Image
 from transformers import AutoModel
 
 import hf_missing
-from hf_missing import MissingModalityForClassification
-from hf_missing.data.synthetic import tiny_backbone
+from hf_missing import MissingModalityCollator, MissingModalityForClassification
+from hf_missing.data.synthetic import tiny_backbone, tiny_processor
 from hf_missing.hub import AdapterLoadError, method_paper, results_by_pattern
+from hf_missing.methods import load_method_files, prepare_for_training
 from tests.conftest import make_batch
 
 # Small options per method on the tiny 2-layer backbones; a method missing here runs with its defaults.
@@ -204,14 +205,19 @@ def test_results_by_pattern_reads_trainer_and_nested_results():
 @pytest.mark.parametrize("method", hf_missing.list_methods())
 def test_round_trip_is_bit_identical_for_every_method(hub, shapes_missing, method):
     model = _trained("clip", method)
-    batch = make_batch(shapes_missing["train"], "clip", n=8)
+    # REDEEM / RAGPT build their memory bank here and retrieve neighbours; the others pass through.
+    base_collator = MissingModalityCollator(tiny_processor("clip"))
+    data, collator = prepare_for_training(model, shapes_missing["train"], base_collator)
+    batch = collator([data[i] for i in range(8)])
     reference = _logits(model, batch)
     repo = f"org/clip-{method}"
     model.push_to_hub(repo)
-    base = MissingModalityForClassification.from_pretrained("tiny/clip", num_labels=4)
+    peft_model = PeftModel.from_pretrained(MissingModalityForClassification.from_pretrained("tiny/clip", num_labels=4),
+                                           repo)
+    load_method_files(peft_model, repo)  # PeftModel.from_pretrained loads weights only
     loaded = {"AutoModel": AutoModel.from_pretrained(repo),
               "MissingModalityForClassification": MissingModalityForClassification.from_pretrained(repo),
-              "PeftModel": PeftModel.from_pretrained(base, repo)}
+              "PeftModel": peft_model}
     for name, reloaded in loaded.items():
         assert torch.equal(_logits(reloaded.eval(), batch), reference), name
     assert isinstance(loaded["AutoModel"], MissingModalityForClassification)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -224,18 +225,35 @@ def check_signature(config: MissingMethodConfig, interface: BackboneInterface) -
 
 # ---- registry -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class MethodHooks:
+    """What a method needs beyond its tensors (REDEEM: a memory bank and retrieved neighbours).
+
+    Attributes:
+        prepare_training: ``(model, train_dataset, collator) -> (train_dataset, collator)`` before training.
+        prepare_evaluation: ``(model, dataset, collator) -> dataset`` for each split evaluated afterwards, with
+            the collator ``prepare_training`` returned.
+        load_files: ``(model, adapter_folder)`` after the adapter's weights are loaded (files saved beside it).
+    """
+
+    prepare_training: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None
+    prepare_evaluation: Callable[[Any, Any, Any], Any] | None = None
+    load_files: Callable[[Any, str], None] | None = None
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     config_cls: type[MissingMethodConfig]
     model_cls: type[MissingMethodModel]
     summary: str
+    hooks: MethodHooks = field(default_factory=MethodHooks)
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, config_cls: type[MissingMethodConfig], model_cls: type[MissingMethodModel],
-                    summary: str) -> None:
+                    summary: str, hooks: MethodHooks | None = None) -> None:
     """Make ``name`` usable as ``adapter=name`` and through peft's own API."""
     method_type = MethodType(f"HFM_{name.upper()}")
     config_cls.method_name, config_cls.method_type = name, method_type
@@ -243,7 +261,37 @@ def register_method(name: str, config_cls: type[MissingMethodConfig], model_cls:
     PEFT_TYPE_TO_CONFIG_MAPPING[method_type] = config_cls
     PEFT_TYPE_TO_TUNER_MAPPING[method_type] = model_cls
     PEFT_TYPE_TO_PREFIX_MAPPING[method_type] = model_cls.prefix
-    METHODS[name] = MethodSpec(name, config_cls, model_cls, summary)
+    METHODS[name] = MethodSpec(name, config_cls, model_cls, summary, hooks or MethodHooks())
+
+
+def _active_hooks(model: Any) -> list[MethodHooks]:
+    configs = getattr(model, "peft_config", None) or {}
+    names = dict.fromkeys(c.method_name for c in configs.values() if isinstance(c, MissingMethodConfig))
+    return [METHODS[name].hooks for name in names]
+
+
+def prepare_for_training(model: Any, train_dataset: Any, collator: Any) -> tuple[Any, Any]:
+    """Let the model's methods prepare the training split and collator (REDEEM builds its memory bank and
+    retrieves neighbours); the identity for methods that need nothing."""
+    for hooks in _active_hooks(model):
+        if hooks.prepare_training is not None:
+            train_dataset, collator = hooks.prepare_training(model, train_dataset, collator)
+    return train_dataset, collator
+
+
+def prepare_for_evaluation(model: Any, dataset: Any, collator: Any) -> Any:
+    """Prepare a split to evaluate with the collator :func:`prepare_for_training` returned."""
+    for hooks in _active_hooks(model):
+        if hooks.prepare_evaluation is not None:
+            dataset = hooks.prepare_evaluation(model, dataset, collator)
+    return dataset
+
+
+def load_method_files(model: Any, folder: str) -> None:
+    """Load what the model's methods saved beside their adapter in ``folder`` (REDEEM's bank and index)."""
+    for hooks in _active_hooks(model):
+        if hooks.load_files is not None:
+            hooks.load_files(model, folder)
 
 
 def list_methods() -> list[str]:

@@ -1,6 +1,8 @@
 """REDEEM (retrieval-guided conditional generation) and RAGPT as its variant; see config.py and bank.py."""
 
-from ..base import register_method
+from typing import Any
+
+from ..base import MethodHooks, register_method
 from .bank import BankError, MemoryBank, build_index, build_memory_bank
 from .config import RagptConfig, RedeemConfig
 from .layer import RagptLayer, RedeemLayer, RedeemModules
@@ -13,12 +15,21 @@ from .retrieval import (
     prepare_for_training,
 )
 
+
+def _evaluation_split(model: Any, dataset: Any, collator: Any) -> Any:
+    """Retrieve neighbours for a split to evaluate (``collator``: the one ``prepare_for_training`` returned)."""
+    return add_neighbors(dataset, model, collator.collator if isinstance(collator, RedeemCollator) else collator)
+
+
+HOOKS = MethodHooks(prepare_training=prepare_for_training, prepare_evaluation=_evaluation_split,
+                    load_files=load_memory_bank)
+
 register_method("redeem", RedeemConfig, RedeemModel,
                 "Retrieval-guided conditional generation: MSA retriever, CMoE generator of the missing modality, "
-                "SAIM inter-modal prompts (REDEEM).")
+                "SAIM inter-modal prompts (REDEEM).", HOOKS)
 register_method("ragpt", RagptConfig, RagptModel,
                 "Retrieval-augmented dynamic prompts: mean of the retrieved embeddings, intra-modal prompts and a "
-                "label token (RAGPT).")
+                "label token (RAGPT).", HOOKS)
 
 __all__ = ["BankError", "MemoryBank", "RagptConfig", "RagptLayer", "RagptModel", "RedeemCollator", "RedeemConfig",
            "RedeemLayer", "RedeemModel", "RedeemModules", "add_neighbors", "attach_memory_bank", "build_index",
