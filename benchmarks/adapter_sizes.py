@@ -15,19 +15,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 import hf_missing
 from hf_missing import MissingModalityForClassification
+from hf_missing.backbones.clip import clip_vit_b16_config
 from hf_missing.hub import ADAPTER_WEIGHTS_NAME
 
 METHODS = ("baseline", "map", "rep")
-
-
-def clip_vit_b16() -> CLIPModel:
-    """OpenAI CLIP ViT-B/16 shapes: 12-layer 512-wide text, 12-layer 768-wide vision, patch 16, 512 projection."""
-    config = CLIPConfig(vision_config={"patch_size": 16}, text_config={"eos_token_id": 49407}, projection_dim=512)
-    return CLIPModel(config)
 
 
 def adapter_size(backbone: CLIPModel, method: str, num_labels: int) -> tuple[int, int]:
@@ -45,7 +40,7 @@ def main() -> int:
     parser.add_argument("--num-labels", type=int, default=23, help="classes of the head (MM-IMDb: 23)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    backbone = clip_vit_b16()
+    backbone = CLIPModel(clip_vit_b16_config())
     total = sum(p.numel() for p in backbone.parameters())
     print(f"CLIP ViT-B/16 sizes: {total:,} backbone parameters, head with {args.num_labels} labels")
     print(f"{'method':<10} {'adapter bytes':>14} {'MiB':>8} {'trained values':>15} {'% of backbone':>14}")

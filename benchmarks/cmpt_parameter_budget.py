@@ -11,24 +11,19 @@ import json
 import sys
 
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 import hf_missing
 from hf_missing import MissingModalityForClassification
+from hf_missing.backbones.clip import clip_vit_b16_config
 
 PARTS = {"lora": (".lora_A.", ".lora_B."), "proxies": ("lora_cmpt_proxies",), "gate": ("lora_cmpt_gate",)}
-
-
-def clip_vit_b16() -> CLIPModel:
-    """OpenAI CLIP ViT-B/16 shapes: 12-layer 512-wide text, 12-layer 768-wide vision, patch 16, 512 projection."""
-    config = CLIPConfig(text_config={"eos_token_id": 49407}, vision_config={"patch_size": 16}, projection_dim=512)
-    return CLIPModel(config)
 
 
 def budget(options: dict, num_labels: int = 23) -> dict[str, float]:
     """Trainable parameters of a CMPT adapter with ``options`` on CLIP ViT-B/16 with a ``num_labels`` head."""
     torch.manual_seed(0)
-    model = MissingModalityForClassification.from_backbone(clip_vit_b16(), num_labels=num_labels)
+    model = MissingModalityForClassification.from_backbone(CLIPModel(clip_vit_b16_config()), num_labels=num_labels)
     backbone = sum(p.numel() for p in model.backbone.parameters())
     model.add_adapter(hf_missing.get_method_config("cmpt", **options))
     trained = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}

@@ -8,6 +8,7 @@ the papers use, and the pooled features the head reads. Adding a backbone is one
 
 from __future__ import annotations
 
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,6 +165,39 @@ class BackboneInterface(ABC):
             yield
         finally:
             setattr(attention, KV_PREFIX_ATTR, None)
+
+
+class JointStreamBackbone(BackboneInterface):
+    """A single joint stream whose ``model.embeddings`` returns ``(embeddings, attention mask)`` (ViLT, the fused
+    default): the "zero" / "mask" policies and attention-level prefixes, shared by such backbones.
+
+    Subclasses set ``prefixed_attention``: the self-attention ``forward`` that reads ``KV_PREFIX_ATTR``.
+    """
+
+    prefixed_attention: ClassVar[Any]
+
+    def _install_policy_hooks(self) -> None:
+        """"zero": the missing modality's embeddings are zeroed; "mask": its tokens are removed from
+        attention (their entries of the joint attention mask are set to 0)."""
+        self.model.embeddings.register_forward_hook(self._policy_hook)
+
+    def _policy_hook(self, _module: nn.Module, _args: tuple, output: tuple[torch.Tensor, torch.Tensor]):
+        ctx = policy_context()
+        if ctx is None:
+            return None
+        embeddings, masks = output
+        keep = torch.ones(masks.shape, dtype=embeddings.dtype, device=masks.device)
+        for modality, span in ctx.spans["joint"].items():
+            keep[:, span] = ctx.present_of(modality).to(keep.dtype)[:, None]
+        if ctx.policy == "zero":
+            return embeddings * keep[..., None], masks
+        return embeddings, masks * keep.to(masks.dtype)
+
+    def enable_kv_prefix(self) -> None:
+        stream = self.streams[0]
+        for layer in self.layers(stream.name):
+            attention = layer.get_submodule(stream.attention_path)
+            attention.forward = types.MethodType(type(self).prefixed_attention, attention)
 
 
 # ---- token insertion helpers shared by every method ----------------------------------------------

@@ -6,7 +6,7 @@ import types
 from typing import Any
 
 import torch
-from transformers import CLIPModel
+from transformers import CLIPConfig, CLIPModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import CLIPAttention, eager_attention_forward
 
@@ -30,6 +30,12 @@ def _prefixed_clip_attention(self: CLIPAttention, hidden_states: torch.Tensor,
     output, weights = attention(self, queries, keys, values, attention_mask, scaling=self.scale,
                                 dropout=0.0 if not self.training else self.dropout, is_causal=False, **kwargs)
     return self.out_proj(output.reshape(*input_shape, -1).contiguous()), weights
+
+
+def clip_vit_b16_config() -> CLIPConfig:
+    """OpenAI CLIP ViT-B/16 shapes (12-layer 512-wide text, 12-layer 768-wide vision, patch 16, projection 512),
+    for parameter budgets and adapter sizes without downloading weights."""
+    return CLIPConfig(text_config={"eos_token_id": 49407}, vision_config={"patch_size": 16}, projection_dim=512)
 
 
 @register_backbone

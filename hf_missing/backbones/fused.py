@@ -30,7 +30,6 @@ import math
 import os
 import shutil
 import time
-import types
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +59,7 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from ..context import ForwardContext
-from .base import KV_PREFIX_ATTR, BackboneInterface, Stream, policy_context, prepend_kv, register_backbone
+from .base import KV_PREFIX_ATTR, JointStreamBackbone, Stream, prepend_kv, register_backbone
 
 MODEL_TYPE = "hf_missing_fused"
 EFFICIENTNET = "efficientnet-lite0"
@@ -401,10 +400,11 @@ def _prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.
 
 
 @register_backbone
-class FusedBackbone(BackboneInterface):
+class FusedBackbone(JointStreamBackbone):
     """The fused MiniLM + EfficientNet-Lite0 model: one joint stream, text tokens then image tokens."""
 
     model_type = MODEL_TYPE
+    prefixed_attention = _prefixed_bert_self_attention
     model: FusedModel
 
     @property
@@ -450,29 +450,6 @@ class FusedBackbone(BackboneInterface):
             if modality == "image":
                 return embeddings.image_projection(embeddings.image_feature_mean) + embeddings.image_type_embedding
         raise ValueError(f"The fused backbone has modalities {self.modalities}, not {modality!r}.")
-
-    def _install_policy_hooks(self) -> None:
-        """"zero": the missing modality's embeddings are zeroed; "mask": its tokens are removed from
-        attention (their entries of the joint attention mask are set to 0)."""
-        self.model.embeddings.register_forward_hook(self._policy_hook)
-
-    def _policy_hook(self, _module: nn.Module, _args: tuple, output: tuple[torch.Tensor, torch.Tensor]):
-        ctx = policy_context()
-        if ctx is None:
-            return None
-        embeddings, masks = output
-        keep = torch.ones(masks.shape, dtype=embeddings.dtype, device=masks.device)
-        for modality, span in ctx.spans["joint"].items():
-            keep[:, span] = ctx.present_of(modality).to(keep.dtype)[:, None]
-        if ctx.policy == "zero":
-            return embeddings * keep[..., None], masks
-        return embeddings, masks * keep.to(masks.dtype)
-
-    def enable_kv_prefix(self) -> None:
-        stream = self.streams[0]
-        for layer in self.layers(stream.name):
-            attention = layer.get_submodule(stream.attention_path)
-            attention.forward = types.MethodType(_prefixed_bert_self_attention, attention)
 
 
 AutoConfig.register(MODEL_TYPE, FusedConfig)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import types
 
 import torch
 from torch import nn
@@ -12,7 +11,7 @@ from transformers import ViltModel
 from transformers.models.vilt.modeling_vilt import ViltSelfAttention
 
 from ..context import ForwardContext
-from .base import KV_PREFIX_ATTR, BackboneInterface, Stream, policy_context, prepend_kv, register_backbone
+from .base import KV_PREFIX_ATTR, JointStreamBackbone, Stream, prepend_kv, register_backbone
 
 
 def _prefixed_vilt_self_attention(self: ViltSelfAttention, hidden_states: torch.Tensor,
@@ -35,10 +34,11 @@ def _prefixed_vilt_self_attention(self: ViltSelfAttention, hidden_states: torch.
 
 
 @register_backbone
-class ViltBackbone(BackboneInterface):
+class ViltBackbone(JointStreamBackbone):
     """ViLT: the fused feature is the pooler output at the text [CLS] token (MAP's classifier input)."""
 
     model_type = "vilt"
+    prefixed_attention = _prefixed_vilt_self_attention
     pooler_modules = ("pooler",)
     model: ViltModel
 
@@ -97,26 +97,3 @@ class ViltBackbone(BackboneInterface):
         ctx.spans = {"joint": {"text": slice(0, text_len), "image": slice(text_len, None)}}
         keys = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask")
         return self.model(**{k: inputs[k] for k in keys if inputs.get(k) is not None}).pooler_output
-
-    def _install_policy_hooks(self) -> None:
-        """"zero": the missing modality's embeddings are zeroed; "mask": its tokens are removed from
-        attention (their entries of the joint attention mask are set to 0)."""
-        self.model.embeddings.register_forward_hook(self._policy_hook)
-
-    def _policy_hook(self, _module: nn.Module, _args: tuple, output: tuple[torch.Tensor, torch.Tensor]):
-        ctx = policy_context()
-        if ctx is None:
-            return None
-        embeddings, masks = output
-        keep = torch.ones(masks.shape, dtype=embeddings.dtype, device=masks.device)
-        for modality, span in ctx.spans["joint"].items():
-            keep[:, span] = ctx.present_of(modality).to(keep.dtype)[:, None]
-        if ctx.policy == "zero":
-            return embeddings * keep[..., None], masks
-        return embeddings, masks * keep.to(masks.dtype)
-
-    def enable_kv_prefix(self) -> None:
-        stream = self.streams[0]
-        for layer in self.layers(stream.name):
-            attention = layer.get_submodule(stream.attention_path)
-            attention.forward = types.MethodType(_prefixed_vilt_self_attention, attention)
