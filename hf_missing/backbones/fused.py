@@ -437,18 +437,21 @@ class FusedBackbone(JointStreamBackbone):
         return self.model(**{k: inputs[k] for k in keys if inputs.get(k) is not None}).pooler_output
 
     def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
-        """A ``[hidden]`` embedding typical of ``modality`` (REP's dynamic initialisation).
+        """A ``[hidden]`` embedding typical of ``modality`` (REP's dynamic initialisation), after the embedding
+        LayerNorm, i.e. on the scale of the tokens that enter the joint stream.
 
         text: MiniLM's [CLS] word embedding. image: the projection of the mean training-image feature
         (recorded by stage 1; zeros before it) plus the image type embedding — an "average image token".
-        Both are before position embeddings and the embedding LayerNorm.
+        (Before the LayerNorm the image one has norm ~78 against ~20 for stream tokens and drowns them.)
         """
         embeddings = self.model.embeddings
+        norm = embeddings.text.LayerNorm
         with torch.no_grad():
             if modality == "text":
-                return embeddings.text.word_embeddings.weight[self.model.config.cls_token_id].clone()
+                return norm(embeddings.text.word_embeddings.weight[self.model.config.cls_token_id]).clone()
             if modality == "image":
-                return embeddings.image_projection(embeddings.image_feature_mean) + embeddings.image_type_embedding
+                return norm(embeddings.image_projection(embeddings.image_feature_mean)
+                            + embeddings.image_type_embedding).clone()
         raise ValueError(f"The fused backbone has modalities {self.modalities}, not {modality!r}.")
 
 

@@ -67,10 +67,13 @@ class ViltBackbone(JointStreamBackbone):
         self.model.config.max_position_embeddings = max_text_len
 
     def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
-        """Text: the mean word embedding (ViLT's config names no [CLS] id); image: ViLT's image class token."""
+        """Text: the mean word embedding (ViLT's config names no [CLS] id) through the text embedding LayerNorm, on
+        the scale of the text tokens entering the stream; image: ViLT's image class token."""
         embeddings = self.model.embeddings
         if modality == "text":
-            return embeddings.text_embeddings.word_embeddings.weight.detach().mean(dim=0)
+            text = embeddings.text_embeddings
+            with torch.no_grad():
+                return text.LayerNorm(text.word_embeddings.weight.mean(dim=0))
         if modality == "image":
             return embeddings.cls_token.detach().reshape(-1).clone()
         return super().pretrained_token_embedding(modality)
