@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, Trainer
 
-from .backbones.fused import FusedProcessor, build_fused_backbone
+from .backbones.fused import FeatureCache, FusedProcessor, build_fused_backbone
 from .data import MissingModalityCollator, simulate_missing
 from .data.emoji import load_emoji_dataset
 from .evaluation import TEST_PATTERNS, PatternPredictions, predict_patterns
@@ -57,6 +57,7 @@ class Workspace:
     backbone_dir: Path
     collator: MissingModalityCollator
     labels: list[str]
+    feature_cache: FeatureCache = field(default_factory=FeatureCache)  # frozen image features, shared by every run
 
 
 def prepare(settings: DemoSettings) -> Workspace:
@@ -91,8 +92,10 @@ def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, see
     evaluate it under every test pattern and rate."""
     preset = demo_preset(method, settings.method_options.get(method))
     torch.manual_seed(seed)
+    backbone = AutoModel.from_pretrained(work.backbone_dir)
+    backbone.embeddings.feature_cache = work.feature_cache  # same checkpoint, same frozen image encoder
     model = MissingModalityForClassification.from_backbone(
-        AutoModel.from_pretrained(work.backbone_dir), num_labels=len(work.labels),
+        backbone, num_labels=len(work.labels),
         id2label=dict(enumerate(work.labels)), label2id={n: i for i, n in enumerate(work.labels)})
     model.add_adapter(preset.method_config)
     train = simulate_missing(work.data["train"], rate=settings.train_rate, pattern=train_pattern, seed=seed)
