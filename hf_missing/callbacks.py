@@ -3,9 +3,11 @@
 from trainer_callbacks import (
     MethodDiagnosticsCallback,
     MissingRateCurriculumCallback,
+    ModelCardCallback,
     RedrawMissingCallback,
     find_diagnostics_model,
+    last_eval_results,
 )
 
-__all__ = ["MethodDiagnosticsCallback", "MissingRateCurriculumCallback", "RedrawMissingCallback",
-           "find_diagnostics_model"]
+__all__ = ["MethodDiagnosticsCallback", "MissingRateCurriculumCallback", "ModelCardCallback", "RedrawMissingCallback",
+           "find_diagnostics_model", "last_eval_results"]

@@ -1,8 +1,11 @@
 """``hf-missing``: command-line entry point.
 
-``hf-missing train`` runs a short end-to-end job offline: a tiny random CLIP/ViLT backbone, the
-synthetic shapes set with simulated missingness, an adapter trained with ``transformers.Trainer``,
-per-pattern evaluation, and the adapter saved (and reloaded to check it is bit-identical).
+``hf-missing train`` without ``--preset`` runs a short end-to-end job offline: a tiny random CLIP/ViLT
+backbone, the synthetic shapes set with simulated missingness, an adapter trained with ``transformers.Trainer``,
+per-pattern evaluation, and the adapter saved. ``hf-missing train --preset NAME --data DIR`` trains a preset
+on a published dataset (:func:`hf_missing.training.build_training`), ``hf-missing evaluate`` measures a saved
+adapter under every missing pattern and rate (:func:`hf_missing.training.evaluate_adapter`) and
+``hf-missing push`` uploads an adapter with its model card (:func:`hf_missing.push_adapter`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -18,24 +23,31 @@ from transformers import Trainer, TrainingArguments
 from . import metrics
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.synthetic import shapes_dataset, tiny_backbone, tiny_processor
+from .hub import push_adapter
 from .methods import get_method_config, list_methods
 from .modeling import MissingModalityForClassification
+from .presets import load_preset
+from .training import (
+    TEST_RATES,
+    build_training,
+    evaluate_adapter,
+    saved_missing_settings,
+    train_and_save,
+    write_evaluation,
+)
+
+QUICKSTART_BACKBONES = ("clip", "vilt")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-missing", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="List the available methods and their options.")
-    train = sub.add_parser("train", help="Short offline train/evaluate run on a tiny backbone.")
-    train.add_argument("--backbone", choices=("clip", "vilt"), default="vilt")
-    train.add_argument("--method", default="map", help=f"One of {list_methods()}.")
-    train.add_argument("--rate", type=float, default=0.7, help="Missing rate (both modalities, MAP protocol).")
-    train.add_argument("--epochs", type=float, default=8.0)
-    train.add_argument("--learning-rate", type=float, default=1e-2)
-    train.add_argument("--n-train", type=int, default=384)
-    train.add_argument("--n-test", type=int, default=192)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--output-dir", default="runs/quickstart")
+    _add_train_arguments(sub.add_parser("train", help="Train a preset on a dataset folder (--preset, --data), or "
+                                                      "without --preset a short offline run on a tiny backbone."))
+    _add_evaluate_arguments(sub.add_parser("evaluate", help="Evaluate a saved adapter under every missing pattern "
+                                                            "and rate on a dataset's test split."))
+    _add_push_arguments(sub.add_parser("push", help="Upload an adapter folder and its model card to the Hub."))
     for name, help_text, output in (
         ("demo", "Embedded default: real packaged encoders + emoji data; trains and compares every method.",
          "runs/demo"),
@@ -44,6 +56,42 @@ def _parser() -> argparse.ArgumentParser:
     ):
         _add_demo_arguments(sub.add_parser(name, help=help_text), output)
     return parser
+
+
+def _add_train_arguments(train: argparse.ArgumentParser) -> None:
+    train.add_argument("--preset", default=None, help="Preset name or JSON file (hf_missing.list_presets()).")
+    train.add_argument("--data", default=None, help="Dataset folder in its published layout (with --preset).")
+    train.add_argument("--backbone", default=None, help="With --preset: a path or Hub id replacing the preset's "
+                                                        f"backbone. Without: one of {list(QUICKSTART_BACKBONES)} "
+                                                        "(default vilt).")
+    train.add_argument("--epochs", type=float, default=None, help="Override the epochs (quickstart default 8).")
+    train.add_argument("--max-steps", type=int, default=None, help="Stop after this many steps (with --preset).")
+    train.add_argument("--no-fp16", action="store_true", help="Train in fp32 (with --preset; e.g. on a CPU).")
+    train.add_argument("--output-dir", default=None, help="Default runs/<preset name>, or runs/quickstart.")
+    quick = train.add_argument_group("quickstart only (without --preset)")
+    quick.add_argument("--method", default="map", help=f"One of {list_methods()}.")
+    quick.add_argument("--rate", type=float, default=0.7, help="Missing rate (both modalities, MAP protocol).")
+    quick.add_argument("--learning-rate", type=float, default=1e-2)
+    quick.add_argument("--n-train", type=int, default=384)
+    quick.add_argument("--n-test", type=int, default=192)
+    quick.add_argument("--seed", type=int, default=0)
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, help="Adapter folder or Hub repo id.")
+    parser.add_argument("--data", required=True, help="Dataset folder in its published layout.")
+    parser.add_argument("--preset", required=True, help="Preset naming the dataset, task and metric.")
+    parser.add_argument("--rates", nargs="+", type=float, default=list(TEST_RATES), help="Test missing rates.")
+    parser.add_argument("--output-dir", default="runs/evaluate")
+
+
+def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, help="Adapter folder (written by save_pretrained).")
+    parser.add_argument("--repo", required=True, help="Hub repository, ORG/NAME.")
+    parser.add_argument("--results", default=None, help="JSON metrics: Trainer.evaluate() output, {pattern: "
+                                                         "{metric: value}}, or a results.json of `evaluate`.")
+    parser.add_argument("--plot", default=None, help="Robustness plot image shown in the card.")
+    parser.add_argument("--dataset", default=None, help="Evaluation dataset name or Hub id (needed with --results).")
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
@@ -88,6 +136,50 @@ def _methods() -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.preset is None:
+        return _quickstart(args)
+    if args.data is None:
+        raise SystemExit("hf-missing train --preset needs --data <dataset folder>.")
+    preset = load_preset(args.preset)
+    overrides: dict[str, Any] = {}
+    if args.epochs is not None:
+        overrides["num_train_epochs"] = args.epochs
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.no_fp16:
+        overrides["fp16"] = False
+    output_dir = args.output_dir or f"runs/{preset.name}"
+    report = train_and_save(build_training(preset, args.data, output_dir, backbone=args.backbone, **overrides))
+    print(json.dumps({k: v for k, v in report.items() if k != "missing"}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    preset = load_preset(args.preset)
+    summary = evaluate_adapter(args.adapter, preset, args.data, rates=args.rates)
+    folder = write_evaluation(summary, args.output_dir, metric=preset.data.metric,
+                              title=f"{args.adapter} on {preset.data.dataset}")
+    print((folder / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    results = json.loads(Path(args.results).read_text(encoding="utf-8")) if args.results else None
+    if results is not None and "per_pattern" in results:  # a results.json written by `hf-missing evaluate`
+        results = results["per_pattern"]
+    commit = push_adapter(args.adapter, args.repo, results=results, plot=args.plot,
+                          missing=saved_missing_settings(args.adapter), dataset=args.dataset)
+    print(f"Pushed {args.adapter} to {commit.commit_url}")
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    backbone = args.backbone or "vilt"
+    if backbone not in QUICKSTART_BACKBONES:
+        raise SystemExit(f"The quickstart (no --preset) runs a tiny {list(QUICKSTART_BACKBONES)} backbone; got "
+                         f"--backbone {backbone!r}. Pass --preset to train a real backbone.")
+    args.backbone, args.epochs = backbone, 8.0 if args.epochs is None else args.epochs
+    args.output_dir = args.output_dir or "runs/quickstart"
     torch.manual_seed(args.seed)
     data = simulate_missing(shapes_dataset(args.n_train, args.n_test, seed=args.seed), rate=args.rate,
                             pattern="both", protocol="map", seed=args.seed)
@@ -125,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return _methods()
     if args.command in ("demo", "benchmark"):
         return _demo(args)
-    return _train(args)
+    commands = {"train": _train, "evaluate": _evaluate, "push": _push}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -203,17 +203,23 @@ def markdown_table(methods: dict[str, dict[str, Any]]) -> str:
 
 def plot_curves(methods: dict[str, dict[str, Any]], path: Path, pattern: str = "both", title: str = "") -> None:
     """Accuracy vs test missing rate, one line per method."""
+    plot_metric_curves({name: r["curves"][pattern] for name, r in methods.items()}, path, metric="accuracy",
+                       xlabel=f"test missing rate, pattern '{pattern}' (%)", title=title)
+
+
+def plot_metric_curves(curves: dict[str, list[dict[str, float]]], path: Path, metric: str, xlabel: str,
+                       title: str = "") -> None:
+    """``metric`` vs test missing rate, one line per curve (points as ``PatternPredictions.curve`` returns)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in methods.items():
-        curve = r["curves"][pattern]
-        ax.plot([100 * p["rate"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=name)
-    ax.set_xlabel(f"test missing rate, pattern '{pattern}' (%)")
-    ax.set_ylabel("accuracy")
+    for name, curve in curves.items():
+        ax.plot([100 * p["rate"] for p in curve], [p[metric] for p in curve], marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -1,9 +1,11 @@
-"""trainer_callbacks: method diagnostics in the logs, the missing-rate curriculum, per-pattern evaluation."""
+"""trainer_callbacks: method diagnostics in the logs, the missing-rate curriculum, per-pattern evaluation, the model
+card written at the end of training."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from peft import get_peft_model
 from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 
@@ -12,8 +14,10 @@ from hf_missing import MissingModalityCollator, metrics, simulate_missing
 from hf_missing.callbacks import (
     MethodDiagnosticsCallback,
     MissingRateCurriculumCallback,
+    ModelCardCallback,
     RedrawMissingCallback,
     find_diagnostics_model,
+    last_eval_results,
 )
 from hf_missing.data.synthetic import tiny_processor
 from tests.conftest import make_model
@@ -137,3 +141,42 @@ def test_per_pattern_eval_on_named_test_settings_needs_no_callback(shapes, tmp_p
     assert "eval_missing_text_complete/count" not in results
     assert [results[f"eval_mixed_{p}/count"] for p in ("complete", "missing_text", "missing_image")] == [8, 4, 4]
     assert {"eval_missing_text_accuracy", "eval_mixed_accuracy", "eval_mixed_missing_image/accuracy"} <= set(results)
+
+
+# ---- ModelCardCallback ----------------------------------------------------------------------------------
+def test_model_card_callback_writes_the_card_with_the_last_eval_results(shapes_missing, tmp_path):
+    args = _args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=1)
+    trainer = Trainer(model=make_model("vilt", "baseline"), args=args, train_dataset=shapes_missing["train"],
+                      eval_dataset=shapes_missing["test"].select(range(16)),
+                      data_collator=MissingModalityCollator(tiny_processor("vilt")),
+                      compute_metrics=metrics.for_task("single_label"),
+                      callbacks=[ModelCardCallback("me/shapes-baseline", dataset="shapes",
+                                                   missing=shapes_missing["train"])])
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_accuracy" in h]
+    assert len(evals) == 2
+    folder = tmp_path / "out"
+    assert (folder / "adapter_model.safetensors").is_file(), "the adapter is saved beside its card"
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == "shapes-baseline"
+    values = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert values[("all", "accuracy")] == pytest.approx(evals[-1]["eval_accuracy"])
+    assert values[("missing_text", "accuracy")] == pytest.approx(evals[-1]["eval_missing_text/accuracy"])
+    assert "0.7" in card.text and "baseline" in card.text
+
+
+def test_model_card_callback_refreshes_an_existing_card_and_needs_a_dataset(tmp_path):
+    model = make_model("clip", "map", prompt_length=4)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "README.md").write_text("stale")
+    state = TrainerState(log_history=[{"eval_accuracy": 0.25, "epoch": 1.0}, {"loss": 1.0},
+                                      {"eval_accuracy": 0.5, "eval_loss": 0.7}, {"train_runtime": 1.0}])
+    assert last_eval_results(state.log_history) == {"eval_accuracy": 0.5, "eval_loss": 0.7}
+    ModelCardCallback("me/card", dataset="shapes", folder=tmp_path).on_train_end(_args(tmp_path), state, None)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert [(r.dataset_config, r.metric_value) for r in card.data.eval_results] == [("all", 0.5)]
+    ModelCardCallback("me/card", dataset="shapes", folder=tmp_path / "other").on_train_end(
+        _args(tmp_path), TrainerState(is_world_process_zero=False), None)
+    assert not (tmp_path / "other").exists(), "only the main process writes"
+    with pytest.raises(ValueError, match="dataset"):
+        ModelCardCallback("me/card", dataset="")

@@ -7,7 +7,8 @@ Per-missing-pattern evaluation needs no callback: ``hf_missing.metrics.for_task`
 
 from .curriculum import MissingRateCurriculumCallback
 from .diagnostics import MethodDiagnosticsCallback, find_diagnostics_model
+from .model_card import ModelCardCallback, last_eval_results
 from .redraw import RedrawMissingCallback
 
-__all__ = ["MethodDiagnosticsCallback", "MissingRateCurriculumCallback", "RedrawMissingCallback",
-           "find_diagnostics_model"]
+__all__ = ["MethodDiagnosticsCallback", "MissingRateCurriculumCallback", "ModelCardCallback", "RedrawMissingCallback",
+           "find_diagnostics_model", "last_eval_results"]

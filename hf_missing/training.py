@@ -1,0 +1,216 @@
+"""A preset's training and evaluation run on a published dataset, from the library's public pieces.
+
+:func:`build_training` turns a :class:`~hf_missing.presets.Preset` and a dataset folder into a ready
+``transformers.Trainer`` (dataset loaded by the preset's ``data.dataset``, missingness simulated with its
+protocol, the backbone wrapped with the preset's method, the method's training hooks applied);
+:func:`train_and_save` trains it and saves the adapter with its missing settings and an eval report.
+:func:`evaluate_adapter` reloads a saved adapter and measures it under every missing pattern and rate.
+``hf-missing train --preset`` and ``hf-missing evaluate`` are thin wrappers around these.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import ClassLabel, Dataset, DatasetDict
+from transformers import AutoConfig, AutoModel, AutoProcessor, Trainer
+
+from . import metrics
+from .backbones.fused import MODEL_TYPE as FUSED_MODEL_TYPE
+from .backbones.fused import FusedProcessor
+from .data import MissingModalityCollator, missing_settings, simulate_missing
+from .data.loaders import DATASET_SPECS
+from .evaluation import TEST_PATTERNS, PatternPredictions, missing_grid, predict_patterns
+from .methods import prepare_for_evaluation, prepare_for_training
+from .modeling import MissingModalityForClassification
+from .presets import Preset
+
+MISSING_SETTINGS_NAME = "missing_settings.json"  # the training split's simulate_missing settings, beside the adapter
+REPORT_NAME = "eval_report.json"
+PLOT_NAME = "robustness.png"
+ADAPTER_SUBDIR = "adapter"
+TEST_RATES = tuple(i / 10 for i in range(11))
+CURVE_PROTOCOLS = ("map", "redeem")  # the per-split protocols PatternPredictions can replay
+
+
+@dataclass
+class TrainingRun:
+    """Everything :func:`build_training` assembles; ``trainer`` is ready to ``train()``."""
+
+    preset: Preset
+    model: MissingModalityForClassification
+    data: DatasetDict
+    collator: Any
+    trainer: Trainer
+    eval_split: str
+
+
+def load_dataset_for(preset: Preset, data_dir: str | Path) -> DatasetDict:
+    """The preset's dataset read from ``data_dir`` by its loader in :data:`DATASET_SPECS`."""
+    spec = DATASET_SPECS.get(preset.data.dataset)
+    if spec is None:
+        raise ValueError(f"Preset {preset.name!r} uses dataset {preset.data.dataset!r}, which has no folder loader; "
+                         f"use one of {sorted(DATASET_SPECS)} (the emoji demo data runs with `hf-missing demo`).")
+    data = spec.loader(data_dir, **preset.data.loader_options)
+    if "train" not in data or "test" not in data:
+        raise ValueError(f"{data_dir}: {preset.data.dataset} needs labelled 'train' and 'test' splits; "
+                         f"found {sorted(data)}.")
+    return data
+
+
+def load_processor(backbone: str | Path) -> Any:
+    """The backbone's processor: :class:`FusedProcessor` for the fused backbone, else ``AutoProcessor``."""
+    if AutoConfig.from_pretrained(str(backbone)).model_type == FUSED_MODEL_TYPE:
+        return FusedProcessor.from_pretrained(backbone)
+    return AutoProcessor.from_pretrained(str(backbone))
+
+
+def label_names(split: Dataset, num_labels: int | None) -> list[str]:
+    """Class names of ``split``: its ClassLabel, the ClassLabel list of MM-IMDb's ``genres``, else indices."""
+    features = split.features
+    if isinstance(features["label"], ClassLabel):
+        return list(features["label"].names)
+    genres = getattr(features.get("genres"), "feature", None)
+    if isinstance(genres, ClassLabel):
+        return list(genres.names)
+    if num_labels is None:
+        raise ValueError("The dataset's labels carry no class names and the preset no label count.")
+    return [str(i) for i in range(num_labels)]
+
+
+def build_model(preset: Preset, backbone: str | Path, labels: Sequence[str]) -> MissingModalityForClassification:
+    """The backbone wrapped with a fresh head for ``labels`` and the preset's method injected."""
+    extra: dict[str, Any] = {}
+    if preset.data.task == "multilabel":
+        extra["problem_type"] = "multi_label_classification"
+    if preset.max_text_len is not None:
+        extra["max_text_len"] = preset.max_text_len
+    return MissingModalityForClassification.from_pretrained(
+        str(backbone), adapter=preset.method, adapter_options=preset.method_options, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}, **extra)
+
+
+def build_training(preset: Preset, data_dir: str | Path, output_dir: str | Path, backbone: str | Path | None = None,
+                   **overrides: Any) -> TrainingRun:
+    """Model, simulated data, collator and ``Trainer`` of ``preset`` on the dataset in ``data_dir``.
+
+    Args:
+        preset: from :func:`hf_missing.load_preset`.
+        data_dir: the dataset folder in its published layout (see ``hf_missing.data.loaders``).
+        output_dir: the ``Trainer``'s output folder.
+        backbone: a path or Hub id replacing the preset's backbone.
+        overrides: ``TrainingArguments`` fields that win over the preset's (``fp16=False``, ``max_steps=2``).
+    """
+    backbone = backbone or preset.backbone
+    data = simulate_missing(load_dataset_for(preset, data_dir), **preset.data.missing.simulate_kwargs())
+    model = build_model(preset, backbone, label_names(data["train"], preset.data.num_labels))
+    collator = MissingModalityCollator(load_processor(backbone), max_length=preset.max_text_len)
+    train, collator = prepare_for_training(model, data["train"], collator)
+    eval_split = "validation" if "validation" in data else "test"
+    evaluation = prepare_for_evaluation(model, data[eval_split], collator)
+    trainer = Trainer(model=model, args=preset.training_arguments(str(output_dir), **overrides), train_dataset=train,
+                      eval_dataset=evaluation, data_collator=collator,
+                      compute_metrics=metrics.for_task(preset.data.task))
+    return TrainingRun(preset, model, data, collator, trainer, eval_split)
+
+
+def train_and_save(run: TrainingRun) -> dict[str, Any]:
+    """Train, evaluate on the eval split, save the adapter (with the training split's missing settings in
+    ``missing_settings.json``) under ``<output_dir>/adapter`` and write ``eval_report.json``; the report."""
+    run.trainer.train()
+    results = run.trainer.evaluate()
+    output_dir = Path(run.trainer.args.output_dir)
+    adapter_dir = output_dir / ADAPTER_SUBDIR
+    run.model.save_pretrained(adapter_dir)
+    settings = missing_settings(run.data["train"])
+    _write_json(adapter_dir / MISSING_SETTINGS_NAME, settings)
+    report = {"preset": run.preset.name, "method": run.preset.method, "dataset": run.preset.data.dataset,
+              "eval_split": run.eval_split, "missing": settings, "eval": results, "adapter_dir": str(adapter_dir),
+              "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad)}
+    _write_json(output_dir / REPORT_NAME, report)
+    return report
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+def saved_missing_settings(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """The missing settings :func:`train_and_save` stored beside the adapter, or None."""
+    path = Path(adapter_dir) / MISSING_SETTINGS_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def train_missing_settings(adapter_dir: str | Path, preset: Preset) -> dict[str, Any]:
+    """The missing settings the adapter was trained with (its ``missing_settings.json``), else the preset's."""
+    return saved_missing_settings(adapter_dir) or preset.data.missing.simulate_kwargs()
+
+
+def replay_protocol(settings: dict[str, Any]) -> dict[str, Any]:
+    """``protocol`` / ``seed`` / ``both_ratio`` for :meth:`PatternPredictions.at`; protocols drawn over several
+    splits at once (RAGPT's) are replayed with MAP's per-split draw."""
+    protocol = settings.get("protocol", "map")
+    return {"protocol": protocol if protocol in CURVE_PROTOCOLS else "map", "seed": settings.get("seed", 0),
+            "both_ratio": settings.get("both_ratio", 0.5)}
+
+
+def evaluate_adapter(adapter: str | Path, preset: Preset, data_dir: str | Path,
+                     rates: Sequence[float] = TEST_RATES) -> dict[str, Any]:
+    """Reload ``adapter`` (a folder or Hub repo id) and evaluate it on the test split of the preset's dataset:
+    per-pattern metrics, its train-pattern row of :func:`missing_grid` and metric-vs-missing-rate curves."""
+    from .hub import resolve_adapter_dir
+
+    adapter_dir = resolve_adapter_dir(adapter)
+    if adapter_dir is None:
+        raise ValueError(f"{adapter} is not an hf_missing adapter (no adapter_config.json, or a full checkpoint).")
+    model = AutoModel.from_pretrained(adapter_dir)
+    test = load_dataset_for(preset, data_dir)["test"]
+    collator = MissingModalityCollator(load_processor(model.config.backbone_name_or_path),
+                                       max_length=model.config.max_text_len)
+    test = prepare_for_evaluation(model, test, collator)
+    predictions = predict_patterns(model, test, collator, preset.data.task)
+    return summarise(predictions, train_missing_settings(adapter_dir, preset), rates)
+
+
+def summarise(predictions: PatternPredictions, train: dict[str, Any], rates: Sequence[float]) -> dict[str, Any]:
+    """Per-pattern metrics, the train-pattern grid row at the training rate, and one curve per test pattern."""
+    protocol = replay_protocol(train)
+    pattern = train.get("pattern", "both")
+    train_pattern = pattern if isinstance(pattern, str) else json.dumps(pattern, sort_keys=True)
+    grid = missing_grid({train_pattern: predictions}, rate=train.get("rate", 0.7), **protocol)
+    return {"train_missing": train, "per_pattern": predictions.per_pattern(), "grid": grid,
+            "curves": {p: predictions.curve(rates, p, **protocol) for p in TEST_PATTERNS}}
+
+
+def pattern_table(per_pattern: dict[str, dict[str, float]], metric_names: Sequence[str]) -> str:
+    """A markdown table: one row per missing pattern, one column per metric."""
+    lines = ["| pattern | " + " | ".join(metric_names) + " |", "|---|" + "---|" * len(metric_names)]
+    for pattern, values in per_pattern.items():
+        lines.append(f"| {pattern} | " + " | ".join(f"{values[m]:.4f}" for m in metric_names) + " |")
+    return "\n".join(lines)
+
+
+def write_evaluation(summary: dict[str, Any], folder: str | Path, metric: str, title: str = "") -> Path:
+    """Write ``results.json``, ``report.md`` (per-pattern table and grid row) and ``robustness.png``
+    (``metric`` vs test missing rate, one line per test pattern) into ``folder``; the folder."""
+    from .demo import plot_metric_curves
+
+    folder = Path(folder)
+    _write_json(folder / "results.json", summary)
+    plot_metric_curves(summary["curves"], folder / PLOT_NAME, metric=metric, xlabel="test missing rate (%)",
+                       title=title)
+    names = list(next(iter(summary["per_pattern"].values())))
+    train = summary["train_missing"]
+    (train_pattern, row), = summary["grid"].items()
+    report = [f"# {title}", "", "## Every test sample under one pattern", "",
+              pattern_table(summary["per_pattern"], names), "",
+              f"## Trained with {100 * train.get('rate', 0.7):.0f}% missing '{train_pattern}', tested at that rate", "",
+              pattern_table(row, names), "", f"![robustness]({PLOT_NAME})", ""]
+    (folder / "report.md").write_text("\n".join(report), encoding="utf-8")
+    return folder
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
