@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from .training import (
     TEST_RATES,
     build_training,
     evaluate_adapter,
+    read_results,
     saved_missing_settings,
     train_and_save,
     write_evaluation,
@@ -88,8 +88,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", required=True, help="Adapter folder (written by save_pretrained).")
     parser.add_argument("--repo", required=True, help="Hub repository, ORG/NAME.")
-    parser.add_argument("--results", default=None, help="JSON metrics: Trainer.evaluate() output, {pattern: "
-                                                         "{metric: value}}, or a results.json of `evaluate`.")
+    parser.add_argument("--results", default=None, help="JSON metrics: results.json of `evaluate`, eval_report.json "
+                                                         "of `train`, Trainer.evaluate() output or {pattern: "
+                                                         "{metric: value}}.")
     parser.add_argument("--plot", default=None, help="Robustness plot image shown in the card.")
     parser.add_argument("--dataset", default=None, help="Evaluation dataset name or Hub id (needed with --results).")
 
@@ -164,9 +165,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    results = json.loads(Path(args.results).read_text(encoding="utf-8")) if args.results else None
-    if results is not None and "per_pattern" in results:  # a results.json written by `hf-missing evaluate`
-        results = results["per_pattern"]
+    results = read_results(args.results) if args.results else None
     commit = push_adapter(args.adapter, args.repo, results=results, plot=args.plot,
                           missing=saved_missing_settings(args.adapter), dataset=args.dataset)
     print(f"Pushed {args.adapter} to {commit.commit_url}")

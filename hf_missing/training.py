@@ -211,6 +211,17 @@ def write_evaluation(summary: dict[str, Any], folder: str | Path, metric: str, t
     return folder
 
 
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Metrics for :func:`hf_missing.push_adapter` from a JSON file: a ``results.json`` of
+    :func:`write_evaluation` (its per-pattern table), an ``eval_report.json`` of :func:`train_and_save` (its
+    ``Trainer.evaluate()`` output), or the metrics themselves."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    for key in ("per_pattern", "eval"):
+        if isinstance(data.get(key), dict):
+            return data[key]
+    return data
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")

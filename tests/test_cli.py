@@ -8,6 +8,7 @@ from transformers import AutoModel, ViltProcessor
 
 from hf_missing import cli
 from hf_missing.data.synthetic import tiny_backbone, tiny_processor
+from hf_missing.training import read_results
 from tests.test_hub import hub as fake_hub  # noqa: F401  (the fake Hub fixture, as `fake_hub`)
 
 
@@ -118,6 +119,15 @@ def test_push_uploads_the_trained_adapter_with_its_card(trained, fake_hub):  # n
     assert {"adapter_model.safetensors", "robustness.png", "README.md", "missing_settings.json"} <= set(files)
     card = files["README.md"].decode()
     assert "food101" in card and "missing_image" in card and "robustness.png" in card
+
+
+def test_push_reads_train_and_evaluate_reports(trained, tmp_path):
+    report = json.loads((trained["out"] / "eval_report.json").read_text())
+    assert read_results(trained["out"] / "eval_report.json") == report["eval"]
+    nested = {"complete": {"accuracy": 0.5}}
+    (tmp_path / "results.json").write_text(json.dumps({"per_pattern": nested, "curves": {}}))
+    (tmp_path / "plain.json").write_text(json.dumps(nested))
+    assert read_results(tmp_path / "results.json") == read_results(tmp_path / "plain.json") == nested
 
 
 def test_train_preset_errors(tmp_path):
