@@ -24,7 +24,7 @@ from .backbones.fused import FeatureCache, FusedProcessor, build_fused_backbone
 from .data import MissingModalityCollator, simulate_missing
 from .data.emoji import load_emoji_dataset
 from .evaluation import TEST_PATTERNS, PatternPredictions, predict_patterns
-from .methods import get_method_config, list_methods
+from .methods import get_method_config, list_methods, prepare_for_evaluation, prepare_for_training
 from .modeling import MissingModalityForClassification
 from .presets import Preset, list_presets, load_preset
 
@@ -104,10 +104,12 @@ def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, see
     if settings.epochs is not None:
         overrides["num_train_epochs"] = settings.epochs
     run_dir = Path(settings.output_dir) / "runs" / f"{method}-{train_pattern}-seed{seed}"
+    train, collator = prepare_for_training(model, train, work.collator)
     trainer = Trainer(model=model, args=preset.training_arguments(str(run_dir), **overrides), train_dataset=train,
-                      data_collator=work.collator)
+                      data_collator=collator)
     output = trainer.train()
-    predictions = predict_patterns(model, work.data["test"], work.collator, TASK, progress=settings.progress)
+    test = prepare_for_evaluation(model, work.data["test"], collator)
+    predictions = predict_patterns(model, test, collator, TASK, progress=settings.progress)
     return summarise(model, predictions, output.metrics, trainer.state.global_step, preset)
 
 
