@@ -60,3 +60,11 @@ def test_cli_demo_on_real_assets_tiny_subset(tmp_path):
     assert main(["demo", "--methods", "baseline", "map", "--epochs", "1", "--train-limit", "64", "--test-limit",
                  "32", "--output-dir", str(tmp_path), "--no-progress"]) == 0
     assert (tmp_path / "report.md").is_file() and (tmp_path / "robustness.png").is_file()
+
+
+def test_retrieval_methods_get_their_bank_through_the_method_hooks(workspace, tmp_path):
+    settings = DemoSettings(output_dir=str(tmp_path), methods=["ragpt"], epochs=1, progress=False,
+                            method_options={"ragpt": {"bank_tokens": 4}})
+    result = train_and_evaluate("ragpt", workspace, settings, 0, "both")
+    assert set(result["per_pattern"]) == {"complete", "missing_text", "missing_image"}
+    assert (tmp_path / "runs" / "ragpt-both-seed0").is_dir()
