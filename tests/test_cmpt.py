@@ -13,7 +13,7 @@ from transformers import AutoModel, Trainer, TrainingArguments
 
 import hf_missing
 from hf_missing import MissingModalityCollator, metrics, simulate_missing
-from hf_missing.backbones import Stream, ViltBackbone
+from hf_missing.backbones import ClipBackbone, Stream, ViltBackbone
 from hf_missing.data.synthetic import tiny_processor
 from hf_missing.methods.cmpt import CmptConfig, ProxyGate
 from hf_missing.methods.cmpt import layer as cmpt_layer
@@ -27,7 +27,6 @@ from hf_missing.methods.cmpt.layer import (
     extended_mask,
     stream_layout,
 )
-from hf_missing.methods.cmpt.ops import ClipOps
 from tests.conftest import BACKBONES, make_batch, make_model
 
 K3 = ("a", "b", "c")
@@ -237,8 +236,8 @@ def test_alignment_is_zero_without_complete_samples(shapes_missing):
 
 def _capture_compose(monkeypatch):
     captured = []
-    original = ClipOps.compose
-    monkeypatch.setattr(ClipOps, "compose", lambda self, tokens: captured.append(tokens) or original(self, tokens))
+    original = ClipBackbone.compose
+    monkeypatch.setattr(ClipBackbone, "compose", lambda self, tokens: captured.append(tokens) or original(self, tokens))
     return captured
 
 

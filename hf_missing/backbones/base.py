@@ -117,6 +117,41 @@ class BackboneInterface(ABC):
         """``[B]`` True where the pixels are the all-ones dummy."""
         return (pixel_values == 1).flatten(1).all(dim=1)
 
+    # ---- per-modality class tokens (CMPT) ----------------------------------------------------------
+    # The encoder-layer Linear that plays each attention / MLP role (for LoRA targets given by role).
+    lora_roles: ClassVar[dict[str, str]] = {}
+    # How the fused feature is laid out from per-modality class tokens: concatenated in this order, or (None)
+    # one vector, their sum.
+    class_token_order: ClassVar[tuple[str, ...] | None] = None
+
+    @property
+    def class_token_width(self) -> int:
+        """Width of one modality's class token."""
+        raise self._no_class_tokens()
+
+    def readout(self, stream: str, tokens: torch.Tensor) -> torch.Tensor:
+        """The final norm and projection that turn ``stream``'s last-layer tokens ``[B, n, H]`` into class-token
+        space ``[B, n, class_token_width]``."""
+        raise self._no_class_tokens()
+
+    def class_tokens(self, features: torch.Tensor, final: dict[str, torch.Tensor],
+                     ctx: ForwardContext) -> dict[str, torch.Tensor]:
+        """Each modality's real class token ``[B, class_token_width]`` from :meth:`encode`'s ``features`` and the
+        streams' ``final`` last-layer hidden states (method tokens stripped)."""
+        raise self._no_class_tokens()
+
+    def compose(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fused feature ``[B, pooled_size]`` from per-modality tokens weighted to sum to 1 across modalities;
+        concatenating backbones scale by K, so uniform weights give back :meth:`encode`'s own layout."""
+        if self.class_token_order is None:
+            return torch.stack(list(tokens.values())).sum(0)
+        return torch.cat([len(tokens) * tokens[m] for m in self.class_token_order], dim=-1)
+
+    def _no_class_tokens(self) -> ValueError:
+        return ValueError(f"The {self.model_type} backbone interface does not expose per-modality class tokens "
+                          "(class_token_width, readout, class_tokens), which CMPT needs; implement them in its "
+                          "backbone file.")
+
     # ---- initialisation sources ------------------------------------------------------------------
     def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
         """A ``[hidden]`` pretrained embedding that stands for ``modality`` (REP's task-aware initialisation,

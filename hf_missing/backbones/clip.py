@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import CLIPConfig, CLIPModel
@@ -44,6 +44,10 @@ class ClipBackbone(BackboneInterface):
     ``[image_embeds; text_embeds]`` after the projections (DCP/REP's classifier input)."""
 
     model_type = "clip"
+    lora_roles: ClassVar[dict[str, str]] = {
+        "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
+        "mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2"}
+    class_token_order = ("image", "text")
     pooler_modules = ("text_model.final_layer_norm", "vision_model.post_layernorm", "text_projection",
                       "visual_projection")
     model: CLIPModel
@@ -61,6 +65,22 @@ class ClipBackbone(BackboneInterface):
     @property
     def pooled_size(self) -> int:
         return 2 * self.model.config.projection_dim
+
+    @property
+    def class_token_width(self) -> int:
+        return self.model.config.projection_dim
+
+    def readout(self, stream: str, tokens: torch.Tensor) -> torch.Tensor:
+        """Text: ``final_layer_norm`` + ``text_projection``; vision: ``post_layernorm`` + ``visual_projection``."""
+        if stream == "text":
+            return self.model.text_projection(self.model.text_model.final_layer_norm(tokens))
+        return self.model.visual_projection(self.model.vision_model.post_layernorm(tokens))
+
+    def class_tokens(self, features: torch.Tensor, final: dict[str, torch.Tensor],
+                     ctx: ForwardContext) -> dict[str, torch.Tensor]:
+        """The projected EOS (text) and CLS (image) embeddings, i.e. the halves of ``[image; text]``."""
+        width = self.class_token_width
+        return {"image": features[:, :width], "text": features[:, width:]}
 
     def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
         """Text: the end-of-text token's embedding (id 49407 in OpenAI CLIP); image: the class embedding."""

@@ -405,6 +405,10 @@ class FusedBackbone(JointStreamBackbone):
 
     model_type = MODEL_TYPE
     prefixed_attention = _prefixed_bert_self_attention
+    lora_roles: ClassVar[dict[str, str]] = {
+        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+        "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"}
+    class_token_order = ("text", "image")
     model: FusedModel
 
     @property
@@ -435,6 +439,20 @@ class FusedBackbone(JointStreamBackbone):
         ctx.spans = {"joint": {"text": slice(0, text_len), "image": slice(text_len, None)}}
         keys = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
         return self.model(**{k: inputs[k] for k in keys if inputs.get(k) is not None}).pooler_output
+
+    @property
+    def class_token_width(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    def readout(self, stream: str, tokens: torch.Tensor) -> torch.Tensor:
+        """Identity: the pooled output is a plain mean of last-layer tokens, with no norm or projection."""
+        return tokens
+
+    def class_tokens(self, features: torch.Tensor, final: dict[str, torch.Tensor],
+                     ctx: ForwardContext) -> dict[str, torch.Tensor]:
+        """The halves of the pooled ``[text mean; image mean]``."""
+        width = self.class_token_width
+        return {"text": features[:, :width], "image": features[:, width:]}
 
     def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
         """A ``[hidden]`` embedding typical of ``modality`` (REP's dynamic initialisation), after the embedding

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +39,9 @@ class ViltBackbone(JointStreamBackbone):
     """ViLT: the fused feature is the pooler output at the text [CLS] token (MAP's classifier input)."""
 
     model_type = "vilt"
+    lora_roles: ClassVar[dict[str, str]] = {
+        "q": "attention.attention.query", "k": "attention.attention.key", "v": "attention.attention.value",
+        "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"}
     prefixed_attention = _prefixed_vilt_self_attention
     pooler_modules = ("pooler",)
     model: ViltModel
@@ -65,6 +69,23 @@ class ViltBackbone(JointStreamBackbone):
         embeddings.position_ids = torch.arange(max_text_len, device=old.device)[None]
         embeddings.token_type_ids = torch.zeros(1, max_text_len, dtype=torch.long, device=old.device)
         self.model.config.max_position_embeddings = max_text_len
+
+    @property
+    def class_token_width(self) -> int:
+        return self.model.config.hidden_size
+
+    def readout(self, stream: str, tokens: torch.Tensor) -> torch.Tensor:
+        """ViLT's final LayerNorm, then its pooler applied to each token."""
+        batch, n, hidden = tokens.shape
+        pooled = self.model.pooler(self.model.layernorm(tokens).reshape(batch * n, 1, hidden))
+        return pooled.reshape(batch, n, -1)
+
+    def class_tokens(self, features: torch.Tensor, final: dict[str, torch.Tensor],
+                     ctx: ForwardContext) -> dict[str, torch.Tensor]:
+        """The pooler applied to each modality's [CLS]: text position 0 and the image [CLS] starting its span."""
+        spans = ctx.spans["joint"]
+        tokens = self.readout("joint", final["joint"][:, [spans[m].start or 0 for m in self.modalities]])
+        return {m: tokens[:, k] for k, m in enumerate(self.modalities)}
 
     def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
         """Text: the mean word embedding (ViLT's config names no [CLS] id) through the text embedding LayerNorm, on

@@ -33,7 +33,6 @@ from ...backbones import BackboneInterface, Stream
 from ...context import ForwardContext, current_context
 from ..base import MissingMethodLayer, _pop_mask
 from .config import CmptConfig
-from .ops import CmptBackboneOps, ops_for
 
 PROXY_INIT_STD = 0.02
 RUN_KEY = "cmpt"
@@ -199,7 +198,7 @@ class CmptRun:
 
     config: CmptConfig
     gate: ProxyGate
-    ops: CmptBackboneOps
+    interface: BackboneInterface
     ctx: ForwardContext
     adapter: str
     streams: dict[str, StreamState] = field(default_factory=dict)
@@ -211,13 +210,13 @@ class CmptRun:
             if not state.layout.proxies:
                 continue
             proxies = state.carried[:, -len(state.layout.proxies):]
-            read = self.ops.readout(name, proxies)
+            read = self.interface.readout(name, proxies)
             found += [(m, read[:, j], state.has_source[:, j]) for j, m in enumerate(state.layout.proxies)]
         return combine_estimates(found)
 
     def real_tokens(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each modality's real class token ``[B, d]`` (what the backbone pooled, proxies never seen)."""
-        return self.ops.class_tokens(features, {n: s.final for n, s in self.streams.items()}, self.ctx)
+        return self.interface.class_tokens(features, {n: s.final for n, s in self.streams.items()}, self.ctx)
 
     def fuse(self, features: torch.Tensor) -> torch.Tensor:
         """Class tokens (proxies where missing), the alignment loss, the gate and the composed head input."""
@@ -240,7 +239,7 @@ class CmptRun:
             ctx.aux_losses[f"cmpt_alignment/{self.adapter}"] = self.config.align_weight * loss
         stacked = torch.stack([tokens[m] for m in ctx.modalities], dim=1)
         weights = self.gate(stacked)
-        return self.ops.compose({m: weights[:, k] * stacked[:, k] for k, m in enumerate(ctx.modalities)})
+        return self.interface.compose({m: weights[:, k] * stacked[:, k] for k, m in enumerate(ctx.modalities)})
 
 
 # ---- LoRA -------------------------------------------------------------------------------------------
@@ -254,17 +253,18 @@ def linear_names(layer: nn.Module) -> list[str]:
     return names
 
 
-def resolve_lora_paths(layer: nn.Module, targets: list[str], ops: CmptBackboneOps) -> list[str]:
+def resolve_lora_paths(layer: nn.Module, targets: list[str], interface: BackboneInterface) -> list[str]:
     """The Linear paths inside ``layer`` that ``targets`` (roles or relative paths) name; errors for a target
     that names nothing."""
     available = linear_names(layer)
     paths = []
     for target in targets:
-        wanted = ops.lora_roles.get(target, target)
+        wanted = interface.lora_roles.get(target, target)
         found = [n for n in available if n == wanted or n.endswith(f".{wanted}")]
         if not found:
-            raise ValueError(f"CMPT lora_targets entry {target!r} matches no Linear layer of a {ops.model_type} "
-                             f"encoder layer; use a role of {sorted(ops.lora_roles)} or a path among {available}.")
+            raise ValueError(f"CMPT lora_targets entry {target!r} matches no Linear layer of a "
+                             f"{interface.model_type} encoder layer; use a role of {sorted(interface.lora_roles)} "
+                             f"or a path among {available}.")
         paths += [p for p in found if p not in paths]
     return paths
 
@@ -313,15 +313,16 @@ class CmptLayer(MissingMethodLayer):
 
     def update_layer(self, adapter_name: str, config: CmptConfig) -> None:
         self.cmpt_settings[adapter_name] = config
-        ops = ops_for(self.interface)
         if config.lora_targets:
-            add_lora(self.base_layer, resolve_lora_paths(self.base_layer, config.lora_targets, ops), adapter_name,
-                     config)
+            paths = resolve_lora_paths(self.base_layer, config.lora_targets, self.interface)
+            add_lora(self.base_layer, paths, adapter_name, config)
         proxies = hosted_proxies(self.stream.modalities, proxied_modalities(self.interface, config))
         if self.index == 0 and proxies:
-            self.lora_cmpt_proxies[adapter_name] = nn.Parameter(initial_proxies(ops, self.stream, proxies, config))
+            initial = initial_proxies(self.interface, self.stream, proxies, config)
+            self.lora_cmpt_proxies[adapter_name] = nn.Parameter(initial)
         if self.is_owner:
-            self.lora_cmpt_gate[adapter_name] = ProxyGate(len(self.interface.modalities), ops.token_width, config.gate)
+            width = self.interface.class_token_width
+            self.lora_cmpt_gate[adapter_name] = ProxyGate(len(self.interface.modalities), width, config.gate)
         self.set_adapter(self.active_adapters)
 
     def _has_active(self) -> bool:
@@ -368,7 +369,7 @@ class CmptLayer(MissingMethodLayer):
         return (real, *out[1:]) if isinstance(out, tuple) else real
 
     def _start(self, adapter: str, ctx: ForwardContext) -> None:
-        run = CmptRun(self.cmpt_settings[adapter], self.lora_cmpt_gate[adapter], ops_for(self.interface), ctx, adapter)
+        run = CmptRun(self.cmpt_settings[adapter], self.lora_cmpt_gate[adapter], self.interface, ctx, adapter)
         ctx.extras[RUN_KEY] = run
         ctx.feature_hooks.append(run.fuse)
 
@@ -410,10 +411,23 @@ def proxied_modalities(interface: BackboneInterface, config: CmptConfig) -> tupl
     return tuple(m for m in interface.modalities if m in config.proxy_modalities)
 
 
-def initial_proxies(ops: CmptBackboneOps, stream: Stream, proxies: tuple[str, ...], config: CmptConfig) -> torch.Tensor:
+def initial_proxies(interface: BackboneInterface, stream: Stream, proxies: tuple[str, ...],
+                    config: CmptConfig) -> torch.Tensor:
     """``[P, H]`` proxies: the pretrained embedding (``proxy_init="pretrained"``) plus N(0, 0.02^2) noise, or the
     noise alone."""
     noise = torch.randn(len(proxies), stream.hidden_size) * PROXY_INIT_STD
     if config.proxy_init == "random":
         return noise
-    return torch.stack([ops.proxy_embedding(stream, m) for m in proxies]) + noise
+    return torch.stack([proxy_embedding(interface, stream, m) for m in proxies]) + noise
+
+
+def proxy_embedding(interface: BackboneInterface, stream: Stream, modality: str) -> torch.Tensor:
+    """A pretrained ``[H]`` token of ``stream``'s input space to start the proxy for ``modality`` from: the
+    modality's own embedding where the stream holds it (single-stream), else the host modality's."""
+    source = modality if modality in stream.modalities else stream.modalities[0]
+    try:
+        return interface.pretrained_token_embedding(source).detach().float().reshape(-1)
+    except ValueError as err:
+        raise ValueError(f"CMPT's proxy_init='pretrained' needs a pretrained {source!r} embedding of the "
+                         f"{interface.model_type} backbone, which it does not offer; pass "
+                         "proxy_init='random'.") from err

@@ -8,7 +8,6 @@ from ...backbones import BackboneInterface, Stream
 from ..base import MissingMethodModel
 from .config import CmptConfig
 from .layer import CmptLayer, proxied_modalities, resolve_lora_paths
-from .ops import ops_for
 
 LORA_PREFIX = "lora_"
 
@@ -25,10 +24,11 @@ class CmptModel(MissingMethodModel):
     def target_layers(self, interface: BackboneInterface, config: CmptConfig) -> list[tuple[Stream, int]]:
         """Every layer of every stream, after checking the options against the backbone (clear errors before
         anything is injected)."""
-        ops = ops_for(interface)
+        if interface.class_token_width < 1:  # raises a clear error where the backbone has no class tokens
+            raise ValueError(f"The {interface.model_type} backbone reports empty class tokens.")
         proxied_modalities(interface, config)
         for stream in interface.streams:
-            resolve_lora_paths(interface.layers(stream.name)[0], config.lora_targets, ops)
+            resolve_lora_paths(interface.layers(stream.name)[0], config.lora_targets, interface)
         return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
 
 
