@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,9 +119,11 @@ def _demo(args: argparse.Namespace) -> int:
                             progress=not args.no_progress)
     if args.command == "demo":
         run_demo(settings)
+        print(Path(args.output_dir, "report.md").read_text(encoding="utf-8"))
         print(f"Wrote {args.output_dir}/report.md, results.json and robustness.png")
     else:
         run_benchmark(settings)
+        print(Path(args.output_dir, "benchmark.md").read_text(encoding="utf-8"))
         print(f"Wrote {args.output_dir}/benchmark.md and benchmark.json")
     return 0
 

@@ -23,12 +23,11 @@ from transformers import AutoModel, Trainer
 from .backbones.fused import FeatureCache, FusedProcessor, build_fused_backbone
 from .data import MissingModalityCollator, simulate_missing
 from .data.emoji import load_emoji_dataset
-from .evaluation import TEST_PATTERNS, PatternPredictions, predict_patterns
+from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, predict_patterns
 from .methods import get_method_config, list_methods, prepare_for_evaluation, prepare_for_training
 from .modeling import MissingModalityForClassification
 from .presets import Preset, list_presets, load_preset
 
-TEST_RATES = tuple(i / 10 for i in range(11))
 TASK = "single_label"
 
 
@@ -240,7 +239,6 @@ def write_outputs(results: dict[str, Any], folder: Path, title: str) -> None:
               f"seeds {list(settings['seeds'])}; accuracy on the emoji test split.", "",
               markdown_table(results["methods"]), "", "![robustness](robustness.png)", ""]
     (folder / "report.md").write_text("\n".join(report), encoding="utf-8")
-    print("\n".join(report[4:5]))
 
 
 def write_benchmark(results: dict[str, Any], folder: Path) -> None:
@@ -252,4 +250,3 @@ def write_benchmark(results: dict[str, Any], folder: Path) -> None:
                      f"![{pattern}](robustness-{pattern}.png)", ""]
         plot_curves(methods, folder / f"robustness-{pattern}.png", title=f"trained: 70% missing {pattern}")
     (folder / "benchmark.md").write_text("\n".join(sections), encoding="utf-8")
-    print("\n".join(sections))

@@ -25,6 +25,7 @@ from .metrics import classification_metrics
 from .missingness import MISSING_TYPE_COLUMN, ModalityPattern
 
 TEST_PATTERNS = ("text", "image", "both")
+TEST_RATES = tuple(i / 10 for i in range(11))  # the test missing rates of robustness curves
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .backbones.fused import MODEL_TYPE as FUSED_MODEL_TYPE
 from .backbones.fused import FusedProcessor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
-from .evaluation import TEST_PATTERNS, PatternPredictions, missing_grid, predict_patterns
+from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, missing_grid, predict_patterns
 from .methods import prepare_for_evaluation, prepare_for_training
 from .modeling import MissingModalityForClassification
 from .presets import Preset
@@ -33,7 +33,6 @@ MISSING_SETTINGS_NAME = "missing_settings.json"  # the training split's simulate
 REPORT_NAME = "eval_report.json"
 PLOT_NAME = "robustness.png"
 ADAPTER_SUBDIR = "adapter"
-TEST_RATES = tuple(i / 10 for i in range(11))
 CURVE_PROTOCOLS = ("map", "redeem")  # the per-split protocols PatternPredictions can replay
 
 

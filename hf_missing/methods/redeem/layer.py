@@ -339,8 +339,9 @@ class RedeemLayer(MissingMethodLayer):
         flags = [b.hidden[:, None].expand(-1, b.tokens.shape[1]) for b in blocks]
         if self.stream.causal:
             if any(b.start != 0 for b in blocks):
-                raise NotImplementedError(f"REDEEM inserts tokens into a causal stream only at its front; the "
-                                          f"{self.stream.name} stream holds {self.stream.modalities}.")
+                raise ValueError(f"REDEEM inserts tokens into a causal stream only at its front, but the "
+                                 f"{self.stream.name} stream holds {self.stream.modalities}; use a backbone whose "
+                                 "causal streams hold one modality each (CLIP) or a bidirectional joint stream.")
             prefix = torch.cat([b.tokens for b in blocks], dim=1)
             hidden, mask = insert_tokens(hidden, prefix, mask, causal=True)
             bounds = torch.tensor([0, *(b.tokens.shape[1] for b in blocks)]).cumsum(0).tolist()

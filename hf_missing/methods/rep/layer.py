@@ -269,8 +269,9 @@ class RepLayer(MissingMethodLayer):
             starts = [ctx.spans[self.stream.name][m].start or 0 for m in order]
             return insert_blocks(hidden, mask, list(zip(starts, blocks, strict=True)))
         if len(blocks) != 1 or (ctx.spans[self.stream.name][order[0]].start or 0) != 0:
-            raise NotImplementedError(f"REP places slots in a causal stream only in front of a single modality; "
-                                      f"the {self.stream.name} stream holds {order}.")
+            raise ValueError(f"REP places slots in a causal stream only in front of a single modality, but the "
+                             f"{self.stream.name} stream holds {order}; use a backbone whose causal streams hold one "
+                             "modality each (CLIP) or a bidirectional joint stream (ViLT, the fused default).")
         hidden, mask = insert_tokens(hidden, blocks[0], mask, causal=True)
         return hidden, mask, [slice(0, blocks[0].shape[1])]
 
