@@ -32,6 +32,8 @@ class ForwardContext:
         extras: free slots for methods (running buffers and the like), emptied with the context.
         aux_losses: named auxiliary loss terms (already weighted) that method layers add; the wrapper adds
             their sum to the task loss.
+        batch: the batch's other tensors (collator columns beyond the named inputs, e.g. REDEEM's neighbour ids),
+            for method layers.
         feature_hooks: functions ``[B, pooled] -> [B, pooled]`` that method layers register; the wrapper applies
             them, in order, to the backbone's fused representation before the head (CMPT's gated fusion).
     """
@@ -45,6 +47,7 @@ class ForwardContext:
     extras: dict[str, Any] = field(default_factory=dict)
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     feature_hooks: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    batch: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def present_of(self, modality: str) -> torch.Tensor:
         """``[B]`` bool presence of one modality."""

@@ -312,7 +312,8 @@ class MissingModalityForClassification(PreTrainedModel):
             raise ValueError(f"missing_policy must be one of {list(POLICIES)}, got {policy!r}.")
         missing_type = self._resolve_missing_type(inputs, missing_type, policy)
         ctx = ForwardContext(missing_type=missing_type, present=self.patterns.present(missing_type),
-                             modalities=self.patterns.modalities, policy=policy)
+                             modalities=self.patterns.modalities, policy=policy,
+                             batch={k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
         with forward_context(ctx):
             features = self.interface.encode(inputs, ctx)
             for hook in ctx.feature_hooks:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +29,8 @@ from ...context import ForwardContext, current_context
 from ..base import MissingMethodLayer, _pop_mask
 from .config import RedeemConfig
 
-BATCH_PREFIX = "redeem_"  # batch entries (RedeemCollator) the wrapper's forward hooks hand to the layers
 NEIGHBOURS, SELF, QUERY = "redeem_neighbors", "redeem_self", "redeem_query_"
 INIT_STD = 0.02
-CURRENT_BATCH: ContextVar[dict[str, torch.Tensor] | None] = ContextVar("redeem_batch", default=None)
 
 
 class Expert(nn.Module):
@@ -206,7 +203,7 @@ class RedeemRun:
 def start_run(modules: RedeemModules, config: RedeemConfig, ctx: ForwardContext, adapter: str) -> RedeemRun:
     """Look the batch's neighbours up in the bank, generate what is missing (eq. 2-4) and add the
     reconstruction loss; the prompts come later (they may need the first-layer inputs)."""
-    bank, batch = config.memory_bank, CURRENT_BATCH.get() or {}
+    bank, batch = config.memory_bank, ctx.batch
     if bank is None:
         raise RuntimeError("This REDEEM adapter has no memory bank: call hf_missing.methods.redeem."
                            "prepare_for_training(model, train_dataset, collator) (or load_memory_bank(model, folder)).")
