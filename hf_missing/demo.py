@@ -92,7 +92,7 @@ def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, see
     preset = demo_preset(method, settings.method_options.get(method))
     torch.manual_seed(seed)
     backbone = AutoModel.from_pretrained(work.backbone_dir)
-    backbone.embeddings.feature_cache = work.feature_cache  # same checkpoint, same frozen image encoder
+    backbone.share_feature_cache(work.feature_cache)  # same checkpoint, same frozen image encoder
     model = MissingModalityForClassification.from_backbone(
         backbone, num_labels=len(work.labels),
         id2label=dict(enumerate(work.labels)), label2id={n: i for i, n in enumerate(work.labels)})

@@ -283,6 +283,10 @@ class FusedModel(FusedPreTrainedModel):
         self.encoder = BertEncoder(config.text_config)
         self.post_init()
 
+    def share_feature_cache(self, cache: FeatureCache) -> None:
+        """Use ``cache`` for the frozen image features (models loaded from the same checkpoint can share one)."""
+        self.embeddings.feature_cache = cache
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                 image_features: torch.Tensor | None = None, **kwargs: Any) -> BaseModelOutputWithPooling:
