@@ -11,10 +11,12 @@ model of an hf_missing adapter is the wrapper (backbone + head) that the repo's 
 and ``transformers.AutoModel.from_pretrained(<adapter repo>)`` switches to that name before loading. The
 backbone weights come from ``config.json``'s ``backbone_name_or_path``.
 
-Pulling (:func:`resolve_adapter_dir`, called by ``from_pretrained``) is safetensors-only: pickled files
-(``.bin``, ``.pt``, ``.pth``, ``.ckpt``, ``.pkl``) are refused and never downloaded, no remote code runs, and
-the adapter config is validated (:func:`validate_adapter_config`, :func:`validate_backbone`) before any
-adapter weight is read.
+Pulling (:func:`resolve_adapter_dir`, called by ``from_pretrained`` and ``load_adapter``) downloads only the
+adapter's own files (:func:`adapter_files`: its config, its safetensors weights, ``config.json`` and the
+safetensors files its method declares); pickles, faiss indexes, images and docs are never downloaded or read,
+no remote code runs, and the adapter config is validated (:func:`validate_adapter_config`,
+:func:`validate_backbone`) before anything is allocated or any weight is read (threat model:
+:mod:`hf_missing.loading`).
 """
 
 from __future__ import annotations
@@ -46,11 +48,19 @@ from transformers.utils.peft_utils import find_adapter_config_file
 
 from .backbones import backbone_interface_for
 from .data import missing_settings
+from .loading import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    CONFIG_NAME,
+    AdapterLoadError,
+    check_option_sizes,
+    check_settings,
+    is_int,
+    is_resume_index,
+    read_json_file,
+)
 from .methods import METHODS, MissingMethodConfig, get_method_config, list_methods
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "config.json"
 FULL_CHECKPOINT_NAMES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NEVER_READ = ("training_args.bin",)  # the Trainer's pickled arguments: hf_missing never downloads or reads them
@@ -59,18 +69,11 @@ PLOT_STEM = "robustness"
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
 # Written beside an adapter only for Trainer's resume (see MissingModalityForClassification.save_pretrained).
 TRAINER_ONLY_FILES = ["trainer_resume.safetensors", "model.safetensors.index.json", "training_args.bin"]
-DOWNLOAD_IGNORE = [*(f"*{s}" for s in PICKLE_SUFFIXES), *(f"*{s}" for s in PLOT_SUFFIXES), "*.md"]
-MAX_OPTION_VALUE = 65_536  # no method option (prompt length, depth, widths) is anywhere near this in any paper
-MAX_LABELS = 100_000
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
 DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 SKIPPED_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "count")
 OVERALL = "all"
 TASK_TYPE = "multimodal-classification"
-
-
-class AdapterLoadError(ValueError):
-    """An adapter that is unsafe to load or does not fit the backbone; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ def push_adapter(
         card = adapter_card(folder, repo_id, backbone=backbone, results=results, plot_file=plot_file,
                             missing=missing, dataset=dataset, split=split, tags=tags)
         card.save(folder / "README.md")
-        method = _method_name(_read_json(folder / ADAPTER_CONFIG_NAME), str(folder))
+        method = _method_name(read_json_file(folder / ADAPTER_CONFIG_NAME), str(folder))
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
                                  commit_message=commit_message or f"Upload hf_missing {method} adapter",
                                  commit_description=commit_description, ignore_patterns=TRAINER_ONLY_FILES)
@@ -215,14 +218,14 @@ def _stage(model_or_folder: Any, folder: Path) -> Path:
         raise ValueError(f"{model_or_folder} lacks {needed}; push a folder written by "
                          "MissingModalityForClassification.save_pretrained with an adapter injected.")
     check_no_pickles(files, str(model_or_folder))
-    validate_adapter_config(_read_json(folder / ADAPTER_CONFIG_NAME), str(model_or_folder))
+    validate_adapter_config(read_json_file(folder / ADAPTER_CONFIG_NAME), str(model_or_folder))
     return folder
 
 
 def _point_at_repo(folder: Path, repo_id: str, backbone_name_or_path: str | None) -> str:
     """Record the backbone in ``config.json`` and make ``base_model_name_or_path`` name the repo itself."""
-    adapter_config = _read_json(folder / ADAPTER_CONFIG_NAME)
-    config = _read_json(folder / CONFIG_NAME)
+    adapter_config = read_json_file(folder / ADAPTER_CONFIG_NAME)
+    config = read_json_file(folder / CONFIG_NAME)
     base = adapter_config.get("base_model_name_or_path")
     backbone = backbone_name_or_path or config.get("backbone_name_or_path") or (base if base != repo_id else None)
     if not backbone:
@@ -267,7 +270,7 @@ def adapter_card(
 ) -> ModelCard:
     """The model card of the adapter saved in ``folder`` (see :func:`push_adapter` for the arguments)."""
     folder = Path(folder)
-    adapter_config, config = _read_json(folder / ADAPTER_CONFIG_NAME), _read_json(folder / CONFIG_NAME)
+    adapter_config, config = read_json_file(folder / ADAPTER_CONFIG_NAME), read_json_file(folder / CONFIG_NAME)
     method = _method_name(adapter_config, str(folder))
     backbone = backbone or config.get("backbone_name_or_path") or adapter_config.get("base_model_name_or_path")
     by_pattern = results_by_pattern(results or {})
@@ -351,29 +354,72 @@ def _numel(shape: list[int]) -> int:
 
 
 # ---- pull ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AdapterSource:
+    """A local adapter folder, and whether it came from the Hub (then the backbone it names must be a Hub repo id:
+    a downloaded adapter never points the loader at a file of this machine)."""
+
+    folder: str
+    remote: bool
+
+
+def adapter_files() -> list[str]:
+    """The only files of an adapter that hf_missing downloads or reads: its config, its weights, ``config.json``
+    and the files the registered methods save beside them (REDEEM's memory bank)."""
+    method_files = [name for spec in METHODS.values() for name in spec.hooks.files]
+    return list(dict.fromkeys([ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME, *method_files]))
+
+
 def resolve_adapter_dir(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str | None:
     """The local folder of an hf_missing adapter at ``name_or_path`` (a folder or a Hub repo id), downloading
-    its files (never pickles, images or docs) from the Hub; None when it is not an adapter (e.g. a backbone
-    or a full checkpoint). Raises :class:`AdapterLoadError` for pickled adapter files."""
+    only :func:`adapter_files` from the Hub; None when it is not an adapter (e.g. a backbone or a full checkpoint
+    without an adapter config)."""
+    source = resolve_adapter(name_or_path, **hub_kwargs)
+    return None if source is None else source.folder
+
+
+def resolve_adapter(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> AdapterSource | None:
+    """Like :func:`resolve_adapter_dir`, also saying whether the adapter came from the Hub."""
     path = str(name_or_path)
     hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in DOWNLOAD_KWARGS}
     if os.path.isdir(path):
-        return _local_adapter_dir(path)
+        folder = _local_adapter_dir(path)
+        return None if folder is None else AdapterSource(folder, _in_hub_cache(folder, hub_kwargs))
     if not _is_repo_id(path) or find_adapter_config_file(path, **hub_kwargs) is None:
         return None
     files = _repo_files(path, hub_kwargs)
-    if any(name in files for name in FULL_CHECKPOINT_NAMES):
-        return None
-    check_no_pickles(files, path)
-    return snapshot_download(path, ignore_patterns=DOWNLOAD_IGNORE, **hub_kwargs)
+    _check_adapter_files(files, path)
+    folder = snapshot_download(path, allow_patterns=adapter_files(), **hub_kwargs)
+    return AdapterSource(folder, remote=True)
 
 
 def _local_adapter_dir(path: str) -> str | None:
     files = os.listdir(path)
-    if ADAPTER_CONFIG_NAME not in files or any(name in files for name in FULL_CHECKPOINT_NAMES):
+    if ADAPTER_CONFIG_NAME not in files:
         return None
-    check_no_pickles(files, path)
+    if FULL_CHECKPOINT_NAMES[1] in files and is_resume_index(Path(path) / FULL_CHECKPOINT_NAMES[1]):
+        files.remove(FULL_CHECKPOINT_NAMES[1])  # Trainer's resume state beside an adapter: the folder is an adapter
+    _check_adapter_files(files, path)
     return path
+
+
+def _check_adapter_files(files: list[str], source: str) -> None:
+    """Refuse a folder that mixes a full checkpoint with an hf_missing adapter (which would win is ambiguous) and
+    an adapter whose weights exist only as a pickle."""
+    full = [name for name in FULL_CHECKPOINT_NAMES if name in files]
+    if full:
+        raise AdapterLoadError(
+            f"{source} holds both {ADAPTER_CONFIG_NAME} and a full checkpoint {full}; it is unclear which to load. "
+            "Keep adapters and full checkpoints in separate folders (save_pretrained refuses to mix them)."
+        )
+    pickled = sorted(f for f in files if f.lower().endswith(PICKLE_SUFFIXES) and os.path.basename(f) not in NEVER_READ)
+    if ADAPTER_WEIGHTS_NAME not in files and pickled:
+        check_no_pickles(pickled, source)
+
+
+def _in_hub_cache(folder: str, hub_kwargs: dict[str, Any]) -> bool:
+    cache = Path(hub_kwargs.get("cache_dir") or constants.HF_HUB_CACHE).resolve()
+    return Path(folder).resolve().is_relative_to(cache)
 
 
 def _repo_files(repo_id: str, hub_kwargs: dict[str, Any]) -> list[str]:
@@ -393,22 +439,46 @@ def check_no_pickles(files: Iterable[str], source: str) -> None:
         )
 
 
-def backbone_of(folder: str | os.PathLike, adapter_config: dict[str, Any]) -> str:
+def backbone_of(folder: str | os.PathLike, adapter_config: dict[str, Any], remote: bool = False) -> str:
     """Where the adapter in ``folder`` takes its backbone from: ``config.json``'s ``backbone_name_or_path``,
-    else ``adapter_config.json``'s ``base_model_name_or_path``."""
+    else ``adapter_config.json``'s ``base_model_name_or_path``. An adapter from the Hub (``remote``) may only
+    name a Hub repo id, never a path on this machine."""
     config_file = Path(folder) / CONFIG_NAME
-    config = _read_json(config_file) if config_file.is_file() else {}
+    config = read_json_file(config_file) if config_file.is_file() else {}
     backbone = config.get("backbone_name_or_path") or adapter_config.get("base_model_name_or_path")
-    if not backbone:
-        raise AdapterLoadError(f"The adapter in {folder} does not say which backbone it adapts; pass "
-                               "backbone_name_or_path=<hub id or path of its CLIP/ViLT checkpoint>.")
+    if not backbone or not isinstance(backbone, str):
+        raise AdapterLoadError(f"The adapter in {folder} does not say which backbone it adapts ({CONFIG_NAME}'s "
+                               "backbone_name_or_path); pass backbone_name_or_path=<hub id or path of its backbone>.")
+    if remote and not _is_remote_name(backbone):
+        raise AdapterLoadError(
+            f"{config_file} of an adapter downloaded from the Hub names the backbone {backbone!r}, which is not a Hub "
+            "repo id; a downloaded adapter may not point the loader at files of this machine. If you trust it, pass "
+            "backbone_name_or_path=<the backbone> in your code."
+        )
     return backbone
+
+
+def _is_remote_name(name: str) -> bool:
+    if name.startswith(("/", ".", "~")) or ".." in name or "\\" in name:
+        return False
+    return _is_repo_id(name)
+
+
+def load_backbone_error(backbone: str, source: str, err: Exception) -> AdapterLoadError:
+    """The error for a backbone that cannot be loaded from safetensors."""
+    return AdapterLoadError(
+        f"The backbone {backbone!r} named by the adapter in {source} could not be loaded from safetensors ({err}). "
+        "hf_missing loads a backbone named by an adapter from safetensors weights only, because pickled weights "
+        "(pytorch_model.bin) can run code. Convert it where you trust it: AutoModel.from_pretrained(path)"
+        ".save_pretrained(new_path) writes model.safetensors; then pass backbone_name_or_path=new_path."
+    )
 
 
 # ---- validation ---------------------------------------------------------------------------------
 def validate_adapter_config(adapter_config: dict[str, Any], source: str) -> MissingMethodConfig:
     """Check an ``adapter_config.json`` without any model: a known hf_missing method, valid options within
-    sane sizes, and head settings; returns the method config it describes."""
+    sane sizes, allow-listed head settings and a well-formed backbone signature; returns the method config
+    it describes, built from the method options alone (nothing else of the file reaches peft)."""
     method = _method_name(adapter_config, source)
     options = _method_options(adapter_config, method)
     check_option_sizes(method, options, source)
@@ -416,32 +486,40 @@ def validate_adapter_config(adapter_config: dict[str, Any], source: str) -> Miss
         config = get_method_config(method, **options)
     except (TypeError, ValueError) as err:
         raise AdapterLoadError(f"{source}: invalid {method} options: {err}") from err
-    _check_settings(adapter_config.get("model_settings") or {}, source)
+    check_settings(adapter_config.get("model_settings"), source)
+    _check_signature_format(adapter_config.get("backbone_signature"), source)
     return config
 
 
-def check_option_sizes(method: str, options: dict[str, Any], source: str) -> None:
-    """Refuse integer options beyond ``MAX_OPTION_VALUE`` before anything is allocated."""
-    too_big = {k: v for k, v in options.items() if _is_int(v) and abs(v) > MAX_OPTION_VALUE}
-    if too_big:
-        raise AdapterLoadError(f"{source}: {method} option(s) {too_big} exceed {MAX_OPTION_VALUE}; the adapter "
-                               "config is corrupt or hostile. Re-save the adapter with sane options.")
+def _check_signature_format(signature: Any, source: str) -> None:
+    streams = signature.get("streams") if isinstance(signature, dict) else None
+    ok = signature is None or (
+        isinstance(signature.get("model_type"), str) and isinstance(streams, dict)
+        and all(isinstance(v, list) and len(v) == 2 and all(is_int(x) for x in v) for v in streams.values()))
+    if not ok:
+        raise AdapterLoadError(f"{source}: backbone_signature must be {{'model_type': str, 'streams': {{name: [hidden "
+                               f"size, layers]}}}}, got {signature!r:.200}; re-save the adapter with save_pretrained.")
 
 
-def _check_settings(settings: dict[str, Any], source: str) -> None:
-    num_labels = settings.get("num_labels")
-    if not _is_int(num_labels) or not 1 <= num_labels <= MAX_LABELS:
-        raise AdapterLoadError(f"{source}: model_settings.num_labels must be an integer in [1, {MAX_LABELS}], got "
-                               f"{num_labels!r}; re-save the adapter from a model with a valid head.")
-    modalities = settings.get("modalities")
-    if not isinstance(modalities, list) or not modalities or not all(isinstance(m, str) for m in modalities):
-        raise AdapterLoadError(f"{source}: model_settings.modalities must be a list of modality names, got "
-                               f"{modalities!r}.")
+def check_pooler_modules(adapter_config: dict[str, Any], pooler_modules: Iterable[str], source: str) -> None:
+    """The saved ``modules_to_save`` may name only the head and ``pooler_modules`` of the backbone interface (what
+    hf_missing adds itself): anything else would load trained copies of frozen backbone modules from the file."""
+    modules = adapter_config.get("modules_to_save") or []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise AdapterLoadError(f"{source}: modules_to_save must be a list of module names, got {modules!r:.200}.")
+    allowed = {"head", *(f"backbone.{m}" for m in pooler_modules)}
+    extra = sorted(set(modules) - allowed)
+    if extra:
+        raise AdapterLoadError(f"{source}: modules_to_save names {extra}, which are neither the head nor this "
+                               f"backbone's pooler ({sorted(allowed)}); loading them would replace frozen backbone "
+                               "modules. Re-save the adapter with save_pretrained.")
 
 
-def validate_backbone(adapter_config: dict[str, Any], backbone: str | PretrainedConfig, source: str) -> None:
+def validate_backbone(adapter_config: dict[str, Any], backbone: str | PretrainedConfig,
+                      source: str) -> PretrainedConfig:
     """Check the adapter against the backbone's config (built on the meta device: no weight is loaded):
-    backbone type, each stream's hidden size and layer count, and the modality set."""
+    backbone type, each stream's hidden size and layer count, the modality set and the saved modules; returns
+    the backbone's config."""
     config = backbone if isinstance(backbone, PretrainedConfig) else AutoConfig.from_pretrained(backbone)
     config = getattr(config, "backbone_config", None) or config  # a saved wrapper names its backbone's config
     with torch.device("meta"):
@@ -458,6 +536,8 @@ def validate_backbone(adapter_config: dict[str, Any], backbone: str | Pretrained
     if set(modalities) != set(interface.modalities):
         raise AdapterLoadError(f"{source}: the adapter handles modalities {list(modalities)}, but {_name(backbone)} "
                                f"has {list(interface.modalities)}; load it onto a backbone with those modalities.")
+    check_pooler_modules(adapter_config, interface.pooler_modules, source)
+    return config
 
 
 def _streams(signature: dict[str, Any]) -> tuple[str, dict[str, list[int]]]:
@@ -487,17 +567,8 @@ def _is_repo_id(name: str) -> bool:
     return True
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _name(backbone: str | PretrainedConfig) -> str:
     return backbone if isinstance(backbone, str) else f"the {backbone.model_type} backbone"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

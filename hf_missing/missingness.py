@@ -8,10 +8,13 @@ two modalities ``("text", "image")`` this gives the papers' codes: 0 complete, 1
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import combinations
+from typing import Any
 
+import numpy as np
 import torch
 from datasets import ClassLabel
 
@@ -68,15 +71,59 @@ class ModalityPattern:
         """Bool tensor ``[num_patterns, K]``: entry (c, m) is True when modality m is present under code c."""
         return torch.tensor([[m not in s for m in self.modalities] for s in self.missing_sets])
 
-    def present(self, missing_type: torch.Tensor) -> torch.Tensor:
-        """Per-sample presence ``[B, K]`` from codes ``[B]``, with a clear error on invalid codes."""
-        missing_type = torch.as_tensor(missing_type).long()
-        if missing_type.numel() and (missing_type.min() < 0 or missing_type.max() >= self.num_patterns):
-            raise ValueError(
-                f"missing_type holds codes outside 0..{self.num_patterns - 1} "
-                f"({dict(enumerate(self.names))}); got {sorted(set(missing_type.tolist()))}."
-            )
+    def present(self, missing_type: Any) -> torch.Tensor:
+        """Per-sample presence ``[B, K]`` from ``missing_type`` (anything :meth:`codes` takes)."""
+        missing_type = self.codes(missing_type)
         return self.present_matrix().to(missing_type.device)[missing_type]
+
+    def codes(self, missing_type: Any) -> torch.Tensor:
+        """``missing_type`` as a long tensor of codes ``[B]`` (on the input tensor's device).
+
+        Takes a tensor, array or list of codes: ints, integral floats (``1.0``) or pattern names
+        (``"missing_text"``, see :attr:`names`). A non-integral number (``1.9`` would silently become 1), a
+        bool, an unknown name or a code outside ``0..num_patterns-1`` raises, naming the samples.
+        """
+        if isinstance(missing_type, torch.Tensor):
+            codes = self._tensor_codes(missing_type)
+        else:
+            values = missing_type.tolist() if isinstance(missing_type, np.ndarray) else missing_type
+            values = list(values) if isinstance(values, list | tuple) else [values]
+            codes = torch.tensor([self._code_of(v, i) for i, v in enumerate(values)], dtype=torch.long)
+        bad = ((codes < 0) | (codes >= self.num_patterns)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"missing_type of samples {bad[:10]} is {codes[bad[:10]].tolist()}, outside the codes "
+                f"0..{self.num_patterns - 1} ({dict(enumerate(self.names))}); build the column with "
+                "simulate_missing and the same modalities as the model."
+            )
+        return codes
+
+    def _tensor_codes(self, missing_type: torch.Tensor) -> torch.Tensor:
+        if missing_type.dtype == torch.bool:
+            raise ValueError("missing_type is a bool tensor; pass integer pattern codes "
+                             f"({dict(enumerate(self.names))}).")
+        if missing_type.is_floating_point():
+            bad = (missing_type != missing_type.round()).view(-1).nonzero().flatten().tolist()
+            if bad:
+                raise ValueError(f"missing_type of samples {bad[:10]} is not a whole number "
+                                 f"({missing_type.view(-1)[bad[:10]].tolist()}); codes are integers "
+                                 f"{dict(enumerate(self.names))}, and truncating would pick the wrong pattern.")
+        return missing_type.long().view(-1)
+
+    def _code_of(self, value: Any, sample: int) -> int:
+        if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.ndim == 0):
+            value = value.item()
+        if isinstance(value, str):
+            if value in self.names:
+                return self.names.index(value)
+            raise ValueError(f"missing_type of sample {sample} is {value!r}, not a pattern name; use one of "
+                             f"{self.names} or its code 0..{self.num_patterns - 1}.")
+        whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+        if whole and not isinstance(value, bool):
+            return int(value)
+        raise ValueError(f"missing_type of sample {sample} is {value!r}; it must be an integer code or a pattern "
+                         f"name ({dict(enumerate(self.names))}); a non-integral number would be truncated to the "
+                         "wrong pattern.")
 
     def incomplete_codes(self) -> list[int]:
         return list(range(1, self.num_patterns))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -28,14 +30,30 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
+from .atomic import atomic_folder
 from .backbones import BACKBONES, BackboneInterface, backbone_interface_for
 from .context import POLICIES, ForwardContext, forward_context
+from .loading import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    CHECKPOINT_PREFIX,
+    RESUME_INDEX_FORMAT,
+    SETTING_KEYS,
+    TASKS,
+    AdapterLoadError,
+    check_budget,
+    check_settings,
+    is_resume_index,
+    plan_adapter,
+    planning,
+    read_adapter_weights,
+    read_json_file,
+)
 from .missingness import DEFAULT_MODALITIES, ModalityPattern
 
 logger = logging.getLogger(__name__)
-ADAPTER_CONFIG_NAME = "adapter_config.json"
 RESUME_WEIGHTS_NAME = "trainer_resume.safetensors"  # what Trainer's resume needs beside an injected adapter
-TASKS = ("single_label_classification", "multi_label_classification")
+FULL_CHECKPOINT = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
 
 
 class MissingModalityConfig(PretrainedConfig):
@@ -73,7 +91,16 @@ class MissingModalityConfig(PretrainedConfig):
     head_hidden_ratio: int = 2
 
     def __post_init__(self, **kwargs: Any) -> None:
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None and (isinstance(num_labels, bool) or not hasattr(num_labels, "__index__")
+                                       or num_labels < 1):
+            raise ValueError(f"num_labels must be a positive int (the number of classes; 1 for a binary task with one "
+                             f"logit), got {num_labels!r}: the head needs one output per class. Pass the dataset's "
+                             "class count, e.g. dataset.features['label'].num_classes.")
         super().__post_init__(**kwargs)
+        if not self.num_labels:
+            raise ValueError("id2label is empty, so the head would have no output; pass num_labels or an id2label "
+                             "that names the dataset's classes.")
         self.modalities = list(self.modalities or DEFAULT_MODALITIES)
         if self.missing_policy not in POLICIES:
             raise ValueError(f"missing_policy must be one of {list(POLICIES)}, got {self.missing_policy!r}.")
@@ -151,11 +178,13 @@ class MissingModalityForClassification(PreTrainedModel):
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, backbone: PreTrainedModel | str, **config_kwargs: Any) -> MissingModalityForClassification:
-        """Wrap a pretrained CLIP/ViLT model (or the path/hub id of one) with a fresh head."""
+    def from_backbone(cls, backbone: PreTrainedModel | str, *, use_safetensors: bool | None = None,
+                      **config_kwargs: Any) -> MissingModalityForClassification:
+        """Wrap a pretrained CLIP/ViLT model (or the path/hub id of one, loaded with ``use_safetensors``) with a
+        fresh head."""
         if isinstance(backbone, str | os.PathLike):
             name = str(backbone)
-            backbone = AutoModel.from_pretrained(name)
+            backbone = AutoModel.from_pretrained(name, use_safetensors=use_safetensors)
             config_kwargs.setdefault("backbone_name_or_path", name)
         if backbone.config.model_type not in BACKBONES:
             raise ValueError(
@@ -167,27 +196,31 @@ class MissingModalityForClassification(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any,
-                        adapter: str | None = None, adapter_options: dict | None = None, **kwargs: Any):
+                        adapter: str | None = None, adapter_options: dict | None = None,
+                        max_adapter_bytes: int | None = None, **kwargs: Any):
         """Load a wrapper, a raw CLIP/ViLT checkpoint, or an adapter (a local folder or a Hub repo id);
         inject ``adapter`` if given.
 
         Keyword arguments that are config fields (``num_labels``, ``id2label``, ``problem_type``,
-        ``missing_policy``, ``max_text_len``, ...) override the saved config. Adapters load from safetensors
-        only and are validated against the backbone before any adapter weight is read (``hf_missing.hub``).
+        ``missing_policy``, ``max_text_len``, ...) override the saved config. An adapter is untrusted data: it
+        loads through the checks of :mod:`hf_missing.loading` (safetensors only, allow-listed settings, a memory
+        budget of ``max_adapter_bytes``, default ``hf_missing.loading.MAX_ADAPTER_BYTES``, and exactly the
+        tensors the method owns), and the backbone it names loads from safetensors only.
         """
-        from .hub import resolve_adapter_dir
+        from .hub import resolve_adapter
         from .methods.base import get_method_config
 
-        kwargs.pop("adapter_kwargs", None)
-        adapter_dir = resolve_adapter_dir(pretrained_model_name_or_path, **kwargs)
-        if adapter_dir is not None:
-            model = cls._from_adapter_folder(adapter_dir, **kwargs)
+        adapter_kwargs = kwargs.pop("adapter_kwargs", None) or {}
+        # transformers' Auto classes switch to the adapter's base_model_name_or_path and pass the adapter here
+        source = resolve_adapter(adapter_kwargs.get("_adapter_model_path") or pretrained_model_name_or_path, **kwargs)
+        if source is not None:
+            model = cls._from_adapter_folder(source, max_adapter_bytes=max_adapter_bytes, **kwargs)
         else:
             model = cls._load_base(str(pretrained_model_name_or_path), *args, **kwargs)
             adapter = adapter or model.config.adapter
         if adapter:
             options = adapter_options or model.config.adapter_options or {}
-            model.add_adapter(get_method_config(adapter, **options))
+            model.add_adapter(get_method_config(adapter, **options), max_adapter_bytes=max_adapter_bytes)
             model.config.adapter, model.config.adapter_options = adapter, options
         return model
 
@@ -199,25 +232,30 @@ class MissingModalityForClassification(PreTrainedModel):
         return super().from_pretrained(path, *args, **kwargs)
 
     @classmethod
-    def _from_adapter_folder(cls, folder: str, **kwargs: Any) -> MissingModalityForClassification:
-        """Rebuild the model around the adapter's backbone, validating the adapter config first (method,
-        option sizes, then stream widths, depths and modalities on the backbone's config) so that a wrong or
-        hostile adapter fails before any weight is read."""
-        from .hub import HUB_KWARGS, backbone_of, validate_adapter_config, validate_backbone
-        from .methods.base import load_method_files
+    def _from_adapter_folder(cls, source: Any, *, max_adapter_bytes: int | None = None,
+                             **kwargs: Any) -> MissingModalityForClassification:
+        """Rebuild the model around the adapter's backbone. The adapter config is validated first (method,
+        options, settings), then checked against the backbone's config (stream widths, depths, modalities) and
+        measured by a dry run against the memory budget, so a wrong or hostile adapter fails before anything is
+        allocated or any weight is read; the backbone then loads from safetensors only."""
+        from .hub import HUB_KWARGS, backbone_of, load_backbone_error, validate_adapter_config, validate_backbone
 
-        with open(os.path.join(folder, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
-            saved = json.load(f)
-        validate_adapter_config(saved, folder)
-        backbone_path = kwargs.pop("backbone_name_or_path", None) or backbone_of(folder, saved)
+        config_file = os.path.join(source.folder, ADAPTER_CONFIG_NAME)
+        saved = read_json_file(config_file)
+        method_config = validate_adapter_config(saved, config_file)
+        backbone_path = kwargs.pop("backbone_name_or_path", None) or backbone_of(source.folder, saved, source.remote)
         for key in (*HUB_KWARGS, "config", "trust_remote_code"):  # they address the adapter, not the backbone
             kwargs.pop(key, None)
-        validate_backbone(saved, backbone_path, folder)
-        settings = {**saved["model_settings"], **kwargs}
-        settings.pop("backbone_name_or_path", None)
-        model = cls._load_base(backbone_path, **settings)
-        model.load_adapter(folder)
-        load_method_files(model, folder)
+        backbone_config = validate_backbone(saved, backbone_path, config_file)
+        settings = {**check_settings(saved["model_settings"], config_file), **kwargs}
+        planned = MissingModalityConfig(backbone_config=backbone_config.to_dict(),
+                                        **{k: v for k, v in settings.items() if k in SETTING_KEYS})
+        check_budget(plan_adapter(cls, planned, method_config), max_adapter_bytes, config_file)
+        try:
+            model = cls._load_base(backbone_path, use_safetensors=True, **settings)
+        except OSError as err:
+            raise load_backbone_error(backbone_path, config_file, err) from err
+        model._load_adapter_folder(source.folder, None, max_adapter_bytes, is_trainable=False)
         return model
 
     # ---- adapters -----------------------------------------------------------------------------
@@ -228,6 +266,55 @@ class MissingModalityForClassification(PreTrainedModel):
         settings = {k: getattr(self.config, k) for k in keys}
         settings["id2label"] = {str(k): v for k, v in settings["id2label"].items()}
         return settings
+
+    def add_adapter(self, adapter_config: Any, adapter_name: str | None = None, *,
+                    max_adapter_bytes: int | None = None) -> None:
+        """Inject a method (``hf_missing.get_method_config(...)``), after a dry run on the meta device checks that
+        its head and tensors fit ``max_adapter_bytes`` (default ``hf_missing.loading.MAX_ADAPTER_BYTES``)."""
+        if not planning():
+            check_budget(plan_adapter(type(self), self.config, adapter_config), max_adapter_bytes,
+                         f"{type(adapter_config).__name__} for {self.config.backbone_config.model_type}")
+        super().add_adapter(adapter_config, adapter_name)
+
+    def load_adapter(self, peft_model_id: str | os.PathLike | None = None, adapter_name: str | None = None,
+                     peft_config: Any = None, adapter_state_dict: dict[str, torch.Tensor] | None = None, *,
+                     max_adapter_bytes: int | None = None, is_trainable: bool = False,
+                     adapter_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Load an hf_missing adapter saved in a folder or a Hub repo (``peft_model_id``) into this model, through
+        the checks of :mod:`hf_missing.loading` (see :meth:`from_pretrained`); a config and state dict passed
+        in code load as transformers loads them."""
+        if peft_model_id is None:
+            super().load_adapter(adapter_name=adapter_name, peft_config=peft_config,
+                                 adapter_state_dict=adapter_state_dict, is_trainable=is_trainable, **kwargs)
+            return
+        from .hub import resolve_adapter
+
+        source = resolve_adapter(peft_model_id, **{**(adapter_kwargs or {}), **kwargs})
+        if source is None:
+            raise AdapterLoadError(f"{peft_model_id} holds no hf_missing adapter ({ADAPTER_CONFIG_NAME}); pass the "
+                                   "folder save_pretrained wrote or the Hub repo push_to_hub created.")
+        self._load_adapter_folder(source.folder, adapter_name, max_adapter_bytes, is_trainable)
+
+    def _load_adapter_folder(self, folder: str, adapter_name: str | None, max_adapter_bytes: int | None,
+                             is_trainable: bool) -> None:
+        from .hub import validate_adapter_config, validate_backbone
+        from .methods.base import load_method_files
+
+        config_file = os.path.join(folder, ADAPTER_CONFIG_NAME)
+        saved = read_json_file(config_file)
+        config = validate_adapter_config(saved, config_file)
+        validate_backbone(saved, self.config.backbone_config, config_file)
+        plan = plan_adapter(type(self), self.config, config)
+        check_budget(plan, max_adapter_bytes, config_file)
+        state = read_adapter_weights(os.path.join(folder, ADAPTER_WEIGHTS_NAME), plan)
+        name = adapter_name or "default"
+        super().load_adapter(adapter_name=name, peft_config=config, adapter_state_dict=state, is_trainable=is_trainable)
+        loaded = self.get_adapter_state_dict(name)
+        wrong = sorted(k for k, v in state.items() if not torch.equal(loaded[k.removeprefix(CHECKPOINT_PREFIX)], v))
+        if wrong:
+            raise AdapterLoadError(f"{folder}: tensor(s) {wrong[:5]} of {ADAPTER_WEIGHTS_NAME} did not load into the "
+                                   "model; this is a bug in hf_missing, please report it with the adapter.")
+        load_method_files(self, folder)
 
     def active_adapters(self) -> list[str]:
         """transformers reads the active adapters off the first tuner layer; head-only methods (baseline)
@@ -250,23 +337,34 @@ class MissingModalityForClassification(PreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Full checkpoint, or — with an adapter injected — the tiny adapter folder plus ``config.json``.
 
+        The save is atomic: everything is written into a temporary sibling folder that then replaces
+        ``save_directory`` in one rename, so a failure leaves the previous save intact and no stale file of an
+        earlier save survives (other files there, such as Trainer's checkpoints, are kept). An adapter is never
+        saved into a folder holding a full checkpoint (a later load could not tell which one is meant).
+
         When ``Trainer`` saves (it always passes ``state_dict=``, possibly None), the trained tensors are also
         written under their model keys with a shard index, because ``Trainer`` resumes injected adapters only
-        through that path (it loads adapters by name for ``PeftModel`` alone); ``push_adapter`` skips them.
+        through that path (it loads adapters by name for ``PeftModel`` alone); ``push_adapter`` skips them and
+        loading treats the folder as an adapter.
         """
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if not getattr(self, "_hf_peft_config_loaded", False) or not kwargs.get("is_main_process", True):
+        if not kwargs.get("is_main_process", True):
             return
-        self.config.save_pretrained(save_directory)
-        if "state_dict" in kwargs:  # Trainer's checkpoints and save_model always pass it, users rarely do
-            self._save_resume_state(str(save_directory))
+        injected = getattr(self, "_hf_peft_config_loaded", False)
+        if injected:
+            _refuse_full_checkpoint(save_directory)
+        with atomic_folder(save_directory, replaces=_written_by_save) as staging:
+            super().save_pretrained(staging, *args, **kwargs)
+            if injected:
+                self.config.save_pretrained(staging)
+                if "state_dict" in kwargs:  # Trainer's checkpoints and save_model always pass it, users rarely do
+                    self._save_resume_state(str(staging))
 
     def _save_resume_state(self, folder: str) -> None:
         trained = {n for n, p in self.named_parameters() if p.requires_grad}
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k in trained}
         save_file(state, os.path.join(folder, RESUME_WEIGHTS_NAME), metadata={"format": "pt"})
         with open(os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
-            json.dump({"metadata": {"format": "hf_missing-trainer-resume"},
+            json.dump({"metadata": {"format": RESUME_INDEX_FORMAT},
                        "weight_map": dict.fromkeys(state, RESUME_WEIGHTS_NAME)}, f)
 
     def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> Any:
@@ -296,7 +394,8 @@ class MissingModalityForClassification(PreTrainedModel):
 
         Args:
             missing_type: ``[B]`` pattern codes (0 complete, 1 missing_text, 2 missing_image for two
-                modalities). Omit it only for complete inputs.
+                modalities), or a list of pattern names (``"missing_text"``); non-integral or out-of-range
+                codes raise. Omit it only for complete inputs.
             missing_policy: how the collator filled absent modalities; defaults to the config's.
             labels: class indices ``[B]`` (single-label) or multi-hot ``[B, C]`` (multi-label), or
                 ``[B]`` 0/1 for binary classification.
@@ -304,6 +403,9 @@ class MissingModalityForClassification(PreTrainedModel):
         if input_ids is None or pixel_values is None:
             raise ValueError("Both input_ids and pixel_values are required; fill a missing modality with "
                              "MissingModalityCollator, which inserts the dummy input and sets missing_type.")
+        if input_ids.shape[0] == 0:
+            raise ValueError("The batch is empty (input_ids has 0 samples), so there is nothing to classify; skip "
+                             "empty batches (an empty split or a filter that kept nothing) before calling the model.")
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
                   "token_type_ids": token_type_ids, "pixel_mask": pixel_mask}
         self.interface.check_inputs(inputs)
@@ -338,7 +440,7 @@ class MissingModalityForClassification(PreTrainedModel):
                     "missing."
                 )
             return torch.zeros(batch, dtype=torch.long, device=inputs["input_ids"].device)
-        missing_type = torch.as_tensor(missing_type, device=inputs["input_ids"].device).long().view(-1)
+        missing_type = self.patterns.codes(missing_type).to(inputs["input_ids"].device)
         if missing_type.shape[0] != batch:
             raise ValueError(f"missing_type has {missing_type.shape[0]} entries for a batch of {batch}.")
         present = self.patterns.present(missing_type)
@@ -371,8 +473,21 @@ class MissingModalityForClassification(PreTrainedModel):
         if problem == "multi_label_classification":
             if labels.shape != logits.shape:
                 raise ValueError(f"Multi-label targets must be multi-hot [B, {num_labels}], got {tuple(labels.shape)}.")
+            outside = ~((labels >= 0) & (labels <= 1))  # NaN included
+            if outside.any():
+                raise ValueError(
+                    f"Multi-label targets must lie in [0, 1] (multi-hot, or soft targets); samples "
+                    f"{outside.any(dim=-1).nonzero().flatten().tolist()[:10]} hold {labels[outside][:10].tolist()}, "
+                    "which make the BCE loss meaningless or NaN. Encode each sample's classes as 0/1 entries."
+                )
             return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         labels = labels.view(-1)
+        if labels.is_floating_point() and (fractional := labels != labels.round()).any():  # NaN included
+            raise ValueError(
+                f"Labels of samples {fractional.nonzero().flatten().tolist()[:10]} are not whole numbers "
+                f"({labels[fractional][:10].tolist()}); {problem} takes class indices, and truncating them would "
+                "train on the wrong class. Use problem_type='multi_label_classification' for soft or multi-hot targets."
+            )
         high = max(num_labels, 2)
         if labels.numel() and (labels.min() < 0 or labels.max() >= high):
             raise ValueError(
@@ -382,6 +497,23 @@ class MissingModalityForClassification(PreTrainedModel):
         if num_labels == 1:
             return nn.functional.binary_cross_entropy_with_logits(logits.view(-1), labels.to(logits.dtype))
         return nn.functional.cross_entropy(logits, labels.long())
+
+
+def _written_by_save(name: str) -> bool:
+    """Files a save owns in its folder: an earlier save's copy never survives beside a new save."""
+    from .hub import adapter_files
+
+    return name in (*adapter_files(), RESUME_WEIGHTS_NAME) or FULL_CHECKPOINT.fullmatch(name) is not None
+
+
+def _refuse_full_checkpoint(folder: str | os.PathLike) -> None:
+    full = sorted(p.name for p in Path(folder).glob("model*.safetensors*") if FULL_CHECKPOINT.fullmatch(p.name))
+    index = Path(folder) / SAFE_WEIGHTS_INDEX_NAME
+    if full == [SAFE_WEIGHTS_INDEX_NAME] and is_resume_index(index):
+        return
+    if full:
+        raise ValueError(f"{folder} holds a full checkpoint ({full}); saving an adapter beside it would make a later "
+                         "from_pretrained load one and ignore the other. Save the adapter into another folder.")
 
 
 def _attention(inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,10 @@ class MissingModalityCollator:
     """Builds a batch for :class:`~hf_missing.MissingModalityForClassification` from raw samples.
 
     Works as ``Trainer(data_collator=...)`` on datasets that keep raw ``image`` (PIL) and ``text``
-    columns, lazily: no preprocessing is stored. Each sample's ``missing_type`` decides which
-    modalities are dropped; a sample whose image/text is ``None`` must be marked missing.
+    columns, lazily: no preprocessing is stored. Each sample's ``missing_type`` (an integer code or a
+    pattern name such as ``"missing_text"``) decides which modalities are dropped; a sample whose image/text
+    is ``None`` must be marked missing. Labels (class indices, or multi-hot lists) are emitted when every
+    sample of the batch has one; a batch where only some do raises.
 
     Args:
         processor: a CLIP/ViLT processor (``image_processor`` + ``tokenizer``).
@@ -70,9 +73,23 @@ class MissingModalityCollator:
         batch.update(self._pixels(images))
         batch[MISSING_TYPE_COLUMN] = codes
         batch["missing_policy"] = self.policy
-        if self.label_column in features[0]:
-            batch["labels"] = _labels([f[self.label_column] for f in features])
+        labels = self._labels(features)
+        if labels is not None:
+            batch["labels"] = labels
         return batch
+
+    def _labels(self, features: list[dict[str, Any]]) -> torch.Tensor | None:
+        """Labels of every sample, or None when no sample has one (the column is absent or all None)."""
+        unlabelled = [i for i, f in enumerate(features) if f.get(self.label_column) is None]
+        if len(unlabelled) == len(features):
+            return None
+        if unlabelled:
+            raise ValueError(
+                f"Samples {unlabelled[:10]} of this batch have no {self.label_column!r} (absent or None) while the "
+                f"others have one; a batch is labelled for every sample or for none. Drop or fill the unlabelled "
+                f"samples, e.g. dataset.filter(lambda s: s[{self.label_column!r}] is not None)."
+            )
+        return _labels([f[self.label_column] for f in features])
 
     def _codes(self, features: list[dict[str, Any]]) -> torch.Tensor:
         if self.redraw_rate is not None:
@@ -82,7 +99,7 @@ class MissingModalityCollator:
                 f"Samples have no {MISSING_TYPE_COLUMN!r} column; run hf_missing.simulate_missing on the dataset "
                 "(rate=0.0 for complete data) or pass redraw_rate= to redraw patterns per epoch."
             )
-        return torch.tensor([int(f[MISSING_TYPE_COLUMN]) for f in features])
+        return self.patterns.codes([f[MISSING_TYPE_COLUMN] for f in features])
 
     def _redraw(self, sample: dict[str, Any]) -> int:
         if SAMPLE_INDEX_COLUMN not in sample:
@@ -152,6 +169,23 @@ def _image_size(image_processor: Any) -> tuple[int, int]:
 
 
 def _labels(values: list[Any]) -> torch.Tensor:
+    """Multi-hot rows -> float ``[B, C]``; class indices (ints or integral floats) -> long ``[B]``."""
     if isinstance(values[0], list | tuple | np.ndarray):
-        return torch.tensor(np.asarray(values), dtype=torch.float32)
-    return torch.tensor(values, dtype=torch.long)
+        try:
+            return torch.tensor(np.asarray(values, dtype=np.float32))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Multi-label targets must be multi-hot rows of equal length (num_labels numbers) for "
+                             f"every sample; got {[v if np.ndim(v) == 0 else len(v) for v in values][:10]} "
+                             f"(row lengths or values): {err}") from err
+    return torch.tensor([_class_index(value, i) for i, value in enumerate(values)], dtype=torch.long)
+
+
+def _class_index(value: Any, sample: int) -> int:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer()):
+        return int(value)
+    hint = ("encode class names as indices with dataset.class_encode_column(...)" if isinstance(value, str) else
+            "single-label targets are class indices (a float such as 1.7 would be truncated to the wrong class); "
+            "give multi-label targets as a multi-hot list per sample")
+    raise ValueError(f"The label of sample {sample} is {value!r}; {hint}.")

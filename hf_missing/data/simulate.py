@@ -15,7 +15,7 @@ Protocols:
   less than ``floor(N·rate)``, the counts nearest to a tie move by one, so they never exceed N and
   ``rate=1.0`` leaves no complete sample.
 * ``"per_epoch"`` — MPLMM: the pattern is redrawn every epoch by ``MissingModalityCollator``; this
-  transform only adds the ``sample_index`` column the redraw is keyed on and a ``complete`` column.
+  transform only adds the ``sample_index`` column the redraw is keyed on and an all-complete ``missing_type``.
 
 Rates and shares are read as the fractions they stand for (``0.29`` is 29/100: 100 samples at 0.29 give
 29 incomplete, not the 28 of float ``int(100 * 0.29)``). Every table is a function of ``(seed, protocol,
@@ -29,12 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Value
+from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Value
 
 from ..missingness import DEFAULT_MODALITIES, MISSING_TYPE_COLUMN, ModalityPattern
 
@@ -121,18 +122,73 @@ def missing_table(n: int, counts: dict[str, int], patterns: ModalityPattern, see
     return codes
 
 
-def _validate(rate: float, protocol: str, dataset: Dataset | DatasetDict, column: str, overwrite: bool) -> None:
+def _validate(dataset: Any, rate: Any, protocol: str, seed: Any, column: str, overwrite: bool) -> tuple[float, int]:
+    """Check the arguments; return ``rate`` as a float and ``seed`` as an int."""
+    _check_dataset(dataset)
+    rate = _real("rate", rate)
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate is the share of samples with a missing modality and must lie in [0, 1]; got {rate}.")
     if protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise TypeError(f"seed must be a non-negative int, got {seed!r}; the table is a function of the seed (None, "
+                        "fresh entropy, would make it irreproducible), so pass e.g. seed=0.")
+    if column == SAMPLE_INDEX_COLUMN:
+        raise ValueError(f"column={column!r} is taken: simulate_missing writes each sample's row index into "
+                         f"{SAMPLE_INDEX_COLUMN!r}; pass another name, e.g. column={MISSING_TYPE_COLUMN!r}.")
     splits = dataset.values() if isinstance(dataset, DatasetDict) else [dataset]
     for split in splits:
-        if column in split.column_names and not overwrite:
-            raise ValueError(
-                f"The dataset already has a {column!r} column; pass overwrite=True to replace it, or "
-                "column=<other name> to keep both."
-            )
+        _check_columns(split, column, overwrite)
+    return rate, int(seed)
+
+
+def _check_dataset(dataset: Any) -> None:
+    if isinstance(dataset, IterableDataset | IterableDatasetDict):
+        raise TypeError(
+            "simulate_missing needs a map-style Dataset or DatasetDict: the table is drawn over each split's size "
+            "and written by row index, which a streamed IterableDataset does not have. Load the data without "
+            "streaming=True, or materialise it with Dataset.from_generator(lambda: (yield from iterable), "
+            "features=iterable.features)."
+        )
+    if not isinstance(dataset, Dataset | DatasetDict):
+        raise TypeError(f"simulate_missing needs a datasets.Dataset or DatasetDict, got {type(dataset).__name__}; "
+                        "build one with Dataset.from_dict / from_list / load_dataset.")
+
+
+def _real(name: str, value: Any) -> float:
+    """``value`` as a finite float. NumPy floats are read as the decimal they print as, so that
+    ``np.float32(0.29)`` means 0.29 and not its binary value 0.28999999165...; bools and strings raise."""
+    if isinstance(value, bool | np.bool_ | str) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}); pass e.g. {name}=0.5.")
+    value = float(str(value)) if isinstance(value, np.floating) else float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [0, 1], got {value}.")
+    return value
+
+
+def _check_columns(split: Dataset, column: str, overwrite: bool) -> None:
+    """Refuse to replace existing columns unless ``overwrite``; a ``sample_index`` column that already holds
+    the row indices (as simulate_missing wrote it) is kept, since rewriting it changes nothing."""
+    if overwrite:
+        return
+    if column in split.column_names:
+        raise ValueError(
+            f"The dataset already has a {column!r} column; pass overwrite=True to replace it, or "
+            "column=<other name> to keep both."
+        )
+    if SAMPLE_INDEX_COLUMN in split.column_names and not _is_row_index(split):
+        raise ValueError(
+            f"The dataset already has a {SAMPLE_INDEX_COLUMN!r} column that is not the row index 0..{len(split) - 1}; "
+            f"simulate_missing writes each sample's row index into {SAMPLE_INDEX_COLUMN!r} (per-epoch redraws are "
+            f"keyed on it), which would replace those values. Keep them under another name with "
+            f"dataset.rename_column({SAMPLE_INDEX_COLUMN!r}, 'original_index'), drop them with "
+            f"remove_columns({SAMPLE_INDEX_COLUMN!r}), or pass overwrite=True."
+        )
+
+
+def _is_row_index(split: Dataset) -> bool:
+    values = split.select_columns([SAMPLE_INDEX_COLUMN]).with_format("numpy")[SAMPLE_INDEX_COLUMN]
+    return np.array_equal(np.asarray(values), np.arange(len(split)))
 
 
 def _assign(split: Dataset, codes: np.ndarray, column: str, patterns: ModalityPattern, fingerprint: str,
@@ -169,15 +225,25 @@ def simulate_missing(
 ) -> Dataset | DatasetDict | tuple[Dataset | DatasetDict, dict[str, Any]]:
     """Add a ``missing_type`` ClassLabel column that says which modalities each sample lacks.
 
+    Also writes each sample's row index into a ``sample_index`` column (per-epoch redraws are keyed on it).
+
     Args:
-        dataset: a ``Dataset`` or ``DatasetDict`` (each split gets its own table except under "ragpt").
-        rate: share of samples with at least one modality missing, in [0, 1].
+        dataset: a map-style ``Dataset`` or ``DatasetDict`` (each split gets its own table except under
+            "ragpt"); an ``IterableDataset`` raises, since the table needs each split's size.
+        rate: share of samples with at least one modality missing, in [0, 1]: a finite int or float. NumPy
+            floats are read as the decimal they print as (``np.float32(0.29)`` is 0.29); bools and strings raise.
         pattern: a modality name, ``"both"``, or ``{pattern name: share}`` (see :func:`pattern_shares`).
         protocol: ``"map"``, ``"ragpt"``, ``"redeem"`` or ``"per_epoch"`` (module docstring).
-        seed: the table is a function of the seed, never of processing order or ``num_proc``.
+        seed: a non-negative int (None raises: the table is a function of the seed, never of processing
+            order or ``num_proc``).
+        column: name of the codes column; ``"sample_index"`` is taken.
+        overwrite: replace existing ``column`` and ``sample_index`` columns (e.g. to re-simulate a dataset at
+            another rate). Without it an existing ``column`` raises, and so does an existing ``sample_index``
+            unless it already holds the row indices 0..N-1 (as simulate_missing wrote it).
         return_settings: also return the recorded settings dict.
     """
-    _validate(rate, protocol, dataset, column, overwrite)
+    rate, seed = _validate(dataset, rate, protocol, seed, column, overwrite)
+    both_ratio = _real("both_ratio", both_ratio)
     patterns = ModalityPattern(tuple(modalities))
     shares = pattern_shares(pattern, patterns.modalities, both_ratio)
     splits = dict(dataset) if isinstance(dataset, DatasetDict) else {"dataset": dataset}

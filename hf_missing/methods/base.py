@@ -66,6 +66,25 @@ class MissingMethodConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = type(self).method_type
+        self._check_option_types()
+
+    def _check_option_types(self) -> None:
+        """Each option against its annotation (:mod:`hf_missing.methods.options`); NaN, 2.5 for an int or a
+        string for a float would otherwise fail deep inside torch or silently switch a loss term off."""
+        from .options import annotations, conform, describe, is_finite
+
+        hints, options = annotations(type(self)), self.options_help()
+        for f in dataclasses.fields(self):
+            if f.name not in options:
+                continue
+            value = getattr(self, f.name)
+            try:
+                setattr(self, f.name, conform(hints[f.name], value))
+            except TypeError:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                error = ValueError if isinstance(value, float) and not is_finite(value) else TypeError
+                raise error(f"{self.method_name} option {f.name} must be {describe(hints[f.name])}, got {value!r}; "
+                            f"pass e.g. its default {default!r}.") from None
 
     @classmethod
     def options_help(cls) -> dict[str, str]:
@@ -144,7 +163,7 @@ class MissingMethodModel(BaseTuner):
         return []
 
     def _pre_injection_hook(self, model: nn.Module, config: MissingMethodConfig, adapter_name: str) -> None:
-        from ..hub import check_option_sizes
+        from ..loading import check_option_sizes
 
         check_option_sizes(config.method_name, {k: getattr(config, k) for k in config.options_help()}, "adapter")
         wrapper = _wrapper_of(model)
@@ -233,11 +252,14 @@ class MethodHooks:
         prepare_evaluation: ``(model, dataset, collator) -> dataset`` for each split evaluated afterwards, with
             the collator ``prepare_training`` returned.
         load_files: ``(model, adapter_folder)`` after the adapter's weights are loaded (files saved beside it).
+        files: names of the files ``load_files`` reads: the only extra files downloaded with the adapter. They
+            must be safetensors (or JSON) that ``load_files`` validates: they come from untrusted repos.
     """
 
     prepare_training: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None
     prepare_evaluation: Callable[[Any, Any, Any], Any] | None = None
     load_files: Callable[[Any, str], None] | None = None
+    files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

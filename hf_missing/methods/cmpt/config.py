@@ -92,6 +92,8 @@ class CmptConfig(MissingMethodConfig):
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora_targets, str):
+            self.lora_targets = [self.lora_targets]
         super().__post_init__()
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be a positive integer (CMPT uses 1), got {self.lora_rank}; to train "
@@ -106,7 +108,5 @@ class CmptConfig(MissingMethodConfig):
                                      ("single_stream_context", self.single_stream_context, SINGLE_STREAM_CONTEXTS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
-        if isinstance(self.lora_targets, str):
-            self.lora_targets = [self.lora_targets]
         if self.proxy_modalities is not None and not self.proxy_modalities:
             raise ValueError("proxy_modalities=[] leaves CMPT without proxies; pass None for every modality.")

@@ -96,7 +96,7 @@ class MemPromptConfig(MissingMethodConfig):
         if not self.prompt_layers:
             raise ValueError("prompt_layers is empty, so no layer would get prompts; pass layer indices such as "
                              "[0, 1, 2, 3, 4, 5] (the paper's first 6 layers).")
-        if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in self.prompt_layers):
+        if any(i < 0 for i in self.prompt_layers):
             raise ValueError(f"prompt_layers must hold non-negative layer indices, got {self.prompt_layers}.")
         if len(set(self.prompt_layers)) != len(self.prompt_layers):
             raise ValueError(f"prompt_layers lists a layer twice: {self.prompt_layers}.")

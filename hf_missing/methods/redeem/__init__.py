@@ -3,7 +3,7 @@
 from typing import Any
 
 from ..base import MethodHooks, register_method
-from .bank import BankError, MemoryBank, build_index, build_memory_bank
+from .bank import BANK_FILE, BankError, MemoryBank, build_index, build_memory_bank
 from .config import RagptConfig, RedeemConfig
 from .layer import RagptLayer, RedeemLayer, RedeemModules
 from .model import RagptModel, RedeemModel
@@ -22,7 +22,7 @@ def _evaluation_split(model: Any, dataset: Any, collator: Any) -> Any:
 
 
 HOOKS = MethodHooks(prepare_training=prepare_for_training, prepare_evaluation=_evaluation_split,
-                    load_files=load_memory_bank)
+                    load_files=load_memory_bank, files=(BANK_FILE,))
 
 register_method("redeem", RedeemConfig, RedeemModel,
                 "Retrieval-guided conditional generation: MSA retriever, CMoE generator of the missing modality, "

@@ -10,8 +10,10 @@ Per modality ``m`` and bank entry the bank stores, as float16:
 
 plus ``labels [N, C]`` (one-/multi-hot, for RAGPT's label token) and ``content_hash [N]`` (a hash of each
 sample's raw text and image, which identifies a training sample for self-exclusion and the reconstruction
-target without relying on row order). Files: ``redeem_bank.safetensors`` (memory-mapped on load) and
-``redeem_index.faiss`` (``faiss.write_index``). The index holds ``[query.text ; query.image]``: the inner
+target without relying on row order). One file, ``redeem_bank.safetensors`` (memory-mapped on load, its
+header, shapes, dtypes and values checked: it comes from untrusted repos). The faiss index over
+``[query.text ; query.image]`` is rebuilt from the stored query vectors on every load and never read from a
+file: faiss's reader was not written for untrusted input (a crafted IVF file maps arbitrary files). The inner
 product of two such vectors is the sum of the two cosine similarities of eq. 1, and zeroing a missing
 modality's half turns it into the within-modal retrieval of an incomplete sample.
 """
@@ -39,8 +41,8 @@ from ...context import maybe_context
 from ...data.emoji import default_cache_dir
 
 BANK_FILE = "redeem_bank.safetensors"
-INDEX_FILE = "redeem_index.faiss"
-BANK_VERSION = 1
+BANK_VERSION = 2  # 1 kept a faiss index file beside the bank
+CHECK_ROWS = 65_536  # rows checked for non-finite values at a time
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 FLAT_LIMIT = 200_000  # "auto" keeps exact search up to this many entries
 HNSW_NEIGHBOURS = 32
@@ -60,11 +62,12 @@ class MemoryBank:
 
     Attributes:
         arrays: ``query.<m>``, ``tokens.<m>``, ``content_hash`` and optionally ``labels``.
-        index: faiss inner-product index over ``[query.<m> for m in modalities]``.
+        index: faiss inner-product index over ``[query.<m> for m in modalities]`` (rebuilt on load).
         modalities: modality order of the search vector.
         signature: the backbone signature (type, stream widths and depths) the bank was built with.
         sources: per source dataset, its split name, fingerprint and number of rows.
         key: the build fingerprint (cache key), which also keys the neighbour columns' cache.
+        index_type: the :func:`build_index` type the index is (re)built with.
     """
 
     arrays: dict[str, np.ndarray]
@@ -73,6 +76,7 @@ class MemoryBank:
     signature: dict[str, Any]
     sources: list[dict[str, Any]] = field(default_factory=list)
     key: str = ""
+    index_type: str = "auto"
     _rows: dict[int, int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -122,35 +126,84 @@ class MemoryBank:
 
     # ---- files -----------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:
-        """Write ``redeem_bank.safetensors`` (float16 arrays, metadata) and ``redeem_index.faiss``."""
+        """Write ``redeem_bank.safetensors``: the float16 arrays and what they were built with."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         metadata = {"version": str(BANK_VERSION), "modalities": json.dumps(list(self.modalities)),
                     "signature": json.dumps(self.signature, sort_keys=True), "sources": json.dumps(self.sources),
-                    "key": self.key}
+                    "key": self.key, "index_type": self.index_type}
         save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(folder / BANK_FILE), metadata)
-        faiss.write_index(self.index, str(folder / INDEX_FILE))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> MemoryBank:
-        """Open a saved bank: arrays memory-mapped (rows are read on lookup), index read with faiss."""
-        folder = Path(folder)
-        path, index_path = folder / BANK_FILE, folder / INDEX_FILE
-        if not path.is_file() or not index_path.is_file():
-            raise BankError(f"{folder} holds no REDEEM memory bank ({BANK_FILE} and {INDEX_FILE}); build one with "
+        """Open a saved bank (arrays memory-mapped: rows are read on lookup) after checking its header, shapes,
+        dtypes and values, and rebuild its index from the query vectors."""
+        path = Path(folder) / BANK_FILE
+        if not path.is_file():
+            raise BankError(f"{folder} holds no REDEEM memory bank ({BANK_FILE}); build one with "
                             "prepare_for_training(model, train_dataset, collator) and save the adapter again.")
+        metadata = _metadata(path)
+        modalities = tuple(metadata["modalities"])
+        arrays = _memory_map(path)
+        _check_arrays(arrays, modalities, path)
+        vectors = np.concatenate([_finite(arrays[f"query.{m}"], f"query.{m}", path) for m in modalities], axis=1)
+        for m in modalities:
+            _finite(arrays[f"tokens.{m}"], f"tokens.{m}", path)
+        return cls(arrays=arrays, index=build_index(vectors, metadata["index_type"]), modalities=modalities,
+                   signature=metadata["signature"], sources=metadata["sources"], key=metadata["key"],
+                   index_type=metadata["index_type"])
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    """The bank's metadata, parsed and type-checked (safe_open also validates the header against the file size)."""
+    try:
         with safe_open(str(path), framework="np") as f:
-            metadata = f.metadata() or {}
-        if metadata.get("version") != str(BANK_VERSION):
-            raise BankError(f"{path} is a memory bank of version {metadata.get('version')!r}; this hf_missing reads "
-                            f"version {BANK_VERSION}. Rebuild the bank.")
-        bank = cls(arrays=_memory_map(path), index=faiss.read_index(str(index_path)),
-                   modalities=tuple(json.loads(metadata["modalities"])), signature=json.loads(metadata["signature"]),
-                   sources=json.loads(metadata["sources"]), key=metadata.get("key", ""))
-        if bank.index.ntotal != len(bank):
-            raise BankError(f"{index_path} indexes {bank.index.ntotal} vectors but {path} holds {len(bank)} entries; "
-                            "the files come from different banks. Save the adapter again.")
-        return bank
+            raw = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for malformed headers
+        raise BankError(f"{path} is not a valid safetensors file ({err}); rebuild the bank and save it again.") from err
+    if raw.get("version") != str(BANK_VERSION):
+        raise BankError(f"{path} is a memory bank of version {raw.get('version')!r}; this hf_missing reads version "
+                        f"{BANK_VERSION}. Rebuild the bank (prepare_for_training) and save the adapter again.")
+    try:
+        metadata = {"modalities": json.loads(raw["modalities"]), "signature": json.loads(raw["signature"]),
+                    "sources": json.loads(raw.get("sources", "[]")), "key": raw.get("key", ""),
+                    "index_type": raw.get("index_type", "auto")}
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise BankError(f"{path} has malformed metadata ({err!r}); rebuild the bank and save it again.") from err
+    modalities, signature = metadata["modalities"], metadata["signature"]
+    if not (isinstance(modalities, list) and modalities and all(isinstance(m, str) for m in modalities)
+            and isinstance(signature, dict) and isinstance(signature.get("model_type"), str)
+            and isinstance(signature.get("streams"), dict)
+            and isinstance(metadata["sources"], list) and metadata["index_type"] in INDEX_TYPES):
+        raise BankError(f"{path} has malformed metadata (modalities {modalities!r:.100}, index_type "
+                        f"{metadata['index_type']!r:.50}); rebuild the bank and save it again.")
+    return metadata
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], modalities: tuple[str, ...], path: Path) -> None:
+    """Exactly the arrays a bank holds, each with its rank and dtype, all with the same number of rows."""
+    expected = {"content_hash": 1, "labels": 2, **{f"query.{m}": 2 for m in modalities},
+                **{f"tokens.{m}": 3 for m in modalities}}
+    needed = set(expected) - {"labels"}
+    if not needed <= set(arrays) <= set(expected):
+        raise BankError(f"{path} holds arrays {sorted(arrays)}, but a bank over {list(modalities)} holds "
+                        f"{sorted(expected)} (labels optional); rebuild the bank and save it again.")
+    rows = {name: a.shape[0] if a.ndim else -1 for name, a in arrays.items()}
+    bad = [n for n, a in arrays.items() if a.ndim != expected[n] or (a.dtype == np.int64) != (n == "content_hash")]
+    if bad or len(set(rows.values())) != 1 or next(iter(rows.values())) < 1:
+        raise BankError(f"{path}: arrays {bad or sorted(rows)} have the wrong rank, dtype or row count ({rows}); "
+                        "every array holds one row per bank entry. Rebuild the bank and save it again.")
+    for m in modalities:
+        if arrays[f"tokens.{m}"].shape[2] != arrays[f"query.{m}"].shape[1]:
+            raise BankError(f"{path}: tokens.{m} and query.{m} have different widths; rebuild the bank.")
+
+
+def _finite(array: np.ndarray, name: str, path: Path) -> np.ndarray:
+    """``array`` as float32 after checking, a block of rows at a time, that it holds no NaN or infinity."""
+    for start in range(0, len(array), CHECK_ROWS):
+        if not np.isfinite(array[start:start + CHECK_ROWS]).all():
+            raise BankError(f"{path}: {name} holds NaN or infinite values; the bank is corrupt. Rebuild it.")
+    return np.asarray(array, dtype=np.float32)
 
 
 def _streams(signature: dict[str, Any]) -> tuple[str, dict[str, list[int]]]:
@@ -158,8 +211,8 @@ def _streams(signature: dict[str, Any]) -> tuple[str, dict[str, list[int]]]:
 
 
 def _memory_map(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file as a read-only ``np.memmap`` (the format is an 8-byte header length,
-    a JSON header with byte offsets, then the raw little-endian data)."""
+    """Every tensor of a safetensors file (header already validated by safe_open) as a read-only ``np.memmap``
+    (the format is an 8-byte header length, a JSON header with byte offsets, then the raw little-endian data)."""
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(length))
@@ -167,6 +220,9 @@ def _memory_map(path: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if info["dtype"] not in _DTYPES:
+            raise BankError(f"{path}: array {name} is {info['dtype']}; a bank holds {sorted(_DTYPES)} arrays. "
+                            "Rebuild the bank and save it again.")
         begin, end = info["data_offsets"]
         shape = tuple(info["shape"])
         if begin == end:
@@ -351,7 +407,7 @@ def build_memory_bank(model: Any, datasets: Dataset | Sequence[Dataset], collato
     key = bank_fingerprint(model, datasets, collator, num_tokens, index_type)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "redeem-banks"
     folder = folder / key
-    if (folder / BANK_FILE).is_file() and (folder / INDEX_FILE).is_file():
+    if (folder / BANK_FILE).is_file():
         return MemoryBank.load(folder)
     parts = [_embed_dataset(model, ds, collator, num_tokens, batch_size, key) for ds in datasets]
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -360,7 +416,7 @@ def build_memory_bank(model: Any, datasets: Dataset | Sequence[Dataset], collato
     bank = MemoryBank(arrays=arrays, index=build_index(vectors, index_type), modalities=modalities,
                       signature=model.interface.signature(),
                       sources=[{"split": str(ds.split), "fingerprint": ds._fingerprint, "rows": len(ds)}
-                               for ds in datasets], key=key)
+                               for ds in datasets], key=key, index_type=index_type)
     bank.save(folder)
     return MemoryBank.load(folder)
 

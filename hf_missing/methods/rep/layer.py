@@ -68,7 +68,7 @@ class RepBuffers(nn.Module):
         super().__init__()
         self.modalities = tuple(widths)
         patterns = ModalityPattern(self.modalities)
-        self.presence = patterns.present(torch.arange(patterns.num_patterns))
+        self.presence = patterns.present_matrix()
         self.has_private, self.has_shared, self.replay = config.use_private_buffer, config.dual_buffers, config.replay
         self.num_states = config.prompt_depth if config.replay else 1
         length, shared_dim = config.prompt_length, config.shared_dim
