@@ -1,9 +1,10 @@
 """hf_missing: make frozen multimodal transformers robust to missing modalities.
 
-Importing the package registers the wrapper with the ``Auto*`` classes and every method with peft.
+Importing the package registers the wrapper with the ``Auto*`` classes and every method with peft, and routes
+hf_missing adapters given to the ``Auto*`` classes through the wrapper's safe loading (:mod:`hf_missing.compat`).
 """
 
-from . import callbacks, evaluation, hub, methods, metrics
+from . import callbacks, compat, evaluation, hub, methods, metrics
 from .backbones import BackboneInterface, register_backbone
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import load_food101, load_hateful_memes, load_mmimdb
@@ -13,6 +14,8 @@ from .methods import get_method_config, list_methods
 from .missingness import ModalityPattern
 from .modeling import MissingModalityConfig, MissingModalityForClassification
 from .presets import list_presets, load_preset
+
+compat.install()  # transformers' Auto classes hand hf_missing adapters to the wrapper (hf_missing.compat)
 
 __version__ = "0.1.0"
 

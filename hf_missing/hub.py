@@ -52,6 +52,8 @@ from .loading import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     CONFIG_NAME,
+    DOWNLOAD_KWARGS,
+    MISSING_SETTINGS_NAME,
     AdapterLoadError,
     check_option_sizes,
     check_settings,
@@ -70,7 +72,6 @@ PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
 # Written beside an adapter only for Trainer's resume (see MissingModalityForClassification.save_pretrained).
 TRAINER_ONLY_FILES = ["trainer_resume.safetensors", "model.safetensors.index.json", "training_args.bin"]
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
-DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 SKIPPED_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "count")
 OVERALL = "all"
 TASK_TYPE = "multimodal-classification"
@@ -364,8 +365,13 @@ class AdapterSource:
 
 
 def adapter_files() -> list[str]:
-    """The only files of an adapter that hf_missing downloads or reads: its config, its weights, ``config.json``
-    and the files the registered methods save beside them (REDEEM's memory bank)."""
+    """The only files of an adapter that hf_missing downloads or reads: its config, its weights, ``config.json``,
+    the files the registered methods save beside them (REDEEM's memory bank) and ``missing_settings.json``."""
+    return [*saved_files(), MISSING_SETTINGS_NAME]
+
+
+def saved_files() -> list[str]:
+    """The adapter files ``save_pretrained`` writes (a new save replaces every one of them)."""
     method_files = [name for spec in METHODS.values() for name in spec.hooks.files]
     return list(dict.fromkeys([ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME, *method_files]))
 

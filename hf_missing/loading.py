@@ -34,8 +34,10 @@ from .context import POLICIES
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "config.json"
+MISSING_SETTINGS_NAME = "missing_settings.json"  # the training split's missing-modality settings (hf-missing train)
 CHECKPOINT_PREFIX = "base_model.model."  # transformers' PEFT-format keys of a saved adapter
 RESUME_INDEX_FORMAT = "hf_missing-trainer-resume"  # the shard index save_pretrained writes for Trainer's resume
+DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")  # what addresses a repo
 MAX_ADAPTER_BYTES = 2 * 2**30  # what the head, the method's tensors and any text-position extension may allocate
 MAX_JSON_BYTES = 4 * 2**20  # adapter_config.json / config.json above this are refused unread
 MAX_OPTION_VALUE = 65_536  # no method option (prompt length, depth, widths) is anywhere near this in any paper

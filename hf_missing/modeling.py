@@ -501,9 +501,9 @@ class MissingModalityForClassification(PreTrainedModel):
 
 def _written_by_save(name: str) -> bool:
     """Files a save owns in its folder: an earlier save's copy never survives beside a new save."""
-    from .hub import adapter_files
+    from .hub import saved_files
 
-    return name in (*adapter_files(), RESUME_WEIGHTS_NAME) or FULL_CHECKPOINT.fullmatch(name) is not None
+    return name in (*saved_files(), RESUME_WEIGHTS_NAME) or FULL_CHECKPOINT.fullmatch(name) is not None
 
 
 def _refuse_full_checkpoint(folder: str | os.PathLike) -> None:

@@ -25,11 +25,11 @@ from .backbones.fused import FusedProcessor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
 from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, missing_grid, predict_patterns
+from .loading import MISSING_SETTINGS_NAME, read_json_file
 from .methods import prepare_for_evaluation, prepare_for_training
 from .modeling import MissingModalityForClassification
 from .presets import Preset
 
-MISSING_SETTINGS_NAME = "missing_settings.json"  # the training split's simulate_missing settings, beside the adapter
 REPORT_NAME = "eval_report.json"
 PLOT_NAME = "robustness.png"
 ADAPTER_SUBDIR = "adapter"
@@ -138,7 +138,7 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
 def saved_missing_settings(adapter_dir: str | Path) -> dict[str, Any] | None:
     """The missing settings :func:`train_and_save` stored beside the adapter, or None."""
     path = Path(adapter_dir) / MISSING_SETTINGS_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json_file(path) if path.is_file() else None
 
 
 def train_missing_settings(adapter_dir: str | Path, preset: Preset) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def evaluate_adapter(adapter: str | Path, preset: Preset, data_dir: str | Path,
     adapter_dir = resolve_adapter_dir(adapter)
     if adapter_dir is None:
         raise ValueError(f"{adapter} is not an hf_missing adapter (no adapter_config.json, or a full checkpoint).")
-    model = AutoModel.from_pretrained(adapter_dir)
+    model = AutoModel.from_pretrained(str(adapter))  # the name, not the download folder: a Hub adapter stays remote
     test = load_dataset_for(preset, data_dir)["test"]
     collator = MissingModalityCollator(load_processor(model.config.backbone_name_or_path),
                                        max_length=model.config.max_text_len)

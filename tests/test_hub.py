@@ -115,10 +115,12 @@ class FakeHub:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    """A fake Hub holding the tiny CLIP and ViLT backbones as ``tiny/clip`` and ``tiny/vilt``."""
+    """A fake Hub holding the tiny CLIP and ViLT backbones as ``tiny/clip`` and ``tiny/vilt``; online even when
+    the environment sets HF_HUB_OFFLINE=1 (the fake Hub is in-process)."""
     fake = FakeHub()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
+        patch.setattr(constants, "HF_HUB_OFFLINE", False)
         huggingface_hub.set_client_factory(fake.client)
         try:
             for kind in ("clip", "vilt"):

@@ -1,0 +1,173 @@
+"""The pieces of safe loading (hf_missing.loading, hf_missing.compat, atomic saves) checked one by one; the
+crafted-folder attacks live in test_hostile_adapters.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModel, AutoModelForSequenceClassification, CLIPModel
+from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+import hf_missing
+from hf_missing import MissingModalityForClassification, compat, loading
+from hf_missing.data.synthetic import tiny_backbone
+from tests.conftest import make_batch
+from tests.test_hub import TINY_OPTIONS
+
+METHOD_OPTIONS = {**TINY_OPTIONS, "cmpt": {}, "redeem": {}, "ragpt": {}}
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backbone")
+    tiny_backbone("clip").save_pretrained(folder)
+    return folder
+
+
+def _model(backbone_dir, method: str = "map") -> MissingModalityForClassification:
+    model = MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4, adapter=method,
+                                                             adapter_options=METHOD_OPTIONS.get(method, {}))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def _logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("backbone", ["clip", "vilt"])
+@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+def test_dry_run_plans_exactly_the_tensors_injection_creates(backbone, method):
+    """The meta-device dry run must predict every saved tensor with its shape and dtype; a plan that missed one
+    (e.g. a dry run that skipped modules_to_save) would make the strict loader refuse every real adapter, and one
+    that invented tensors would let a file smuggle them in."""
+    model = MissingModalityForClassification.from_backbone(tiny_backbone(backbone), num_labels=3)
+    config = hf_missing.get_method_config(method, **METHOD_OPTIONS.get(method, {}))
+    plan = loading.plan_adapter(MissingModalityForClassification, model.config, config)
+    before = sum(p.numel() * p.element_size() for p in model.parameters())
+    head = sum(p.numel() * p.element_size() for p in model.head.parameters())
+    model.add_adapter(config)
+    state = model.get_adapter_state_dict()
+    assert plan.tensors == {f"base_model.model.{k}": (tuple(v.shape), v.dtype) for k, v in state.items()}
+    after = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    assert plan.nbytes == after - before + head  # the backbone is not the adapter's; the head and copies are
+
+
+def test_budget_is_the_users_to_raise_in_code(backbone_dir, tmp_path):
+    """A budget that only counted options (not the head) or that the adapter file could raise would let a
+    small config allocate unbounded memory; the user's max_adapter_bytes works both ways."""
+    model = _model(backbone_dir)
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(hf_missing.AdapterLoadError, match=r"above the budget of 1,000 bytes.*max_adapter_bytes"):
+        MissingModalityForClassification.from_pretrained(tmp_path / "adapter", max_adapter_bytes=1000)
+    with pytest.raises(hf_missing.AdapterLoadError, match="above the budget"):
+        MissingModalityForClassification.from_backbone(tiny_backbone("clip"), num_labels=4).add_adapter(
+            hf_missing.get_method_config("map"), max_adapter_bytes=1000)
+    loaded = MissingModalityForClassification.from_pretrained(tmp_path / "adapter", max_adapter_bytes=10**9)
+    batch = make_batch(_shapes(), "clip", n=4)
+    assert torch.equal(_logits(loaded.eval(), batch), _logits(model, batch))
+
+
+def _shapes():
+    from hf_missing.data.synthetic import shapes_dataset
+
+    return hf_missing.simulate_missing(shapes_dataset(n_train=8, n_test=4, seed=0), rate=0.7, seed=0)["train"]
+
+
+def test_auto_classes_route_only_hf_missing_adapters(backbone_dir, tmp_path):
+    """Every Auto model class carries the hook (transformers copies from_pretrained into each one, so patching the
+    base class alone would route nothing), an hf_missing adapter folder reaches the wrapper, and a stock
+    checkpoint loads exactly as transformers loads it."""
+    routed = [c for c in compat._auto_classes() if "from_pretrained" in c.__dict__]
+    assert {AutoModel, AutoModelForSequenceClassification} <= set(routed)
+    assert all(getattr(c.__dict__["from_pretrained"].__func__, "__hf_missing_routed__", False) for c in routed
+               if c is not _BaseAutoModelClass)
+    stock = AutoModel.from_pretrained(backbone_dir)
+    assert type(stock) is CLIPModel
+    reference = CLIPModel.from_pretrained(backbone_dir)
+    assert all(torch.equal(a, b) for a, b in zip(stock.state_dict().values(), reference.state_dict().values(),
+                                                 strict=True))
+    folder = tmp_path / "adapter"
+    _model(backbone_dir).save_pretrained(folder)
+    (folder / "adapter_config.json").write_text('{"peft_type": "HFM_MAP", broken')
+    with pytest.raises(hf_missing.AdapterLoadError, match=r"adapter_config.json is not valid JSON"):
+        AutoModelForSequenceClassification.from_pretrained(folder)
+
+
+def test_failed_save_leaves_the_previous_adapter_and_a_new_save_drops_stale_files(backbone_dir, tmp_path,
+                                                                                  monkeypatch):
+    """A save that wrote into the folder in place would leave a new config over old weights when it fails
+    midway; one that kept unknown old files would let a stale redeem bank or weights file survive."""
+    folder = tmp_path / "adapter"
+    first, batch = _model(backbone_dir), make_batch(_shapes(), "clip", n=4)
+    first.save_pretrained(folder)
+    (folder / "notes.txt").write_text("kept")
+    (folder / "redeem_bank.safetensors").write_bytes(b"stale")
+    second = _model(backbone_dir, "rep")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hf_missing.MissingModalityConfig, "save_pretrained", fail)
+    with pytest.raises(OSError, match="disk full"):
+        second.save_pretrained(folder)
+    monkeypatch.undo()
+    assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "HFM_MAP"
+    assert torch.equal(_logits(MissingModalityForClassification.from_pretrained(folder).eval(), batch),
+                       _logits(first, batch))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    second.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                        "config.json", "notes.txt"]
+    assert torch.equal(_logits(MissingModalityForClassification.from_pretrained(folder).eval(), batch),
+                       _logits(second, batch))
+
+
+def test_adapter_is_never_saved_beside_a_full_checkpoint(backbone_dir, tmp_path):
+    """Without the refusal, a later from_pretrained of the folder loads the full checkpoint and ignores the
+    adapter silently."""
+    MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"holds a full checkpoint \(\['model.safetensors'\]\)"):
+        _model(backbone_dir).save_pretrained(tmp_path)
+
+
+def test_trainer_output_folder_loads_with_automodel(backbone_dir, tmp_path):
+    """Trainer's save_model writes the resume index beside the adapter; treating it as a full checkpoint made
+    AutoModel.from_pretrained fail with 'Adapter with name default already exists'."""
+    from transformers import Trainer, TrainingArguments
+
+    model, batch = _model(backbone_dir), make_batch(_shapes(), "clip", n=4)
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    trainer.save_model(str(tmp_path))
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert torch.equal(_logits(loaded.eval(), batch), _logits(model, batch))
+
+
+def test_loader_refuses_what_the_dry_run_does_not_own(backbone_dir, tmp_path):
+    """The strict reader compares the file's header with the plan: an extra backbone key, a missing key, a wrong
+    shape, an integer tensor and a NaN each fail naming the key, before the model is touched."""
+    model = _model(backbone_dir)
+    plan = loading.plan_adapter(MissingModalityForClassification, model.config,
+                                hf_missing.get_method_config("map", **TINY_OPTIONS["map"]))
+    state = {f"base_model.model.{k}": v for k, v in model.get_adapter_state_dict().items()}
+    key = next(k for k in state if "map_prompts" in k)
+    cases = {
+        "extra": ({**state, "base_model.model.backbone.logit_scale": torch.zeros(())}, "does not own"),
+        "missing": ({k: v for k, v in state.items() if k != key}, "lacks tensor"),
+        "shape": ({**state, key: torch.zeros(1)}, "has shape"),
+        "dtype": ({**state, key: state[key].long()}, "is I64"),
+        "nan": ({**state, key: state[key] * float("nan")}, "NaN or infinite"),
+    }
+    for name, (tensors, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        with pytest.raises(hf_missing.AdapterLoadError, match=message):
+            loading.read_adapter_weights(path, plan)
