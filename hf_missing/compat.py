@@ -1,5 +1,5 @@
-"""The one place hf_missing changes how transformers behaves: its Auto classes hand hf_missing adapters to the
-wrapper before transformers reads them.
+"""The one place hf_missing changes how transformers and peft behave: their loaders hand hf_missing adapters to
+the wrapper's checks before they read them.
 
 ``AutoModel.from_pretrained(<adapter>)`` reads ``adapter_config.json`` itself and loads whatever model its
 ``base_model_name_or_path`` names before any hf_missing check could run (and a corrupt file surfaces as a bare
@@ -8,6 +8,12 @@ whose ``peft_type`` is ``HFM_<method>``) goes to ``MissingModalityForClassificat
 validates everything (:mod:`hf_missing.loading`). Every other call reaches transformers unchanged. The hook wraps
 the ``from_pretrained`` that each subclass of transformers' private ``_BaseAutoModelClass`` holds, so it is
 installed only for the transformers minor versions it was checked against (:data:`CHECKED_TRANSFORMERS`).
+
+``PeftModel.from_pretrained(wrapper, <adapter>)`` and ``PeftModel.load_adapter(<adapter>, name)`` would build the
+adapter from every key of ``adapter_config.json`` (its ``modules_to_save`` included) and load the weights file
+non-strictly. For an hf_missing adapter on the wrapper, both first run ``wrapper.checked_adapter`` and then hand
+peft the checked config and the local folder whose files were checked (peft minor versions
+:data:`CHECKED_PEFT`).
 """
 
 from __future__ import annotations
@@ -18,15 +24,19 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import peft
 import transformers
+from peft import PeftModel
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from transformers.utils.peft_utils import find_adapter_config_file
 
+from .hub import resolve_adapter_dir
 from .loading import DOWNLOAD_KWARGS, MAX_JSON_BYTES
 from .modeling import MissingModalityForClassification
 
 logger = logging.getLogger(__name__)
 CHECKED_TRANSFORMERS = ("5.23.",)
+CHECKED_PEFT = ("0.21.",)
 MARKER = b'"HFM_'  # an hf_missing adapter config names its peft_type HFM_<METHOD>
 
 
@@ -60,18 +70,67 @@ def _routed(original: Callable[..., Any]) -> Callable[..., Any]:
     return from_pretrained
 
 
+def _checked(model: Any, model_id: Any, kwargs: dict[str, Any]) -> tuple[str, Any] | None:
+    """(local folder, checked config) of an hf_missing adapter meant for the wrapper ``model``; None otherwise."""
+    if not isinstance(model, MissingModalityForClassification) or not isinstance(model_id, str | os.PathLike):
+        return None
+    if not holds_hf_missing_adapter(model_id, **kwargs):
+        return None
+    folder = resolve_adapter_dir(model_id, **{k: v for k, v in kwargs.items() if k in DOWNLOAD_KWARGS})
+    if folder is None:
+        return None
+    config, _ = model.checked_adapter(folder)
+    return folder, config
+
+
+def _peft_from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def from_pretrained(cls: type, model: Any, model_id: Any, adapter_name: str = "default",
+                        is_trainable: bool = False, config: Any = None, **kwargs: Any) -> Any:
+        checked = _checked(model, model_id, kwargs) if config is None else None
+        if checked is not None:
+            model_id, config = checked
+        return original(cls, model, model_id, adapter_name=adapter_name, is_trainable=is_trainable, config=config,
+                        **kwargs)
+
+    return from_pretrained
+
+
+def _peft_load_adapter(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def load_adapter(self: Any, model_id: Any, adapter_name: str, is_trainable: bool = False, **kwargs: Any) -> Any:
+        checked = _checked(self.get_base_model(), model_id, kwargs)
+        if checked is not None:
+            model_id, config = checked
+            if adapter_name not in self.peft_config:  # peft would rebuild the config from the file
+                config.inference_mode = not is_trainable
+                self.add_adapter(adapter_name, config)
+                if is_trainable:
+                    self.set_requires_grad(adapter_name)
+        return original(self, model_id, adapter_name, is_trainable=is_trainable, **kwargs)
+
+    return load_adapter
+
+
 def install() -> bool:
-    """Route hf_missing adapters in every Auto model class (each holds its own copy of ``from_pretrained``);
-    False, with a warning, on transformers versions the hook was not checked against."""
-    if not transformers.__version__.startswith(CHECKED_TRANSFORMERS):
-        logger.warning("hf_missing's Auto-class hook was checked on transformers %s, not %s: not installed; load "
-                       "adapters with MissingModalityForClassification.from_pretrained.", CHECKED_TRANSFORMERS,
-                       transformers.__version__)
+    """Route hf_missing adapters in every Auto model class (each holds its own copy of ``from_pretrained``) and in
+    ``PeftModel``; False, with a warning, on versions the hooks were not checked against."""
+    versions = {"transformers": (transformers.__version__, CHECKED_TRANSFORMERS),
+                "peft": (peft.__version__, CHECKED_PEFT)}
+    unchecked = {name: version for name, (version, checked) in versions.items() if not version.startswith(checked)}
+    if unchecked:
+        logger.warning("hf_missing's loader hooks were checked on transformers %s and peft %s, not on %s: not "
+                       "installed; load adapters with MissingModalityForClassification.from_pretrained.",
+                       CHECKED_TRANSFORMERS, CHECKED_PEFT, unchecked)
         return False
     for cls in _auto_classes():
         method = cls.__dict__.get("from_pretrained")
         if isinstance(method, classmethod) and not getattr(method.__func__, "__hf_missing_routed__", False):
             cls.from_pretrained = classmethod(_routed(method.__func__))
+    if not getattr(PeftModel.load_adapter, "__hf_missing_routed__", False):
+        PeftModel.from_pretrained = classmethod(_peft_from_pretrained(PeftModel.__dict__["from_pretrained"].__func__))
+        PeftModel.load_adapter = _peft_load_adapter(PeftModel.load_adapter)
+        PeftModel.load_adapter.__hf_missing_routed__ = True
     return True
 
 

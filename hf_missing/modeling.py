@@ -295,18 +295,30 @@ class MissingModalityForClassification(PreTrainedModel):
                                    "folder save_pretrained wrote or the Hub repo push_to_hub created.")
         self._load_adapter_folder(source.folder, adapter_name, max_adapter_bytes, is_trainable)
 
-    def _load_adapter_folder(self, folder: str, adapter_name: str | None, max_adapter_bytes: int | None,
-                             is_trainable: bool) -> None:
+    def checked_adapter(self, folder: str, max_adapter_bytes: int | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Validate the adapter saved in ``folder`` against this model without changing it: its config (method,
+        options, settings), the backbone (streams, modalities, saved modules), the memory budget and the weights
+        (exactly the tensors the method owns, float, finite). Returns the method config rebuilt from the checked
+        options alone and the checked tensors."""
         from .hub import validate_adapter_config, validate_backbone
-        from .methods.base import load_method_files
 
         config_file = os.path.join(folder, ADAPTER_CONFIG_NAME)
         saved = read_json_file(config_file)
         config = validate_adapter_config(saved, config_file)
         validate_backbone(saved, self.config.backbone_config, config_file)
+        if saved["model_settings"]["num_labels"] != self.config.num_labels:
+            raise AdapterLoadError(f"{config_file}: the adapter's head has {saved['model_settings']['num_labels']} "
+                                   f"labels, this model's {self.config.num_labels}; load it with from_pretrained("
+                                   "<adapter>), which rebuilds the head from the adapter.")
         plan = plan_adapter(type(self), self.config, config)
         check_budget(plan, max_adapter_bytes, config_file)
-        state = read_adapter_weights(os.path.join(folder, ADAPTER_WEIGHTS_NAME), plan)
+        return config, read_adapter_weights(os.path.join(folder, ADAPTER_WEIGHTS_NAME), plan)
+
+    def _load_adapter_folder(self, folder: str, adapter_name: str | None, max_adapter_bytes: int | None,
+                             is_trainable: bool) -> None:
+        from .methods.base import load_method_files
+
+        config, state = self.checked_adapter(folder, max_adapter_bytes)
         name = adapter_name or "default"
         super().load_adapter(adapter_name=name, peft_config=config, adapter_state_dict=state, is_trainable=is_trainable)
         loaded = self.get_adapter_state_dict(name)

@@ -4,6 +4,7 @@ crafted-folder attacks live in test_hostile_adapters.py."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -171,3 +172,36 @@ def test_loader_refuses_what_the_dry_run_does_not_own(backbone_dir, tmp_path):
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
         with pytest.raises(hf_missing.AdapterLoadError, match=message):
             loading.read_adapter_weights(path, plan)
+
+
+def test_peft_loaders_check_hf_missing_adapters(backbone_dir, tmp_path):
+    """PeftModel.from_pretrained / load_adapter build the adapter from every key of adapter_config.json and load
+    the weights non-strictly: without the hook a smuggled frozen-backbone key overwrites the backbone and an extra
+    modules_to_save entry trains a copy of it."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    model, batch = _model(backbone_dir), make_batch(_shapes(), "clip", n=4)
+    model.save_pretrained(tmp_path / "clean")
+    base = MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4)
+    assert torch.equal(_logits(PeftModel.from_pretrained(base, tmp_path / "clean").eval(), batch),
+                       _logits(model, batch))
+    smuggled = shutil.copytree(tmp_path / "clean", tmp_path / "smuggled")
+    state = load_file(smuggled / "adapter_model.safetensors")
+    key = "base_model.model.backbone.text_model.embeddings.token_embedding.weight"
+    state[key] = torch.zeros(99, 32)
+    save_file(state, str(smuggled / "adapter_model.safetensors"))
+    extra = shutil.copytree(tmp_path / "clean", tmp_path / "extra")
+    config = json.loads((extra / "adapter_config.json").read_text())
+    config["modules_to_save"].append("backbone.text_model.embeddings")
+    (extra / "adapter_config.json").write_text(json.dumps(config))
+    for folder, message in ((smuggled, "does not own"), (extra, "modules_to_save names")):
+        base = MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4)
+        with pytest.raises(hf_missing.AdapterLoadError, match=message):
+            PeftModel.from_pretrained(base, folder)
+        peft_model = PeftModel.from_pretrained(base, tmp_path / "clean")
+        with pytest.raises(hf_missing.AdapterLoadError, match=message):
+            peft_model.load_adapter(folder, "second")
+        assert "second" not in peft_model.peft_config
+        assert torch.equal(peft_model.get_base_model().backbone.text_model.embeddings.token_embedding.weight,
+                           model.backbone.text_model.embeddings.token_embedding.weight)
