@@ -31,28 +31,48 @@ from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from transformers.utils.peft_utils import find_adapter_config_file
 
 from .hub import resolve_adapter_dir
-from .loading import DOWNLOAD_KWARGS, MAX_JSON_BYTES
-from .modeling import MissingModalityForClassification
+from .loading import (
+    ADAPTER_CONFIG_NAME,
+    CONFIG_NAME,
+    DOWNLOAD_KWARGS,
+    MAX_JSON_BYTES,
+    AdapterLoadError,
+    read_json_file,
+)
+from .modeling import MissingModalityConfig, MissingModalityForClassification
 
 logger = logging.getLogger(__name__)
 CHECKED_TRANSFORMERS = ("5.23.",)
 CHECKED_PEFT = ("0.21.",)
+MODEL_TYPE = MissingModalityConfig.model_type
 MARKER = b'"HFM_'  # an hf_missing adapter config names its peft_type HFM_<METHOD>
 
 
 def holds_hf_missing_adapter(name: str | os.PathLike, **hub_kwargs: Any) -> bool:
-    """Whether ``name`` (a folder or a Hub repo id) holds an hf_missing adapter config. The file is read as bytes,
-    so a corrupt one that names an hf_missing method still goes to hf_missing, which reports it; a failed lookup
-    leaves the call to transformers, which then fails or loads exactly as it would without hf_missing."""
+    """Whether ``name`` (a folder or a Hub repo id) holds an hf_missing adapter config: one that names an
+    hf_missing method (read as bytes, so a corrupt file still goes to hf_missing, which reports it), or any adapter
+    config beside the wrapper's ``config.json`` in a local folder. A failed lookup leaves the call to transformers,
+    which then fails or loads exactly as it would without hf_missing."""
+    if os.path.isdir(name) and os.path.isfile(os.path.join(name, ADAPTER_CONFIG_NAME)):
+        return _names_hf_missing(os.path.join(name, ADAPTER_CONFIG_NAME)) or _is_wrapper_config(name)
     kwargs = {k: v for k, v in hub_kwargs.items() if k in DOWNLOAD_KWARGS}
     try:
         path = find_adapter_config_file(str(name), **kwargs)
     except (OSError, ValueError):
         return False
-    if path is None or not os.path.isfile(path):
-        return False
+    return path is not None and os.path.isfile(path) and _names_hf_missing(path)
+
+
+def _names_hf_missing(path: str) -> bool:
     with open(path, "rb") as f:
         return MARKER in f.read(MAX_JSON_BYTES)
+
+
+def _is_wrapper_config(folder: str | os.PathLike) -> bool:
+    try:
+        return read_json_file(os.path.join(folder, CONFIG_NAME)).get("model_type") == MODEL_TYPE
+    except AdapterLoadError:
+        return False
 
 
 def _routed(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -184,14 +184,21 @@ def _dry_run() -> Iterator[None]:
         _PLANNING.reset(token)
 
 
-def plan_adapter(model_cls: type, wrapper_config: PretrainedConfig, method_config: Any) -> AdapterPlan:
+def plan_adapter(model_cls: type, wrapper_config: PretrainedConfig, method_config: Any,
+                 source: str | None = None) -> AdapterPlan:
     """Build ``model_cls(wrapper_config)`` and inject ``method_config`` on the meta device (nothing is
-    allocated), and measure what that creates."""
-    with _dry_run():
-        backbone_bytes = _nbytes(AutoModel.from_config(wrapper_config.backbone_config))
-        model = model_cls(copy.deepcopy(wrapper_config))
-        model.add_adapter(copy.deepcopy(method_config))
-        state = model.get_adapter_state_dict()
+    allocated), and measure what that creates. With ``source`` (the file the config came from), a config the
+    method refuses (e.g. a prompt longer than the backbone's context) is an :class:`AdapterLoadError` naming it."""
+    try:
+        with _dry_run():
+            backbone_bytes = _nbytes(AutoModel.from_config(wrapper_config.backbone_config))
+            model = model_cls(copy.deepcopy(wrapper_config))
+            model.add_adapter(copy.deepcopy(method_config))
+            state = model.get_adapter_state_dict()
+    except ValueError as err:
+        if source is None or isinstance(err, AdapterLoadError):
+            raise
+        raise AdapterLoadError(f"{source}: {err}") from err
     tensors = {f"{CHECKPOINT_PREFIX}{k}": (tuple(v.shape), v.dtype) for k, v in state.items()}
     return AdapterPlan(tensors=tensors, nbytes=max(0, _nbytes(model) - backbone_bytes))
 

@@ -250,7 +250,7 @@ class MissingModalityForClassification(PreTrainedModel):
         settings = {**check_settings(saved["model_settings"], config_file), **kwargs}
         planned = MissingModalityConfig(backbone_config=backbone_config.to_dict(),
                                         **{k: v for k, v in settings.items() if k in SETTING_KEYS})
-        check_budget(plan_adapter(cls, planned, method_config), max_adapter_bytes, config_file)
+        check_budget(plan_adapter(cls, planned, method_config, config_file), max_adapter_bytes, config_file)
         try:
             model = cls._load_base(backbone_path, use_safetensors=True, **settings)
         except OSError as err:
@@ -310,7 +310,7 @@ class MissingModalityForClassification(PreTrainedModel):
             raise AdapterLoadError(f"{config_file}: the adapter's head has {saved['model_settings']['num_labels']} "
                                    f"labels, this model's {self.config.num_labels}; load it with from_pretrained("
                                    "<adapter>), which rebuilds the head from the adapter.")
-        plan = plan_adapter(type(self), self.config, config)
+        plan = plan_adapter(type(self), self.config, config, config_file)
         check_budget(plan, max_adapter_bytes, config_file)
         return config, read_adapter_weights(os.path.join(folder, ADAPTER_WEIGHTS_NAME), plan)
 
