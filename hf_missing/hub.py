@@ -574,7 +574,7 @@ def _is_repo_id(name: str) -> bool:
 
 
 def _name(backbone: str | PretrainedConfig) -> str:
-    return backbone if isinstance(backbone, str) else f"the {backbone.model_type} backbone"
+    return backbone if isinstance(backbone, str) else "this model's backbone"
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

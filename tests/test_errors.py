@@ -102,7 +102,7 @@ def test_adapter_saved_for_another_backbone(tmp_path):
     model = make_model("clip", "map")
     model.save_pretrained(tmp_path / "clip_map")
     vilt = make_model("vilt", None)
-    with pytest.raises(ValueError, match=r"saved for a clip backbone.*but the model is a vilt"):
+    with pytest.raises(ValueError, match=r"trained on a clip backbone.*but this model.s backbone is a vilt"):
         vilt.load_adapter(str(tmp_path / "clip_map"))
 
 
