@@ -9,7 +9,8 @@ from .backbones import BackboneInterface, register_backbone
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import load_food101, load_hateful_memes, load_mmimdb
 from .evaluation import missing_grid, predict_patterns
-from .hub import AdapterLoadError, push_adapter
+from .hub import push_adapter
+from .loading import AdapterLoadError
 from .methods import get_method_config, list_methods
 from .missingness import ModalityPattern
 from .modeling import MissingModalityConfig, MissingModalityForClassification

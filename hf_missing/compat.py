@@ -12,8 +12,8 @@ installed only for the transformers minor versions it was checked against (:data
 ``PeftModel.from_pretrained(wrapper, <adapter>)`` and ``PeftModel.load_adapter(<adapter>, name)`` would build the
 adapter from every key of ``adapter_config.json`` (its ``modules_to_save`` included) and load the weights file
 non-strictly. For an hf_missing adapter on the wrapper, both first run ``wrapper.checked_adapter`` and then hand
-peft the checked config and the local folder whose files were checked (peft minor versions
-:data:`CHECKED_PEFT`).
+peft the checked config and the local folder whose files were checked; ``from_pretrained`` also loads the
+method's files (REDEEM's bank) as the wrapper's own loader does (peft minor versions :data:`CHECKED_PEFT`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from peft import PeftModel
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from transformers.utils.peft_utils import find_adapter_config_file
 
-from .hub import resolve_adapter_dir
 from .loading import (
     ADAPTER_CONFIG_NAME,
     CONFIG_NAME,
@@ -38,7 +37,9 @@ from .loading import (
     MAX_JSON_BYTES,
     AdapterLoadError,
     read_json_file,
+    resolve_adapter_dir,
 )
+from .methods import load_method_files
 from .modeling import MissingModalityConfig, MissingModalityForClassification
 
 logger = logging.getLogger(__name__)
@@ -110,8 +111,11 @@ def _peft_from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
         checked = _checked(model, model_id, kwargs) if config is None else None
         if checked is not None:
             model_id, config = checked
-        return original(cls, model, model_id, adapter_name=adapter_name, is_trainable=is_trainable, config=config,
-                        **kwargs)
+        peft_model = original(cls, model, model_id, adapter_name=adapter_name, is_trainable=is_trainable,
+                              config=config, **kwargs)
+        if checked is not None:
+            load_method_files(peft_model, model_id)  # REDEEM's bank: peft itself loads the weights only
+        return peft_model
 
     return from_pretrained
 

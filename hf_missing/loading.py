@@ -18,18 +18,23 @@ import contextlib
 import copy
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from transformers import AutoModel, PretrainedConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers.utils.peft_utils import find_adapter_config_file
 
+from .backbones import backbone_interface_for
 from .context import POLICIES
+from .methods import METHODS, MissingMethodConfig, get_method_config, list_methods
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -40,10 +45,14 @@ RESUME_INDEX_FORMAT = "hf_missing-trainer-resume"  # the shard index save_pretra
 DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")  # what addresses a repo
 MAX_ADAPTER_BYTES = 2 * 2**30  # what the head, the method's tensors and any text-position extension may allocate
 MAX_JSON_BYTES = 4 * 2**20  # adapter_config.json / config.json above this are refused unread
-MAX_OPTION_VALUE = 65_536  # no method option (prompt length, depth, widths) is anywhere near this in any paper
+MAX_TEXT_LEN = 65_536
 MAX_LABELS = 100_000
 MAX_HEAD_RATIO = 64
 MAX_MODALITIES = 16
+FULL_CHECKPOINT_NAMES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+NEVER_READ = ("training_args.bin",)  # the Trainer's pickled arguments: hf_missing never downloads or reads them
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 SETTING_KEYS = ("num_labels", "id2label", "label2id", "problem_type", "missing_policy", "modalities",
                 "max_text_len", "head_hidden_ratio")
@@ -84,6 +93,232 @@ def is_resume_index(path: str | os.PathLike) -> bool:
         return False
 
 
+def method_options(adapter_config: dict[str, Any], method: str) -> dict[str, Any]:
+    return {k: adapter_config[k] for k in METHODS[method].config_cls.options_help() if k in adapter_config}
+
+
+# ---- pull ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AdapterSource:
+    """A local adapter folder, and whether it came from the Hub (then the backbone it names must be a Hub repo id:
+    a downloaded adapter never points the loader at a file of this machine)."""
+
+    folder: str
+    remote: bool
+
+
+def adapter_files() -> list[str]:
+    """The only files of an adapter that hf_missing downloads or reads: its config, its weights, ``config.json``,
+    the files the registered methods save beside them (REDEEM's memory bank) and ``missing_settings.json``."""
+    return [*saved_files(), MISSING_SETTINGS_NAME]
+
+
+def saved_files() -> list[str]:
+    """The adapter files ``save_pretrained`` writes (a new save replaces every one of them)."""
+    method_files = [name for spec in METHODS.values() for name in spec.hooks.files]
+    return list(dict.fromkeys([ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME, *method_files]))
+
+
+def resolve_adapter_dir(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str | None:
+    """The local folder of an hf_missing adapter at ``name_or_path`` (a folder or a Hub repo id), downloading
+    only :func:`adapter_files` from the Hub; None when it is not an adapter (e.g. a backbone or a full checkpoint
+    without an adapter config)."""
+    source = resolve_adapter(name_or_path, **hub_kwargs)
+    return None if source is None else source.folder
+
+
+def resolve_adapter(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> AdapterSource | None:
+    """Like :func:`resolve_adapter_dir`, also saying whether the adapter came from the Hub."""
+    path = str(name_or_path)
+    hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in DOWNLOAD_KWARGS}
+    if os.path.isdir(path):
+        folder = _local_adapter_dir(path)
+        return None if folder is None else AdapterSource(folder, _in_hub_cache(folder, hub_kwargs))
+    if not is_repo_id(path) or find_adapter_config_file(path, **hub_kwargs) is None:
+        return None
+    files = _repo_files(path, hub_kwargs)
+    _check_adapter_files(files, path)
+    folder = snapshot_download(path, allow_patterns=adapter_files(), **hub_kwargs)
+    return AdapterSource(folder, remote=True)
+
+
+def _local_adapter_dir(path: str) -> str | None:
+    files = os.listdir(path)
+    if ADAPTER_CONFIG_NAME not in files:
+        return None
+    if FULL_CHECKPOINT_NAMES[1] in files and is_resume_index(Path(path) / FULL_CHECKPOINT_NAMES[1]):
+        files.remove(FULL_CHECKPOINT_NAMES[1])  # Trainer's resume state beside an adapter: the folder is an adapter
+    _check_adapter_files(files, path)
+    return path
+
+
+def _check_adapter_files(files: list[str], source: str) -> None:
+    """Refuse a folder that mixes a full checkpoint with an hf_missing adapter (which would win is ambiguous) and
+    an adapter whose weights exist only as a pickle."""
+    full = [name for name in FULL_CHECKPOINT_NAMES if name in files]
+    if full:
+        raise AdapterLoadError(
+            f"{source} holds both {ADAPTER_CONFIG_NAME} and a full checkpoint {full}; it is unclear which to load. "
+            "Keep adapters and full checkpoints in separate folders (save_pretrained refuses to mix them)."
+        )
+    pickled = sorted(f for f in files if f.lower().endswith(PICKLE_SUFFIXES) and os.path.basename(f) not in NEVER_READ)
+    if ADAPTER_WEIGHTS_NAME not in files and pickled:
+        check_no_pickles(pickled, source)
+
+
+def _in_hub_cache(folder: str, hub_kwargs: dict[str, Any]) -> bool:
+    cache = Path(hub_kwargs.get("cache_dir") or constants.HF_HUB_CACHE).resolve()
+    return Path(folder).resolve().is_relative_to(cache)
+
+
+def _repo_files(repo_id: str, hub_kwargs: dict[str, Any]) -> list[str]:
+    if hub_kwargs.get("local_files_only") or constants.HF_HUB_OFFLINE:
+        return os.listdir(snapshot_download(repo_id, **{**hub_kwargs, "local_files_only": True}))
+    return HfApi(token=hub_kwargs.get("token")).list_repo_files(repo_id, revision=hub_kwargs.get("revision"))
+
+
+def check_no_pickles(files: Iterable[str], source: str) -> None:
+    """Refuse pickled files (arbitrary code on load) among an adapter's files."""
+    pickled = sorted(f for f in files if f.lower().endswith(PICKLE_SUFFIXES) and os.path.basename(f) not in NEVER_READ)
+    if pickled:
+        raise AdapterLoadError(
+            f"{source} holds pickled file(s) {pickled}; hf_missing loads safetensors only, because unpickling can "
+            "run arbitrary code. Re-save the adapter with save_pretrained (it writes adapter_model.safetensors) "
+            "or convert the tensors with safetensors.torch.save_file, and remove the pickles."
+        )
+
+
+def backbone_of(folder: str | os.PathLike, adapter_config: dict[str, Any], remote: bool = False) -> str:
+    """Where the adapter in ``folder`` takes its backbone from: ``config.json``'s ``backbone_name_or_path``,
+    else ``adapter_config.json``'s ``base_model_name_or_path``. An adapter from the Hub (``remote``) may only
+    name a Hub repo id, never a path on this machine."""
+    config_file = Path(folder) / CONFIG_NAME
+    config = read_json_file(config_file) if config_file.is_file() else {}
+    backbone = config.get("backbone_name_or_path") or adapter_config.get("base_model_name_or_path")
+    if not backbone or not isinstance(backbone, str):
+        raise AdapterLoadError(f"The adapter in {folder} does not say which backbone it adapts ({CONFIG_NAME}'s "
+                               "backbone_name_or_path); pass backbone_name_or_path=<hub id or path of its backbone>.")
+    if remote and not _is_remote_name(backbone):
+        raise AdapterLoadError(
+            f"{config_file} of an adapter downloaded from the Hub names the backbone {backbone!r}, which is not a Hub "
+            "repo id; a downloaded adapter may not point the loader at files of this machine. If you trust it, pass "
+            "backbone_name_or_path=<the backbone> in your code."
+        )
+    return backbone
+
+
+def _is_remote_name(name: str) -> bool:
+    if name.startswith(("/", ".", "~")) or ".." in name or "\\" in name:
+        return False
+    return is_repo_id(name)
+
+
+def load_backbone_error(backbone: str, source: str, err: Exception) -> AdapterLoadError:
+    """The error for a backbone that cannot be loaded from safetensors."""
+    return AdapterLoadError(
+        f"The backbone {backbone!r} named by the adapter in {source} could not be loaded from safetensors ({err}). "
+        "hf_missing loads a backbone named by an adapter from safetensors weights only, because pickled weights "
+        "(pytorch_model.bin) can run code. Convert it where you trust it: AutoModel.from_pretrained(path)"
+        ".save_pretrained(new_path) writes model.safetensors; then pass backbone_name_or_path=new_path."
+    )
+
+
+# ---- validation ---------------------------------------------------------------------------------
+def validate_adapter_config(adapter_config: dict[str, Any], source: str) -> MissingMethodConfig:
+    """Check an ``adapter_config.json`` without any model: a known hf_missing method, valid options within
+    sane sizes, allow-listed head settings and a well-formed backbone signature; returns the method config
+    it describes, built from the method options alone (nothing else of the file reaches peft)."""
+    method = method_name(adapter_config, source)
+    options = method_options(adapter_config, method)
+    try:
+        config = get_method_config(method, **options)
+    except (TypeError, ValueError) as err:
+        raise AdapterLoadError(f"{source}: invalid {method} options: {err}") from err
+    check_settings(adapter_config.get("model_settings"), source)
+    _check_signature_format(adapter_config.get("backbone_signature"), source)
+    return config
+
+
+def _check_signature_format(signature: Any, source: str) -> None:
+    streams = signature.get("streams") if isinstance(signature, dict) else None
+    ok = signature is None or (
+        isinstance(signature.get("model_type"), str) and isinstance(streams, dict)
+        and all(isinstance(v, list) and len(v) == 2 and all(is_int(x) for x in v) for v in streams.values()))
+    if not ok:
+        raise AdapterLoadError(f"{source}: backbone_signature must be {{'model_type': str, 'streams': {{name: [hidden "
+                               f"size, layers]}}}}, got {signature!r:.200}; re-save the adapter with save_pretrained.")
+
+
+def check_pooler_modules(adapter_config: dict[str, Any], pooler_modules: Iterable[str], source: str) -> None:
+    """The saved ``modules_to_save`` may name only the head and ``pooler_modules`` of the backbone interface (what
+    hf_missing adds itself): anything else would load trained copies of frozen backbone modules from the file."""
+    modules = adapter_config.get("modules_to_save") or []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise AdapterLoadError(f"{source}: modules_to_save must be a list of module names, got {modules!r:.200}.")
+    allowed = {"head", *(f"backbone.{m}" for m in pooler_modules)}
+    extra = sorted(set(modules) - allowed)
+    if extra:
+        raise AdapterLoadError(f"{source}: modules_to_save names {extra}, which are neither the head nor this "
+                               f"backbone's pooler ({sorted(allowed)}); loading them would replace frozen backbone "
+                               "modules. Re-save the adapter with save_pretrained.")
+
+
+def validate_backbone(adapter_config: dict[str, Any], backbone: str | PretrainedConfig,
+                      source: str) -> PretrainedConfig:
+    """Check the adapter against the backbone's config (built on the meta device: no weight is loaded):
+    backbone type, each stream's hidden size and layer count, the modality set and the saved modules; returns
+    the backbone's config."""
+    config = backbone if isinstance(backbone, PretrainedConfig) else AutoConfig.from_pretrained(backbone)
+    config = getattr(config, "backbone_config", None) or config  # a saved wrapper names its backbone's config
+    with torch.device("meta"):
+        interface = backbone_interface_for(AutoModel.from_config(config))
+    method = method_name(adapter_config, source)
+    saved, current = adapter_config.get("backbone_signature"), interface.signature()
+    if saved is not None and _streams(saved) != _streams(current):
+        raise AdapterLoadError(
+            f"{source}: this {method} adapter was trained on a {saved['model_type']} backbone with streams "
+            f"{_streams(saved)[1]} ([hidden size, layers]), but {_name(backbone)} is a {current['model_type']} with "
+            f"{_streams(current)[1]}; load it onto the backbone it was trained with (backbone_name_or_path=...)."
+        )
+    modalities = tuple(adapter_config["model_settings"]["modalities"])
+    if set(modalities) != set(interface.modalities):
+        raise AdapterLoadError(f"{source}: the adapter handles modalities {list(modalities)}, but {_name(backbone)} "
+                               f"has {list(interface.modalities)}; load it onto a backbone with those modalities.")
+    check_pooler_modules(adapter_config, interface.pooler_modules, source)
+    return config
+
+
+def _streams(signature: dict[str, Any]) -> tuple[str, dict[str, list[int]]]:
+    return signature["model_type"], {k: list(v) for k, v in signature["streams"].items()}
+
+
+def method_name(adapter_config: dict[str, Any], source: str) -> str:
+    peft_type = str(adapter_config.get("peft_type") or "")
+    if not peft_type.startswith("HFM_") or not adapter_config.get("model_settings"):
+        raise AdapterLoadError(f"{source} holds a {peft_type or 'non-PEFT'} adapter, not an hf_missing adapter "
+                               "(peft_type HFM_<method> with model_settings); load it with peft directly.")
+    method = peft_type.removeprefix("HFM_").lower()
+    if method not in METHODS:
+        raise AdapterLoadError(f"{source} uses method {method!r}, which this hf_missing does not know (known: "
+                               f"{list_methods()}); upgrade hf_missing or import the package that registers it.")
+    return method
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def is_repo_id(name: str) -> bool:
+    if os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _name(backbone: str | PretrainedConfig) -> str:
+    return backbone if isinstance(backbone, str) else "this model's backbone"
+
+
 # ---- head settings --------------------------------------------------------------------------------------------
 def check_settings(settings: Any, source: str) -> dict[str, Any]:
     """The allow-listed, type- and range-checked ``model_settings`` of an adapter config (what
@@ -110,8 +345,8 @@ def check_settings(settings: Any, source: str) -> dict[str, Any]:
              and all(isinstance(m, str) and m for m in modalities) and len(set(modalities)) == len(modalities),
              where, "modalities", "a list of distinct modality names", modalities)
     max_text_len = settings.get("max_text_len")
-    _require(max_text_len is None or (is_int(max_text_len) and 1 <= max_text_len <= MAX_OPTION_VALUE), where,
-             "max_text_len", f"None or an integer in [1, {MAX_OPTION_VALUE}]", max_text_len)
+    _require(max_text_len is None or (is_int(max_text_len) and 1 <= max_text_len <= MAX_TEXT_LEN), where,
+             "max_text_len", f"None or an integer in [1, {MAX_TEXT_LEN}]", max_text_len)
     ratio = settings.get("head_hidden_ratio", 2)
     _require(is_int(ratio) and 1 <= ratio <= MAX_HEAD_RATIO, where, "head_hidden_ratio",
              f"an integer in [1, {MAX_HEAD_RATIO}]", ratio)
@@ -144,14 +379,6 @@ def _require(ok: bool, where: str, key: str, expected: str, value: Any) -> None:
 def is_int(value: Any) -> bool:
     """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_option_sizes(method: str, options: dict[str, Any], source: str) -> None:
-    """Refuse integer options beyond ``MAX_OPTION_VALUE`` before anything is built."""
-    too_big = {k: v for k, v in options.items() if is_int(v) and abs(v) > MAX_OPTION_VALUE}
-    if too_big:
-        raise AdapterLoadError(f"{source}: {method} option(s) {too_big} exceed {MAX_OPTION_VALUE}; the adapter "
-                               "config is corrupt or hostile. Re-save the adapter with sane options.")
 
 
 # ---- memory budget --------------------------------------------------------------------------------------------

@@ -37,18 +37,26 @@ from .loading import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     CHECKPOINT_PREFIX,
+    HUB_KWARGS,
     RESUME_INDEX_FORMAT,
     SETTING_KEYS,
     TASKS,
     AdapterLoadError,
+    backbone_of,
     check_budget,
     check_settings,
     is_resume_index,
+    load_backbone_error,
     plan_adapter,
     planning,
     read_adapter_weights,
     read_json_file,
+    resolve_adapter,
+    saved_files,
+    validate_adapter_config,
+    validate_backbone,
 )
+from .methods.base import collect_diagnostics, get_method_config, load_method_files
 from .missingness import DEFAULT_MODALITIES, ModalityPattern
 
 logger = logging.getLogger(__name__)
@@ -207,9 +215,6 @@ class MissingModalityForClassification(PreTrainedModel):
         budget of ``max_adapter_bytes``, default ``hf_missing.loading.MAX_ADAPTER_BYTES``, and exactly the
         tensors the method owns), and the backbone it names loads from safetensors only.
         """
-        from .hub import resolve_adapter
-        from .methods.base import get_method_config
-
         adapter_kwargs = kwargs.pop("adapter_kwargs", None) or {}
         # transformers' Auto classes switch to the adapter's base_model_name_or_path and pass the adapter here
         source = resolve_adapter(adapter_kwargs.get("_adapter_model_path") or pretrained_model_name_or_path, **kwargs)
@@ -238,8 +243,6 @@ class MissingModalityForClassification(PreTrainedModel):
         options, settings), then checked against the backbone's config (stream widths, depths, modalities) and
         measured by a dry run against the memory budget, so a wrong or hostile adapter fails before anything is
         allocated or any weight is read; the backbone then loads from safetensors only."""
-        from .hub import HUB_KWARGS, backbone_of, load_backbone_error, validate_adapter_config, validate_backbone
-
         config_file = os.path.join(source.folder, ADAPTER_CONFIG_NAME)
         saved = read_json_file(config_file)
         method_config = validate_adapter_config(saved, config_file)
@@ -287,8 +290,6 @@ class MissingModalityForClassification(PreTrainedModel):
             super().load_adapter(adapter_name=adapter_name, peft_config=peft_config,
                                  adapter_state_dict=adapter_state_dict, is_trainable=is_trainable, **kwargs)
             return
-        from .hub import resolve_adapter
-
         source = resolve_adapter(peft_model_id, **{**(adapter_kwargs or {}), **kwargs})
         if source is None:
             raise AdapterLoadError(f"{peft_model_id} holds no hf_missing adapter ({ADAPTER_CONFIG_NAME}); pass the "
@@ -300,8 +301,6 @@ class MissingModalityForClassification(PreTrainedModel):
         options, settings), the backbone (streams, modalities, saved modules), the memory budget and the weights
         (exactly the tensors the method owns, float, finite). Returns the method config rebuilt from the checked
         options alone and the checked tensors."""
-        from .hub import validate_adapter_config, validate_backbone
-
         config_file = os.path.join(folder, ADAPTER_CONFIG_NAME)
         saved = read_json_file(config_file)
         config = validate_adapter_config(saved, config_file)
@@ -316,8 +315,6 @@ class MissingModalityForClassification(PreTrainedModel):
 
     def _load_adapter_folder(self, folder: str, adapter_name: str | None, max_adapter_bytes: int | None,
                              is_trainable: bool) -> None:
-        from .methods.base import load_method_files
-
         config, state = self.checked_adapter(folder, max_adapter_bytes)
         name = adapter_name or "default"
         super().load_adapter(adapter_name=name, peft_config=config, adapter_state_dict=state, is_trainable=is_trainable)
@@ -342,8 +339,6 @@ class MissingModalityForClassification(PreTrainedModel):
 
     def diagnostics(self) -> dict[str, float]:
         """Scalars the injected method exposes for logging (e.g. REP's gates alpha, beta, eps)."""
-        from .methods.base import collect_diagnostics
-
         return collect_diagnostics(self)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -513,8 +508,6 @@ class MissingModalityForClassification(PreTrainedModel):
 
 def _written_by_save(name: str) -> bool:
     """Files a save owns in its folder: an earlier save's copy never survives beside a new save."""
-    from .hub import saved_files
-
     return name in (*saved_files(), RESUME_WEIGHTS_NAME) or FULL_CHECKPOINT.fullmatch(name) is not None
 
 

@@ -25,7 +25,7 @@ from .backbones.fused import FusedProcessor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
 from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, missing_grid, predict_patterns
-from .loading import MISSING_SETTINGS_NAME, read_json_file
+from .loading import MISSING_SETTINGS_NAME, read_json_file, resolve_adapter_dir
 from .methods import prepare_for_evaluation, prepare_for_training
 from .modeling import MissingModalityForClassification
 from .presets import Preset
@@ -158,8 +158,6 @@ def evaluate_adapter(adapter: str | Path, preset: Preset, data_dir: str | Path,
                      rates: Sequence[float] = TEST_RATES) -> dict[str, Any]:
     """Reload ``adapter`` (a folder or Hub repo id) and evaluate it on the test split of the preset's dataset:
     per-pattern metrics, its train-pattern row of :func:`missing_grid` and metric-vs-missing-rate curves."""
-    from .hub import resolve_adapter_dir
-
     adapter_dir = resolve_adapter_dir(adapter)
     if adapter_dir is None:
         raise ValueError(f"{adapter} is not an hf_missing adapter (no adapter_config.json, or a full checkpoint).")

@@ -23,8 +23,9 @@ from transformers import AutoModel
 import hf_missing
 from hf_missing import MissingModalityCollator, MissingModalityForClassification
 from hf_missing.data.synthetic import tiny_backbone, tiny_processor
-from hf_missing.hub import AdapterLoadError, method_paper, results_by_pattern
-from hf_missing.methods import load_method_files, prepare_for_training
+from hf_missing.hub import method_paper, results_by_pattern
+from hf_missing.loading import AdapterLoadError
+from hf_missing.methods import prepare_for_training
 from tests.conftest import make_batch
 
 # Small options per method on the tiny 2-layer backbones; a method missing here runs with its defaults.
@@ -216,7 +217,6 @@ def test_round_trip_is_bit_identical_for_every_method(hub, shapes_missing, metho
     model.push_to_hub(repo)
     peft_model = PeftModel.from_pretrained(MissingModalityForClassification.from_pretrained("tiny/clip", num_labels=4),
                                            repo)
-    load_method_files(peft_model, repo)  # PeftModel.from_pretrained loads weights only
     loaded = {"AutoModel": AutoModel.from_pretrained(repo),
               "MissingModalityForClassification": MissingModalityForClassification.from_pretrained(repo),
               "PeftModel": peft_model}

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..backbones import BackboneInterface, Stream, insert_tokens, strip_tokens
 from ..context import current_context
+from .options import MAX_OPTION_VALUE, annotations, conform, describe, is_finite, too_large
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ class MissingMethodConfig(PeftConfig):
     def _check_option_types(self) -> None:
         """Each option against its annotation (:mod:`hf_missing.methods.options`); NaN, 2.5 for an int or a
         string for a float would otherwise fail deep inside torch or silently switch a loss term off."""
-        from .options import annotations, conform, describe, is_finite
-
         hints, options = annotations(type(self)), self.options_help()
         for f in dataclasses.fields(self):
             if f.name not in options:
@@ -85,6 +84,9 @@ class MissingMethodConfig(PeftConfig):
                 error = ValueError if isinstance(value, float) and not is_finite(value) else TypeError
                 raise error(f"{self.method_name} option {f.name} must be {describe(hints[f.name])}, got {value!r}; "
                             f"pass e.g. its default {default!r}.") from None
+            if too_large(value):
+                raise ValueError(f"{self.method_name} option {f.name}={value!r} exceeds {MAX_OPTION_VALUE}; the "
+                                 "config is corrupt or hostile. Pass a value of the papers' scale.")
 
     @classmethod
     def options_help(cls) -> dict[str, str]:
@@ -163,9 +165,6 @@ class MissingMethodModel(BaseTuner):
         return []
 
     def _pre_injection_hook(self, model: nn.Module, config: MissingMethodConfig, adapter_name: str) -> None:
-        from ..loading import check_option_sizes
-
-        check_option_sizes(config.method_name, {k: getattr(config, k) for k in config.options_help()}, "adapter")
         wrapper = _wrapper_of(model)
         interface = wrapper.interface
         check_signature(config, interface)

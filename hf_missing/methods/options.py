@@ -15,6 +15,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+MAX_OPTION_VALUE = 65_536  # no method option (prompt length, depth, widths) is anywhere near this in any paper
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -60,6 +62,13 @@ def conform(annotation: Any, value: Any) -> Any:
     if not accepts(value):
         raise TypeError(value)
     return convert(value)
+
+
+def too_large(value: Any) -> bool:
+    """An int (or a list holding one) beyond :data:`MAX_OPTION_VALUE`: a corrupt or hostile config, refused
+    before anything is allocated."""
+    values = value if isinstance(value, list) else [value]
+    return any(_is_int(v) and abs(v) > MAX_OPTION_VALUE for v in values)
 
 
 def describe(annotation: Any) -> str:

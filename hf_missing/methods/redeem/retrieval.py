@@ -28,7 +28,7 @@ import torch
 from datasets import Dataset
 
 from ...missingness import MISSING_TYPE_COLUMN
-from .bank import BankError, MemoryBank, build_memory_bank, content_hashes, embed_batch
+from .bank import BANK_FILE, BankError, MemoryBank, build_memory_bank, content_hashes, embed_batch
 from .config import RedeemConfig
 from .layer import NEIGHBOURS, QUERY, SELF
 
@@ -58,13 +58,11 @@ def attach_memory_bank(model: Any, bank: MemoryBank) -> None:
         config.memory_bank = bank
 
 
-def load_memory_bank(model: Any, folder_or_repo: str | os.PathLike) -> MemoryBank:
-    """Attach the bank saved beside an adapter (a local folder, or a Hub repo id pulled like the adapter)."""
-    from ...hub import resolve_adapter_dir
-
-    folder = str(folder_or_repo)
+def load_memory_bank(model: Any, folder: str | os.PathLike) -> MemoryBank:
+    """Attach the bank saved beside an adapter in ``folder`` (``from_pretrained`` of a Hub repo downloads it)."""
     if not Path(folder).is_dir():
-        folder = resolve_adapter_dir(folder) or folder
+        raise BankError(f"{folder} is not a folder; pass the adapter folder that holds {BANK_FILE} (loading the "
+                        "adapter with from_pretrained, from a folder or a Hub repo, attaches its bank itself).")
     bank = MemoryBank.load(folder)
     attach_memory_bank(model, bank)
     return bank
