@@ -6,15 +6,22 @@ from __future__ import annotations
 import json
 import shutil
 
+import faiss
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-from transformers import AutoModel, AutoModelForSequenceClassification, CLIPModel
+from peft import PeftModel
+from safetensors import safe_open
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForSequenceClassification, CLIPModel, Trainer, TrainingArguments
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 import hf_missing
 from hf_missing import MissingModalityForClassification, compat, loading
-from hf_missing.data.synthetic import tiny_backbone
+from hf_missing.data.synthetic import shapes_dataset, tiny_backbone
+from hf_missing.methods.redeem.bank import BANK_FILE, BankError, MemoryBank, build_index
 from tests.conftest import make_batch
 from tests.test_hub import TINY_OPTIONS
 
@@ -77,8 +84,6 @@ def test_budget_is_the_users_to_raise_in_code(backbone_dir, tmp_path):
 
 
 def _shapes():
-    from hf_missing.data.synthetic import shapes_dataset
-
     return hf_missing.simulate_missing(shapes_dataset(n_train=8, n_test=4, seed=0), rate=0.7, seed=0)["train"]
 
 
@@ -142,8 +147,6 @@ def test_adapter_is_never_saved_beside_a_full_checkpoint(backbone_dir, tmp_path)
 def test_trainer_output_folder_loads_with_automodel(backbone_dir, tmp_path):
     """Trainer's save_model writes the resume index beside the adapter; treating it as a full checkpoint made
     AutoModel.from_pretrained fail with 'Adapter with name default already exists'."""
-    from transformers import Trainer, TrainingArguments
-
     model, batch = _model(backbone_dir), make_batch(_shapes(), "clip", n=4)
     trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
     trainer.save_model(str(tmp_path))
@@ -178,9 +181,6 @@ def test_peft_loaders_check_hf_missing_adapters(backbone_dir, tmp_path):
     """PeftModel.from_pretrained / load_adapter build the adapter from every key of adapter_config.json and load
     the weights non-strictly: without the hook a smuggled frozen-backbone key overwrites the backbone and an extra
     modules_to_save entry trains a copy of it."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
-
     model, batch = _model(backbone_dir), make_batch(_shapes(), "clip", n=4)
     model.save_pretrained(tmp_path / "clean")
     base = MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4)
@@ -205,3 +205,43 @@ def test_peft_loaders_check_hf_missing_adapters(backbone_dir, tmp_path):
         assert "second" not in peft_model.peft_config
         assert torch.equal(peft_model.get_base_model().backbone.text_model.embeddings.token_embedding.weight,
                            model.backbone.text_model.embeddings.token_embedding.weight)
+
+
+def _bank(index_type: str, rows: int = 300):
+    rng = np.random.default_rng(0)
+    arrays = {"query.text": rng.standard_normal((rows, 8)).astype(np.float16),
+              "query.image": rng.standard_normal((rows, 8)).astype(np.float16),
+              "tokens.text": rng.standard_normal((rows, 2, 8)).astype(np.float16),
+              "tokens.image": rng.standard_normal((rows, 2, 8)).astype(np.float16),
+              "content_hash": np.arange(rows, dtype=np.int64)}
+    vectors = np.concatenate([arrays["query.text"], arrays["query.image"]], axis=1)
+    index = build_index(vectors, index_type, nlist=8, nprobe=2) if index_type == "ivf" else build_index(vectors)
+    signature = {"model_type": "clip", "streams": {"text": [8, 2], "vision": [8, 2]}}
+    return MemoryBank(arrays=arrays, index=index, modalities=("text", "image"), signature=signature,
+                      index_type=index_type), vectors
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_bank_index_is_rebuilt_from_the_bank_alone(index_type, tmp_path, monkeypatch):
+    """The index must come back from redeem_bank.safetensors without faiss's reader (which maps files a crafted
+    IVF index names) and answer exactly as the saved one; an IVF index is rebuilt from its saved lists (a layout
+    whose list numbers leave [0, nlist) is refused instead of reaching faiss's add_core)."""
+    bank, vectors = _bank(index_type)
+    bank.save(tmp_path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("faiss deserialised a file")
+
+    monkeypatch.setattr(faiss, "read_index", never)
+    loaded = MemoryBank.load(tmp_path)
+    queries = vectors[:20].astype(np.float32)
+    assert type(loaded.index) is type(bank.index)
+    assert np.array_equal(loaded.search(queries, 5)[1], bank.search(queries, 5)[1])
+    if index_type == "ivf":
+        arrays = load_numpy(str(tmp_path / BANK_FILE))
+        with safe_open(str(tmp_path / BANK_FILE), "np") as f:
+            metadata = f.metadata()
+        arrays["ivf.lists"][0] = 8
+        save_numpy(arrays, str(tmp_path / BANK_FILE), metadata)
+        with pytest.raises(BankError, match=r"redeem_bank.safetensors: the IVF layout does not fit"):
+            MemoryBank.load(tmp_path)

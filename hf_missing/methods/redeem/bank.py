@@ -43,6 +43,7 @@ from ...data.emoji import default_cache_dir
 BANK_FILE = "redeem_bank.safetensors"
 BANK_VERSION = 2  # 1 kept a faiss index file beside the bank
 CHECK_ROWS = 65_536  # rows checked for non-finite values at a time
+IVF_ARRAYS = ("ivf.centroids", "ivf.lists")  # an IVF index's trained layout, saved so a load skips k-means
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 FLAT_LIMIT = 200_000  # "auto" keeps exact search up to this many entries
 HNSW_NEIGHBOURS = 32
@@ -132,7 +133,11 @@ class MemoryBank:
         metadata = {"version": str(BANK_VERSION), "modalities": json.dumps(list(self.modalities)),
                     "signature": json.dumps(self.signature, sort_keys=True), "sources": json.dumps(self.sources),
                     "key": self.key, "index_type": self.index_type}
-        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(folder / BANK_FILE), metadata)
+        layout = ivf_layout(self.index)
+        if layout:
+            metadata["nprobe"] = str(faiss.extract_index_ivf(self.index).nprobe)
+        arrays = {**self.arrays, **layout}
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(folder / BANK_FILE), metadata)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> MemoryBank:
@@ -145,11 +150,14 @@ class MemoryBank:
         metadata = _metadata(path)
         modalities = tuple(metadata["modalities"])
         arrays = _memory_map(path)
+        layout = {k: arrays.pop(k) for k in IVF_ARRAYS if k in arrays}
         _check_arrays(arrays, modalities, path)
         vectors = np.concatenate([_finite(arrays[f"query.{m}"], f"query.{m}", path) for m in modalities], axis=1)
         for m in modalities:
             _finite(arrays[f"tokens.{m}"], f"tokens.{m}", path)
-        return cls(arrays=arrays, index=build_index(vectors, metadata["index_type"]), modalities=modalities,
+        index = (ivf_from_layout(vectors, layout, metadata["nprobe"], path) if layout
+                 else build_index(vectors, metadata["index_type"]))
+        return cls(arrays=arrays, index=index, modalities=modalities,
                    signature=metadata["signature"], sources=metadata["sources"], key=metadata["key"],
                    index_type=metadata["index_type"])
 
@@ -167,8 +175,8 @@ def _metadata(path: Path) -> dict[str, Any]:
     try:
         metadata = {"modalities": json.loads(raw["modalities"]), "signature": json.loads(raw["signature"]),
                     "sources": json.loads(raw.get("sources", "[]")), "key": raw.get("key", ""),
-                    "index_type": raw.get("index_type", "auto")}
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
+                    "index_type": raw.get("index_type", "auto"), "nprobe": int(raw.get("nprobe", "1"))}
+    except (KeyError, TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
         raise BankError(f"{path} has malformed metadata ({err!r}); rebuild the bank and save it again.") from err
     modalities, signature = metadata["modalities"], metadata["signature"]
     if not (isinstance(modalities, list) and modalities and all(isinstance(m, str) for m in modalities)
@@ -267,6 +275,42 @@ def _ivf(data: np.ndarray, nlist: int, nprobe: int | None, seed: int) -> Any:
     index.cp.seed = seed
     index.train(data[np.sort(sample)])
     index.nprobe = min(nlist, nprobe or max(IVF_MIN_PROBES, nlist // 128))
+    return index
+
+
+def ivf_layout(index: Any) -> dict[str, np.ndarray]:
+    """An IVF index's trained layout: its centroids ``[nlist, D]`` and each vector's list ``[N]`` (empty for other
+    index types). Saved in the bank, it lets a load rebuild the index without k-means (:func:`ivf_from_layout`)."""
+    if not isinstance(index, faiss.IndexIVF):
+        return {}
+    centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    lists = np.empty(index.ntotal, dtype=np.int64)
+    for number in range(index.nlist):
+        size = index.invlists.list_size(number)
+        if size:
+            lists[faiss.rev_swig_ptr(index.invlists.get_ids(number), size)] = number
+    return {"ivf.centroids": centroids.astype(np.float32), "ivf.lists": lists}
+
+
+def ivf_from_layout(data: np.ndarray, layout: dict[str, np.ndarray], nprobe: int, path: Path) -> Any:
+    """The IVF index over ``data [N, D]`` from a saved layout (checked: finite centroids of width D, one list
+    number in ``[0, nlist)`` per vector, ``1 <= nprobe <= nlist``); each vector goes to its saved list."""
+    if set(layout) != set(IVF_ARRAYS):
+        raise BankError(f"{path} holds {sorted(layout)} but an IVF layout is {list(IVF_ARRAYS)}; rebuild the bank.")
+    centroids, lists = layout["ivf.centroids"], np.asarray(layout["ivf.lists"])
+    nlist = centroids.shape[0] if centroids.ndim == 2 else 0
+    if (nlist < 1 or centroids.shape[1] != data.shape[1] or lists.shape != (len(data),) or lists.dtype != np.int64
+            or not 1 <= nprobe <= nlist or lists.min() < 0 or lists.max() >= nlist):
+        raise BankError(f"{path}: the IVF layout does not fit the bank (centroids {list(centroids.shape)}, lists "
+                        f"{list(lists.shape)} of {lists.dtype}, nprobe {nprobe}, for {list(data.shape)} vectors; list "
+                        "numbers must lie in [0, centroids)). Rebuild the bank and save it again.")
+    quantizer = faiss.IndexFlatIP(data.shape[1])
+    quantizer.add(_finite(centroids, "ivf.centroids", path))
+    index = faiss.IndexIVFFlat(quantizer, data.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True
+    data, lists = np.ascontiguousarray(data, dtype=np.float32), np.ascontiguousarray(lists)
+    index.add_core(len(data), faiss.swig_ptr(data), None, faiss.swig_ptr(lists))
+    index.nprobe = nprobe
     return index
 
 
