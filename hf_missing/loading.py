@@ -1,15 +1,17 @@
-"""Loading adapters that others share, safely: the checks every adapter passes before it reaches a model.
+"""Loading adapters that others share, safely: finding an adapter (a folder or a Hub repo) and the checks it
+passes before it reaches a model. This layer sits below ``modeling`` (whose loaders call it) and ``hub``
+(push and model cards).
 
-Threat model (the README's "Loading shared adapters"): an adapter folder or Hub repo is untrusted data.
-Loading reads only ``adapter_config.json``, ``config.json``, ``adapter_model.safetensors`` and the
-safetensors files a method declares (:attr:`MethodHooks.files`); nothing else is downloaded or opened, no
-pickle or faiss file is ever deserialised and no remote code runs. Nothing from those files reaches a
+Threat model (the README's "Loading shared adapters"): an adapter folder or Hub repo is untrusted data. Loading
+reads only ``adapter_config.json``, ``config.json``, ``adapter_model.safetensors``, ``missing_settings.json``
+and the safetensors files a method declares (:attr:`MethodHooks.files`); nothing else is downloaded or opened,
+no pickle or faiss file is ever deserialised and no remote code runs. Nothing from those files reaches a
 ``from_pretrained`` keyword: ``model_settings`` is an allow-list of typed, range-checked head settings
-(:func:`check_settings`). Before anything is allocated, a dry run on the meta device measures what the
-adapter config asks for (:func:`plan_adapter`) against :data:`MAX_ADAPTER_BYTES`, a limit the user may
-raise in code (``max_adapter_bytes=``) but never the file. The weights file may hold exactly the tensors
-that dry run creates (the method's own, the head and the pooler), each of that shape, of a float dtype and
-finite (:func:`read_adapter_weights`). Every refusal is an :class:`AdapterLoadError` naming the file.
+(:func:`check_settings`). Before anything is allocated, a dry run on the meta device measures what the adapter
+config asks for (:func:`plan_adapter`) against :data:`MAX_ADAPTER_BYTES`, a limit the user may raise in code
+(``max_adapter_bytes=``) but never the file. The weights file may hold exactly the tensors that dry run creates
+(the method's own, the head and the pooler), each of that shape, of a float dtype and finite
+(:func:`read_adapter_weights`). Every refusal is an :class:`AdapterLoadError` naming the file.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ RESUME_INDEX_FORMAT = "hf_missing-trainer-resume"  # the shard index save_pretra
 DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")  # what addresses a repo
 MAX_ADAPTER_BYTES = 2 * 2**30  # what the head, the method's tensors and any text-position extension may allocate
 MAX_JSON_BYTES = 4 * 2**20  # adapter_config.json / config.json above this are refused unread
-MAX_TEXT_LEN = 65_536
+MAX_TEXT_LEN = 65_536  # model_settings.max_text_len (ViLT interpolates its 40 text positions to it)
 MAX_LABELS = 100_000
 MAX_HEAD_RATIO = 64
 MAX_MODALITIES = 16

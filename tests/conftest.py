@@ -27,6 +27,16 @@ def make_model(backbone: str, method: str | None = "map", **options) -> MissingM
     return model
 
 
+def perturbed(model: MissingModalityForClassification) -> MissingModalityForClassification:
+    """``model`` in eval mode with its trainable tensors moved off their initial values (as training would), so
+    that a save/load that dropped or re-initialised one changes the logits."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
 def make_batch(dataset, backbone: str, n: int = 8, policy: str = "dummy") -> dict:
     return MissingModalityCollator(tiny_processor(backbone), policy=policy)([dataset[i] for i in range(n)])
 

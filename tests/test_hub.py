@@ -26,7 +26,7 @@ from hf_missing.data.synthetic import tiny_backbone, tiny_processor
 from hf_missing.hub import method_paper, results_by_pattern
 from hf_missing.loading import AdapterLoadError
 from hf_missing.methods import prepare_for_training
-from tests.conftest import make_batch
+from tests.conftest import make_batch, perturbed
 
 # Small options per method on the tiny 2-layer backbones; a method missing here runs with its defaults.
 TINY_OPTIONS = {
@@ -135,11 +135,7 @@ def _trained(backbone: str, method: str) -> MissingModalityForClassification:
     """A wrapper around the Hub backbone with ``method`` injected and its trainable tensors perturbed."""
     model = MissingModalityForClassification.from_pretrained(f"tiny/{backbone}", num_labels=4, adapter=method,
                                                              adapter_options=TINY_OPTIONS.get(method, {}))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed(model)
 
 
 def _logits(model, batch) -> torch.Tensor:

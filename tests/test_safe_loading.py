@@ -22,7 +22,7 @@ import hf_missing
 from hf_missing import MissingModalityForClassification, compat, loading
 from hf_missing.data.synthetic import shapes_dataset, tiny_backbone
 from hf_missing.methods.redeem.bank import BANK_FILE, BankError, MemoryBank, build_index
-from tests.conftest import make_batch
+from tests.conftest import make_batch, perturbed
 from tests.test_hub import TINY_OPTIONS
 
 METHOD_OPTIONS = {**TINY_OPTIONS, "cmpt": {}, "redeem": {}, "ragpt": {}}
@@ -38,11 +38,7 @@ def backbone_dir(tmp_path_factory):
 def _model(backbone_dir, method: str = "map") -> MissingModalityForClassification:
     model = MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4, adapter=method,
                                                              adapter_options=METHOD_OPTIONS.get(method, {}))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed(model)
 
 
 def _logits(model, batch) -> torch.Tensor:
