@@ -152,9 +152,9 @@ class MemoryBank:
         arrays = _memory_map(path)
         layout = {k: arrays.pop(k) for k in IVF_ARRAYS if k in arrays}
         _check_arrays(arrays, modalities, path)
-        vectors = np.concatenate([_finite(arrays[f"query.{m}"], f"query.{m}", path) for m in modalities], axis=1)
+        vectors = _search_vectors(arrays, modalities, path)
         for m in modalities:
-            _finite(arrays[f"tokens.{m}"], f"tokens.{m}", path)
+            _check_finite(arrays[f"tokens.{m}"], f"tokens.{m}", path)
         index = (ivf_from_layout(vectors, layout, metadata["nprobe"], path) if layout
                  else build_index(vectors, metadata["index_type"]))
         return cls(arrays=arrays, index=index, modalities=modalities,
@@ -206,12 +206,25 @@ def _check_arrays(arrays: dict[str, np.ndarray], modalities: tuple[str, ...], pa
             raise BankError(f"{path}: tokens.{m} and query.{m} have different widths; rebuild the bank.")
 
 
-def _finite(array: np.ndarray, name: str, path: Path) -> np.ndarray:
-    """``array`` as float32 after checking, a block of rows at a time, that it holds no NaN or infinity."""
+def _search_vectors(arrays: dict[str, np.ndarray], modalities: tuple[str, ...], path: Path) -> np.ndarray:
+    """The float32 search matrix ``[N, sum D_m]`` (the queries side by side, eq. 1), converted a block of rows at a
+    time (torch's float16 conversion is vectorised) and checked for NaN or infinity."""
+    widths = [arrays[f"query.{m}"].shape[1] for m in modalities]
+    vectors = torch.empty(len(arrays["content_hash"]), sum(widths))
+    offsets = np.cumsum([0, *widths])
+    for m, begin, end in zip(modalities, offsets[:-1], offsets[1:], strict=True):
+        for start in range(0, len(vectors), CHECK_ROWS):
+            block = torch.from_numpy(np.array(arrays[f"query.{m}"][start:start + CHECK_ROWS]))
+            vectors[start:start + CHECK_ROWS, begin:end] = block
+    _check_finite(vectors.numpy(), "query vectors", path)
+    return vectors.numpy()
+
+
+def _check_finite(array: np.ndarray, name: str, path: Path) -> None:
+    """Raise unless ``array`` holds no NaN or infinity (read a block of rows at a time)."""
     for start in range(0, len(array), CHECK_ROWS):
         if not np.isfinite(array[start:start + CHECK_ROWS]).all():
-            raise BankError(f"{path}: {name} holds NaN or infinite values; the bank is corrupt. Rebuild it.")
-    return np.asarray(array, dtype=np.float32)
+            raise BankError(f"{path}: {name} hold NaN or infinite values; the bank is corrupt. Rebuild it.")
 
 
 def _streams(signature: dict[str, Any]) -> tuple[str, dict[str, list[int]]]:
@@ -305,7 +318,8 @@ def ivf_from_layout(data: np.ndarray, layout: dict[str, np.ndarray], nprobe: int
                         f"{list(lists.shape)} of {lists.dtype}, nprobe {nprobe}, for {list(data.shape)} vectors; list "
                         "numbers must lie in [0, centroids)). Rebuild the bank and save it again.")
     quantizer = faiss.IndexFlatIP(data.shape[1])
-    quantizer.add(_finite(centroids, "ivf.centroids", path))
+    _check_finite(centroids, "ivf.centroids", path)
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     index = faiss.IndexIVFFlat(quantizer, data.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
     index.is_trained = True
     data, lists = np.ascontiguousarray(data, dtype=np.float32), np.ascontiguousarray(lists)
