@@ -5,7 +5,9 @@ the wrapper's checks before they read them.
 ``base_model_name_or_path`` names before any hf_missing check could run (and a corrupt file surfaces as a bare
 ``JSONDecodeError``). With hf_missing imported, a name that holds an hf_missing adapter (an ``adapter_config.json``
 whose ``peft_type`` is ``HFM_<method>``) goes to ``MissingModalityForClassification.from_pretrained``, which
-validates everything (:mod:`hf_missing.loading`). Every other call reaches transformers unchanged. The hook wraps
+validates everything (:mod:`hf_missing.loading`); so does a call that names a method with ``adapter=``
+(``AutoModel.from_pretrained("openai/clip-vit-base-patch16", adapter="rep", num_labels=23)``, which stock
+transformers rejects). Every other call reaches transformers unchanged. The hook wraps
 the ``from_pretrained`` that each subclass of transformers' private ``_BaseAutoModelClass`` holds, so it is
 installed only for the transformers minor versions it was checked against (:data:`CHECKED_TRANSFORMERS`).
 
@@ -81,8 +83,8 @@ def _routed(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def from_pretrained(cls: type, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
-        if isinstance(pretrained_model_name_or_path, str | os.PathLike) and holds_hf_missing_adapter(
-                pretrained_model_name_or_path, **kwargs):
+        if kwargs.get("adapter") is not None or (isinstance(pretrained_model_name_or_path, str | os.PathLike)
+                                                 and holds_hf_missing_adapter(pretrained_model_name_or_path, **kwargs)):
             return MissingModalityForClassification.from_pretrained(pretrained_model_name_or_path, *model_args,
                                                                     **kwargs)
         return original(cls, pretrained_model_name_or_path, *model_args, **kwargs)

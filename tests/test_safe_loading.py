@@ -86,7 +86,7 @@ def _shapes():
 def test_auto_classes_route_only_hf_missing_adapters(backbone_dir, tmp_path):
     """Every Auto model class carries the hook (transformers copies from_pretrained into each one, so patching the
     base class alone would route nothing), an hf_missing adapter folder reaches the wrapper, and a stock
-    checkpoint loads exactly as transformers loads it."""
+    checkpoint loads exactly as transformers loads it, unless the call names a method with adapter=."""
     routed = [c for c in compat._auto_classes() if "from_pretrained" in c.__dict__]
     assert {AutoModel, AutoModelForSequenceClassification} <= set(routed)
     assert all(getattr(c.__dict__["from_pretrained"].__func__, "__hf_missing_routed__", False) for c in routed
@@ -96,6 +96,8 @@ def test_auto_classes_route_only_hf_missing_adapters(backbone_dir, tmp_path):
     reference = CLIPModel.from_pretrained(backbone_dir)
     assert all(torch.equal(a, b) for a, b in zip(stock.state_dict().values(), reference.state_dict().values(),
                                                  strict=True))
+    wrapped = AutoModelForSequenceClassification.from_pretrained(backbone_dir, adapter="map", num_labels=3)
+    assert isinstance(wrapped, MissingModalityForClassification) and wrapped.peft_config["default"].method_name == "map"
     folder = tmp_path / "adapter"
     _model(backbone_dir).save_pretrained(folder)
     (folder / "adapter_config.json").write_text('{"peft_type": "HFM_MAP", broken')
