@@ -56,6 +56,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NEVER_READ = ("training_args.bin",)  # the Trainer's pickled arguments: hf_missing never downloads or reads them
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+BACKBONE_SLACK = 2.5  # a backbone's tensors may outgrow its weights file (float16 files load as float32, buffers)
+BACKBONE_MARGIN = 256 * 2**20
 SETTING_KEYS = ("num_labels", "id2label", "label2id", "problem_type", "missing_policy", "modalities",
                 "max_text_len", "head_hidden_ratio")
 TASKS = ("single_label_classification", "multi_label_classification")
@@ -223,6 +225,33 @@ def load_backbone_error(backbone: str, source: str, err: Exception) -> AdapterLo
         "(pytorch_model.bin) can run code. Convert it where you trust it: AutoModel.from_pretrained(path)"
         ".save_pretrained(new_path) writes model.safetensors; then pass backbone_name_or_path=new_path."
     )
+
+
+def check_backbone_size(backbone: str, config: PretrainedConfig, source: str) -> None:
+    """Refuse a backbone named by an adapter whose ``config.json`` asks for far more memory than its safetensors
+    weights hold (the missing tensors would be allocated and initialised: a 1 KB config could claim terabytes).
+    Counted on the meta device against the weights' size as the folder or the Hub repo lists it."""
+    with _dry_run():
+        wanted = _nbytes(AutoModel.from_config(config))
+    held = _weights_bytes(backbone)
+    if held is not None and wanted > BACKBONE_SLACK * held + BACKBONE_MARGIN:
+        raise AdapterLoadError(
+            f"The backbone {backbone!r} named by {source} declares {wanted:,} bytes of tensors in its config.json "
+            f"but its safetensors weights hold {held:,}; its config is corrupt or hostile (loading would allocate "
+            "and initialise the difference). Load the adapter onto a backbone you trust with backbone_name_or_path=."
+        )
+
+
+def _weights_bytes(backbone: str) -> int | None:
+    """Bytes of the backbone's top-level safetensors files; None when the Hub cannot be asked (offline: the
+    backbone then comes from the local cache, as the user downloaded it, or fails to load)."""
+    if os.path.isdir(backbone):
+        return sum(p.stat().st_size for p in Path(backbone).glob("*.safetensors"))
+    try:
+        entries = list(HfApi().list_repo_tree(backbone))
+    except OSError:  # huggingface_hub's HTTP and offline errors are OSErrors
+        return None
+    return sum(getattr(e, "size", 0) or 0 for e in entries if e.path.endswith(".safetensors") and "/" not in e.path)
 
 
 # ---- validation ---------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from .loading import (
     TASKS,
     AdapterLoadError,
     backbone_of,
+    check_backbone_size,
     check_budget,
     check_settings,
     is_resume_index,
@@ -250,6 +251,7 @@ class MissingModalityForClassification(PreTrainedModel):
         for key in (*HUB_KWARGS, "config", "trust_remote_code"):  # they address the adapter, not the backbone
             kwargs.pop(key, None)
         backbone_config = validate_backbone(saved, backbone_path, config_file)
+        check_backbone_size(backbone_path, backbone_config, config_file)
         settings = {**check_settings(saved["model_settings"], config_file), **kwargs}
         planned = MissingModalityConfig(backbone_config=backbone_config.to_dict(),
                                         **{k: v for k, v in settings.items() if k in SETTING_KEYS})

@@ -243,3 +243,16 @@ def test_bank_index_is_rebuilt_from_the_bank_alone(index_type, tmp_path, monkeyp
         save_numpy(arrays, str(tmp_path / BANK_FILE), metadata)
         with pytest.raises(BankError, match=r"redeem_bank.safetensors: the IVF layout does not fit"):
             MemoryBank.load(tmp_path)
+
+
+def test_backbone_config_cannot_claim_more_than_its_weights(backbone_dir, tmp_path):
+    """A backbone named by an adapter is as untrusted as the adapter: a config.json claiming a 10^9-token vocabulary
+    beside 150 KB of weights would make transformers allocate and initialise 128 GB; it is refused, counted on the
+    meta device, before any allocation."""
+    _model(backbone_dir).save_pretrained(tmp_path / "adapter")
+    big = shutil.copytree(backbone_dir, tmp_path / "big")
+    config = json.loads((big / "config.json").read_text())
+    config["text_config"]["vocab_size"] = 10**9
+    (big / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hf_missing.AdapterLoadError, match=r"declares [\d,]+ bytes of tensors.*weights hold"):
+        MissingModalityForClassification.from_pretrained(tmp_path / "adapter", backbone_name_or_path=str(big))
