@@ -36,7 +36,6 @@ from .loading import (
     ADAPTER_CONFIG_NAME,
     CONFIG_NAME,
     DOWNLOAD_KWARGS,
-    MAX_JSON_BYTES,
     AdapterLoadError,
     read_json_file,
     resolve_adapter_dir,
@@ -48,17 +47,18 @@ logger = logging.getLogger(__name__)
 CHECKED_TRANSFORMERS = ("5.23.",)
 CHECKED_PEFT = ("0.21.",)
 MODEL_TYPE = MissingModalityConfig.model_type
-MARKER = b'"HFM_'  # an hf_missing adapter config names its peft_type HFM_<METHOD>
+METHOD_PREFIX = "HFM_"  # an hf_missing adapter config names its peft_type HFM_<METHOD>
 
 
 def holds_hf_missing_adapter(name: str | os.PathLike, **hub_kwargs: Any) -> bool:
-    """Whether ``name`` (a folder or a Hub repo id) holds an hf_missing adapter config: one that names an
-    hf_missing method (read as bytes, so a corrupt file still goes to hf_missing, which reports it), or any adapter
-    config beside the wrapper's ``config.json`` in a local folder. A failed lookup leaves the call to transformers,
-    which then fails or loads exactly as it would without hf_missing."""
-    if os.path.isdir(name) and os.path.isfile(os.path.join(name, ADAPTER_CONFIG_NAME)):
-        return _names_hf_missing(os.path.join(name, ADAPTER_CONFIG_NAME)) or _is_wrapper_config(name)
-    kwargs = {k: v for k, v in hub_kwargs.items() if k in DOWNLOAD_KWARGS}
+    """Whether ``name`` (a folder or a Hub repo id, in ``subfolder`` if given) holds an hf_missing adapter config:
+    one whose parsed ``peft_type`` names an hf_missing method, one that cannot be parsed (hf_missing then reports
+    it with the file's name), or, in a local folder, any adapter config beside the wrapper's ``config.json``. A
+    failed Hub lookup leaves the call to transformers, which fails or loads as it would without hf_missing."""
+    kwargs = {k: v for k, v in hub_kwargs.items() if k in (*DOWNLOAD_KWARGS, "subfolder")}
+    if os.path.isdir(name):
+        path = os.path.join(name, kwargs.get("subfolder") or "", ADAPTER_CONFIG_NAME)
+        return os.path.isfile(path) and (_names_hf_missing(path) or _is_wrapper_config(name))
     try:
         path = find_adapter_config_file(str(name), **kwargs)
     except (OSError, ValueError):
@@ -67,8 +67,11 @@ def holds_hf_missing_adapter(name: str | os.PathLike, **hub_kwargs: Any) -> bool
 
 
 def _names_hf_missing(path: str) -> bool:
-    with open(path, "rb") as f:
-        return MARKER in f.read(MAX_JSON_BYTES)
+    try:
+        config = read_json_file(path)
+    except AdapterLoadError:
+        return True
+    return str(config.get("peft_type") or "").startswith(METHOD_PREFIX)
 
 
 def _is_wrapper_config(folder: str | os.PathLike) -> bool:
@@ -99,7 +102,7 @@ def _checked(model: Any, model_id: Any, kwargs: dict[str, Any]) -> tuple[str, An
         return None
     if not holds_hf_missing_adapter(model_id, **kwargs):
         return None
-    folder = resolve_adapter_dir(model_id, **{k: v for k, v in kwargs.items() if k in DOWNLOAD_KWARGS})
+    folder = resolve_adapter_dir(model_id, **kwargs)
     if folder is None:
         return None
     config, _ = model.checked_adapter(folder)

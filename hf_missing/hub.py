@@ -45,6 +45,7 @@ from .loading import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     CONFIG_NAME,
+    adapter_files,
     check_no_pickles,
     is_repo_id,
     method_name,
@@ -189,12 +190,17 @@ def push_adapter(
 
 
 def _stage(model_or_folder: Any, folder: Path) -> Path:
-    """Save the model's adapter (or copy the given folder) into ``folder`` and check it is a complete adapter."""
+    """Save the model's adapter (or copy the adapter's own files, :func:`adapter_files`, from the given folder:
+    never the checkpoints, logs or pickles that may sit beside them) into ``folder`` and check it is complete."""
     if isinstance(model_or_folder, str | os.PathLike):
         source = Path(model_or_folder)
         if not source.is_dir():
             raise FileNotFoundError(f"{source} is not a folder; pass a model or the folder save_pretrained wrote.")
-        shutil.copytree(source, folder)
+        check_no_pickles(os.listdir(source), str(source))
+        folder.mkdir(parents=True)
+        for name in adapter_files():
+            if (source / name).is_file():
+                shutil.copyfile(source / name, folder / name)
     else:
         if not getattr(model_or_folder, "_hf_peft_config_loaded", False):
             raise ValueError("The model has no adapter injected; inject a method first (adapter='map' in "
@@ -205,7 +211,6 @@ def _stage(model_or_folder: Any, folder: Path) -> Path:
     if needed:
         raise ValueError(f"{model_or_folder} lacks {needed}; push a folder written by "
                          "MissingModalityForClassification.save_pretrained with an adapter injected.")
-    check_no_pickles(files, str(model_or_folder))
     validate_adapter_config(read_json_file(folder / ADAPTER_CONFIG_NAME), str(model_or_folder))
     return folder
 

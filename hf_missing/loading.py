@@ -51,6 +51,7 @@ MAX_TEXT_LEN = 65_536  # model_settings.max_text_len (ViLT interpolates its 40 t
 MAX_LABELS = 100_000
 MAX_HEAD_RATIO = 64
 MAX_MODALITIES = 16
+MAX_LAYERS = 512  # encoder layers of one stream (CLIP ViT-bigG has 48)
 FULL_CHECKPOINT_NAMES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NEVER_READ = ("training_args.bin",)  # the Trainer's pickled arguments: hf_missing never downloads or reads them
@@ -80,7 +81,7 @@ def read_json_file(path: str | os.PathLike) -> dict[str, Any]:
                                "may have; the file is corrupt or hostile. Re-save the adapter with save_pretrained.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, over-long integers, nesting beyond the stack
         raise AdapterLoadError(f"{path} is not valid JSON ({err}); re-save the adapter with save_pretrained.") from err
     if not isinstance(data, dict):
         raise AdapterLoadError(f"{path} holds a JSON {type(data).__name__}, not an object; re-save the adapter with "
@@ -92,7 +93,8 @@ def is_resume_index(path: str | os.PathLike) -> bool:
     """Whether ``path`` is the shard index hf_missing writes beside an adapter for Trainer's resume (the folder is
     then an adapter folder, not a full checkpoint)."""
     try:
-        return read_json_file(path).get("metadata", {}).get("format") == RESUME_INDEX_FORMAT
+        metadata = read_json_file(path).get("metadata")
+        return isinstance(metadata, dict) and metadata.get("format") == RESUME_INDEX_FORMAT
     except AdapterLoadError:
         return False
 
@@ -134,6 +136,7 @@ def resolve_adapter_dir(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> s
 def resolve_adapter(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> AdapterSource | None:
     """Like :func:`resolve_adapter_dir`, also saying whether the adapter came from the Hub."""
     path = str(name_or_path)
+    _refuse_subfolder(path, hub_kwargs)
     hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in DOWNLOAD_KWARGS}
     if os.path.isdir(path):
         folder = _local_adapter_dir(path)
@@ -146,6 +149,20 @@ def resolve_adapter(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Adapt
     return AdapterSource(folder, remote=True)
 
 
+def _refuse_subfolder(path: str, hub_kwargs: dict[str, Any]) -> None:
+    """hf_missing loads adapters from a folder or the root of a Hub repo: an adapter addressed with ``subfolder=``
+    is refused (peft and transformers would read the subfolder while a check looked at the root)."""
+    subfolder = hub_kwargs.get("subfolder")
+    if not subfolder:
+        return
+    kwargs = {k: v for k, v in hub_kwargs.items() if k in (*DOWNLOAD_KWARGS, "subfolder")}
+    found = (os.path.isfile(os.path.join(path, str(subfolder), ADAPTER_CONFIG_NAME)) if os.path.isdir(path)
+             else is_repo_id(path) and find_adapter_config_file(path, **kwargs) is not None)
+    if found or os.path.isfile(os.path.join(path, ADAPTER_CONFIG_NAME)):
+        raise AdapterLoadError(f"{path}: hf_missing adapters load from a folder or the root of a Hub repo, not with "
+                               f"subfolder={subfolder!r}; pass the adapter's own folder (download it first) instead.")
+
+
 def _local_adapter_dir(path: str) -> str | None:
     files = os.listdir(path)
     if ADAPTER_CONFIG_NAME not in files:
@@ -153,7 +170,21 @@ def _local_adapter_dir(path: str) -> str | None:
     if FULL_CHECKPOINT_NAMES[1] in files and is_resume_index(Path(path) / FULL_CHECKPOINT_NAMES[1]):
         files.remove(FULL_CHECKPOINT_NAMES[1])  # Trainer's resume state beside an adapter: the folder is an adapter
     _check_adapter_files(files, path)
+    _check_links(path)
     return path
+
+
+def _check_links(folder: str) -> None:
+    """Refuse adapter files that are links leading out of the folder (a crafted folder could make the loader read
+    any file of this machine); the Hub cache's own links into its blob store are fine."""
+    if _in_hub_cache(folder, {}):
+        return
+    root = Path(folder).resolve()
+    for name in adapter_files():
+        path = Path(folder) / name
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise AdapterLoadError(f"{path} is a link to {path.resolve()}, outside the adapter folder; an adapter's "
+                                   "files are read only from its own folder. Replace the link by the file.")
 
 
 def _check_adapter_files(files: list[str], source: str) -> None:
@@ -215,6 +246,29 @@ def _is_remote_name(name: str) -> bool:
     if name.startswith(("/", ".", "~")) or ".." in name or "\\" in name:
         return False
     return is_repo_id(name)
+
+
+def _backbone_config(backbone: str, source: str) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(backbone)
+    except (OSError, ValueError, RecursionError) as err:
+        raise AdapterLoadError(f"The backbone {backbone!r} named by {source} has no readable config.json ({err}); "
+                               "pass backbone_name_or_path=<the checkpoint the adapter was trained on>.") from err
+
+
+def _check_depth(config: PretrainedConfig, source: str) -> None:
+    """Layer counts beyond :data:`MAX_LAYERS` are refused before any module (even on the meta device) is built."""
+    depths = [v for k, v in _walk(config.to_dict()) if k in ("num_hidden_layers", "num_layers") and is_int(v)]
+    if any(d > MAX_LAYERS for d in depths):
+        raise AdapterLoadError(f"The backbone named by {source} declares {max(depths)} layers, more than the "
+                               f"{MAX_LAYERS} any supported backbone has; its config.json is corrupt or hostile.")
+
+
+def _walk(data: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield key, value
+            yield from _walk(value)
 
 
 def load_backbone_error(backbone: str, source: str, err: Exception) -> AdapterLoadError:
@@ -299,8 +353,9 @@ def validate_backbone(adapter_config: dict[str, Any], backbone: str | Pretrained
     """Check the adapter against the backbone's config (built on the meta device: no weight is loaded):
     backbone type, each stream's hidden size and layer count, the modality set and the saved modules; returns
     the backbone's config."""
-    config = backbone if isinstance(backbone, PretrainedConfig) else AutoConfig.from_pretrained(backbone)
+    config = backbone if isinstance(backbone, PretrainedConfig) else _backbone_config(backbone, source)
     config = getattr(config, "backbone_config", None) or config  # a saved wrapper names its backbone's config
+    _check_depth(config, source)
     with torch.device("meta"):
         interface = backbone_interface_for(AutoModel.from_config(config))
     method = method_name(adapter_config, source)
@@ -396,7 +451,7 @@ def _check_labels(settings: dict[str, Any], num_labels: int, where: str) -> None
 
 
 def _as_index(key: str) -> tuple[int, str]:
-    return (int(key), key) if key.isdigit() else (-1, key)
+    return (int(key), key) if key.isascii() and key.isdecimal() and len(key) <= 9 else (-1, key)
 
 
 def _require(ok: bool, where: str, key: str, expected: str, value: Any) -> None:
@@ -503,11 +558,12 @@ def read_adapter_weights(path: str | os.PathLike, plan: AdapterPlan) -> dict[str
         if dtype not in FLOAT_DTYPES:
             raise AdapterLoadError(f"{path}: tensor {key} is {dtype}; adapter tensors are floating point "
                                    f"({', '.join(FLOAT_DTYPES)}). Re-save the adapter with save_pretrained.")
-    tensors = load_file(str(path))
-    for key, tensor in tensors.items():
+    tensors = {key: tensor.to(plan.tensors[key][1]) for key, tensor in load_file(str(path)).items()}
+    for key, tensor in tensors.items():  # checked in the model's dtype: a float64 value can overflow float32
         if not torch.isfinite(tensor).all():
-            raise AdapterLoadError(f"{path}: tensor {key} holds NaN or infinite values; the adapter diverged in "
-                                   "training or the file is corrupt. Retrain or re-save it.")
+            raise AdapterLoadError(f"{path}: tensor {key} holds NaN or infinite values (in the model's "
+                                   f"{plan.tensors[key][1]}); the adapter diverged in training or the file is corrupt. "
+                                   "Retrain or re-save it.")
     return tensors
 
 

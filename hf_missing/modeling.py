@@ -8,6 +8,7 @@ or a saved adapter folder (which names its backbone), and injects a method with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -252,7 +253,8 @@ class MissingModalityForClassification(PreTrainedModel):
             kwargs.pop(key, None)
         backbone_config = validate_backbone(saved, backbone_path, config_file)
         check_backbone_size(backbone_path, backbone_config, config_file)
-        settings = {**check_settings(saved["model_settings"], config_file), **kwargs}
+        # every head setting explicit: a wrapper checkpoint named as backbone must not supply unchecked ones
+        settings = {**_setting_defaults(), **check_settings(saved["model_settings"], config_file), **kwargs}
         planned = MissingModalityConfig(backbone_config=backbone_config.to_dict(),
                                         **{k: v for k, v in settings.items() if k in SETTING_KEYS})
         check_budget(plan_adapter(cls, planned, method_config, config_file), max_adapter_bytes, config_file)
@@ -506,6 +508,12 @@ class MissingModalityForClassification(PreTrainedModel):
         if num_labels == 1:
             return nn.functional.binary_cross_entropy_with_logits(logits.view(-1), labels.to(logits.dtype))
         return nn.functional.cross_entropy(logits, labels.long())
+
+
+def _setting_defaults() -> dict[str, Any]:
+    """The config's defaults of the head settings an adapter records (``model_settings``)."""
+    return {f.name: f.default for f in dataclasses.fields(MissingModalityConfig)
+            if f.name in SETTING_KEYS and f.default is not dataclasses.MISSING}
 
 
 def _written_by_save(name: str) -> bool:
