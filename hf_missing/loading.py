@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -297,15 +297,31 @@ def check_backbone_size(backbone: str, config: PretrainedConfig, source: str) ->
 
 
 def _weights_bytes(backbone: str) -> int | None:
-    """Bytes of the backbone's top-level safetensors files; None when the Hub cannot be asked (offline: the
-    backbone then comes from the local cache, as the user downloaded it, or fails to load)."""
+    """Bytes of the safetensors files transformers will load for ``backbone`` (``model.safetensors``, or the shards
+    its index names: padding files beside them do not count); None when they cannot be found (transformers then
+    fails to load the backbone itself)."""
+    if not os.path.isdir(backbone) and constants.HF_HUB_OFFLINE:
+        try:  # offline, transformers loads the cached snapshot: measure that
+            backbone = snapshot_download(backbone, local_files_only=True)
+        except OSError:
+            return None
     if os.path.isdir(backbone):
-        return sum(p.stat().st_size for p in Path(backbone).glob("*.safetensors"))
-    try:
-        entries = list(HfApi().list_repo_tree(backbone))
-    except OSError:  # huggingface_hub's HTTP and offline errors are OSErrors
+        sizes = {p.name: p.stat().st_size for p in Path(backbone).glob("*.safetensors")}
+        index = Path(backbone) / FULL_CHECKPOINT_NAMES[1]
+    else:
+        try:
+            sizes = {e.path: getattr(e, "size", 0) or 0 for e in HfApi().list_repo_tree(backbone)}
+            index = (Path(hf_hub_download(backbone, FULL_CHECKPOINT_NAMES[1]))
+                     if FULL_CHECKPOINT_NAMES[1] in sizes else None)
+        except OSError:  # unreachable: huggingface_hub's HTTP errors are OSErrors; transformers will fail too
+            return None
+    if FULL_CHECKPOINT_NAMES[0] in sizes:
+        return sizes[FULL_CHECKPOINT_NAMES[0]]
+    if index is None or not index.is_file():
         return None
-    return sum(getattr(e, "size", 0) or 0 for e in entries if e.path.endswith(".safetensors") and "/" not in e.path)
+    weight_map = read_json_file(index).get("weight_map")
+    shards = {v for v in weight_map.values() if isinstance(v, str)} if isinstance(weight_map, dict) else set()
+    return sum(sizes.get(shard, 0) for shard in shards)
 
 
 # ---- validation ---------------------------------------------------------------------------------

@@ -256,3 +256,115 @@ def test_backbone_config_cannot_claim_more_than_its_weights(backbone_dir, tmp_pa
     (big / "config.json").write_text(json.dumps(config))
     with pytest.raises(hf_missing.AdapterLoadError, match=r"declares [\d,]+ bytes of tensors.*weights hold"):
         MissingModalityForClassification.from_pretrained(tmp_path / "adapter", backbone_name_or_path=str(big))
+
+
+def test_padding_files_do_not_buy_a_backbone_config_more_memory(backbone_dir, tmp_path):
+    """Counting every *.safetensors in the folder would let a sparse padding file beside model.safetensors
+    excuse a config that claims gigabytes; only the files transformers loads count."""
+    _model(backbone_dir).save_pretrained(tmp_path / "adapter")
+    big = shutil.copytree(backbone_dir, tmp_path / "big")
+    config = json.loads((big / "config.json").read_text())
+    config["text_config"]["vocab_size"] = 10**7
+    (big / "config.json").write_text(json.dumps(config))
+    with open(big / "pad.safetensors", "wb") as f:
+        f.truncate(10**10)  # sparse: 10 GB apparent, nothing on disk
+    with pytest.raises(hf_missing.AdapterLoadError, match="declares"):
+        MissingModalityForClassification.from_pretrained(tmp_path / "adapter", backbone_name_or_path=str(big))
+
+
+def _crafted(backbone_dir, tmp_path, edit):
+    folder = tmp_path / "crafted"
+    _model(backbone_dir).save_pretrained(folder)
+    edit(folder)
+    return folder
+
+
+def _escaped_peft_type(folder):
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["modules_to_save"].append("backbone.text_model.embeddings")
+    (folder / "adapter_config.json").write_text(json.dumps(config, ensure_ascii=True).replace("HFM_", "\\u0048FM_"))
+
+
+def test_peft_routing_parses_the_config_instead_of_matching_bytes(backbone_dir, tmp_path):
+    """A byte search for "HFM_ missed a JSON-escaped peft_type, so PeftModel loaded the crafted config unchecked
+    (its modules_to_save trained a copy of the frozen embeddings)."""
+    folder = _crafted(backbone_dir, tmp_path, _escaped_peft_type)
+    assert b'"HFM_' not in (folder / "adapter_config.json").read_bytes()
+    base = MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4)
+    with pytest.raises(hf_missing.AdapterLoadError, match="modules_to_save names"):
+        PeftModel.from_pretrained(base, folder)
+
+
+def test_adapters_addressed_by_subfolder_are_refused(backbone_dir, tmp_path):
+    """peft reads subfolder/ while a check of the root would pass: such adapters are refused on every loader."""
+    _model(backbone_dir).save_pretrained(tmp_path / "repo")
+    _model(backbone_dir, "rep").save_pretrained(tmp_path / "repo" / "sub")
+    base = MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4)
+    for load in (lambda: PeftModel.from_pretrained(base, tmp_path / "repo", subfolder="sub"),
+                 lambda: MissingModalityForClassification.from_pretrained(tmp_path / "repo", subfolder="sub")):
+        with pytest.raises(hf_missing.AdapterLoadError, match="subfolder='sub'"):
+            load()
+
+
+def test_head_settings_of_a_wrapper_backbone_are_not_trusted(backbone_dir, tmp_path):
+    """An adapter that omits head_hidden_ratio and names a wrapper checkpoint whose config says 100000 would get
+    that unchecked value (a multi-GB head) unless every head setting is passed explicitly."""
+    wrapper = tmp_path / "wrapper"
+    MissingModalityForClassification.from_pretrained(str(backbone_dir), num_labels=4).save_pretrained(wrapper)
+    config = json.loads((wrapper / "config.json").read_text())
+    config["head_hidden_ratio"] = 100_000
+    (wrapper / "config.json").write_text(json.dumps(config))
+
+    def edit(folder):
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        del adapter["model_settings"]["head_hidden_ratio"]
+        (folder / "adapter_config.json").write_text(json.dumps(adapter))
+        (folder / "config.json").write_text(json.dumps({"backbone_name_or_path": str(wrapper)}))
+
+    folder = _crafted(backbone_dir, tmp_path, edit)
+    loaded = MissingModalityForClassification.from_pretrained(folder)
+    assert loaded.config.head_hidden_ratio == 2
+
+
+def test_weights_are_checked_in_the_models_dtype(backbone_dir, tmp_path):
+    """1e300 is finite as float64 but inf as float32: the finite check must run after the cast."""
+    def edit(folder):
+        state = load_file(folder / "adapter_model.safetensors")
+        key = next(k for k in state if "head.out.weight" in k)
+        state[key] = torch.full_like(state[key], 1e300, dtype=torch.float64)
+        save_file(state, str(folder / "adapter_model.safetensors"))
+
+    folder = _crafted(backbone_dir, tmp_path, edit)
+    with pytest.raises(hf_missing.AdapterLoadError, match=r"head.out.weight holds NaN or infinite values"):
+        MissingModalityForClassification.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("case", ["deep-json", "link-out"])
+def test_crafted_files_fail_as_adapter_errors(backbone_dir, tmp_path, case):
+    """Deeply nested JSON raised RecursionError and a config.json linked to a file outside the folder was read."""
+    def edit(folder):
+        if case == "deep-json":
+            (folder / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+        else:
+            outside = tmp_path / "outside.json"
+            outside.write_text((folder / "config.json").read_text())
+            (folder / "config.json").unlink()
+            (folder / "config.json").symlink_to(outside)
+
+    folder = _crafted(backbone_dir, tmp_path, edit)
+    with pytest.raises(hf_missing.AdapterLoadError, match="is not valid JSON" if case == "deep-json" else "outside"):
+        MissingModalityForClassification.from_pretrained(folder)
+
+
+def test_push_stages_only_the_adapters_files(backbone_dir, tmp_path):
+    """push_adapter(folder) copied the whole tree: Trainer checkpoints with their pickles and logs went up too."""
+    from hf_missing.hub import _stage
+
+    folder = tmp_path / "out"
+    _model(backbone_dir).save_pretrained(folder)
+    (folder / "checkpoint-500").mkdir()
+    (folder / "checkpoint-500" / "optimizer.pt").write_bytes(b"pickle")
+    (folder / "notes.txt").write_text("private")
+    staged = _stage(folder, tmp_path / "staged")
+    assert sorted(p.name for p in staged.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                        "config.json"]

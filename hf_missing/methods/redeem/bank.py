@@ -113,8 +113,10 @@ class MemoryBank:
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
 
-    def check_model(self, signature: dict[str, Any], modalities: Sequence[str], num_tokens: int) -> None:
-        """Raise when the bank was built with another backbone, other modalities or another token count."""
+    def check_model(self, model: Any, num_tokens: int) -> None:
+        """Raise when the bank was built with another backbone, other modalities, another token count, other
+        widths or another label space than the wrapper ``model``'s."""
+        signature, modalities = model.interface.signature(), model.patterns.modalities
         if _streams(self.signature) != _streams(signature):
             raise BankError(
                 f"The memory bank was built with a {self.signature['model_type']} backbone with streams "
@@ -124,6 +126,14 @@ class MemoryBank:
         if tuple(modalities) != self.modalities or num_tokens != self.num_tokens:
             raise BankError(f"The memory bank holds modalities {list(self.modalities)} with {self.num_tokens} tokens, "
                             f"but the adapter expects {list(modalities)} with bank_tokens={num_tokens}; rebuild it.")
+        widths = {m: model.interface.stream_of(m).hidden_size for m in modalities}
+        held = {m: [self.width(m), int(self.arrays[f"tokens.{m}"].shape[2])] for m in modalities}
+        labels = self.arrays.get("labels")
+        if any(held[m] != [w, w] for m, w in widths.items()) or (
+                labels is not None and labels.shape[1] != label_columns(model.config)):
+            raise BankError(f"The memory bank's vectors {held} ([query, token] width per modality) or its "
+                            f"{None if labels is None else labels.shape[1]} label columns do not fit the model's "
+                            f"widths {widths} and {label_columns(model.config)} labels; rebuild the bank.")
 
     # ---- files -----------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:
@@ -176,16 +186,24 @@ def _metadata(path: Path) -> dict[str, Any]:
         metadata = {"modalities": json.loads(raw["modalities"]), "signature": json.loads(raw["signature"]),
                     "sources": json.loads(raw.get("sources", "[]")), "key": raw.get("key", ""),
                     "index_type": raw.get("index_type", "auto"), "nprobe": int(raw.get("nprobe", "1"))}
-    except (KeyError, TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+    except (KeyError, TypeError, ValueError, RecursionError) as err:  # json.JSONDecodeError is a ValueError
         raise BankError(f"{path} has malformed metadata ({err!r}); rebuild the bank and save it again.") from err
     modalities, signature = metadata["modalities"], metadata["signature"]
     if not (isinstance(modalities, list) and modalities and all(isinstance(m, str) for m in modalities)
             and isinstance(signature, dict) and isinstance(signature.get("model_type"), str)
             and isinstance(signature.get("streams"), dict)
+            and all(isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
+                    for v in signature["streams"].values())
             and isinstance(metadata["sources"], list) and metadata["index_type"] in INDEX_TYPES):
         raise BankError(f"{path} has malformed metadata (modalities {modalities!r:.100}, index_type "
                         f"{metadata['index_type']!r:.50}); rebuild the bank and save it again.")
     return metadata
+
+
+def label_columns(config: Any) -> int:
+    """Columns of the bank's one-/multi-hot labels: the classes (two for a binary task with one logit)."""
+    multi = config.problem_type == "multi_label_classification"
+    return config.num_labels if multi else max(config.num_labels, 2)
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], modalities: tuple[str, ...], path: Path) -> None:
@@ -202,8 +220,9 @@ def _check_arrays(arrays: dict[str, np.ndarray], modalities: tuple[str, ...], pa
         raise BankError(f"{path}: arrays {bad or sorted(rows)} have the wrong rank, dtype or row count ({rows}); "
                         "every array holds one row per bank entry. Rebuild the bank and save it again.")
     for m in modalities:
-        if arrays[f"tokens.{m}"].shape[2] != arrays[f"query.{m}"].shape[1]:
-            raise BankError(f"{path}: tokens.{m} and query.{m} have different widths; rebuild the bank.")
+        tokens = arrays[f"tokens.{m}"].shape
+        if not 1 <= tokens[2] == arrays[f"query.{m}"].shape[1] or tokens[1] < 1:
+            raise BankError(f"{path}: tokens.{m} and query.{m} have different or zero widths; rebuild the bank.")
 
 
 def _search_vectors(arrays: dict[str, np.ndarray], modalities: tuple[str, ...], path: Path) -> np.ndarray:
@@ -505,8 +524,7 @@ def bank_fingerprint(model: Any, datasets: Sequence[Dataset], collator: Any, num
 def _embed_dataset(model: Any, dataset: Dataset, collator: Any, num_tokens: int, batch_size: int,
                    key: str) -> dict[str, np.ndarray]:
     modalities = model.patterns.modalities
-    num_labels = max(model.config.num_labels, 2) if model.config.problem_type != "multi_label_classification" \
-        else model.config.num_labels
+    num_labels = label_columns(model.config)
 
     def embed(batch: dict[str, list]) -> dict[str, np.ndarray]:
         features = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]

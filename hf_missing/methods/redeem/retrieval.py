@@ -50,7 +50,7 @@ def attach_memory_bank(model: Any, bank: MemoryBank) -> None:
     """Give every REDEEM/RAGPT adapter of ``model`` the bank, after checking it fits (backbone, K, tokens)."""
     wrapper = _wrapper(model)
     for config in redeem_configs(model).values():
-        bank.check_model(wrapper.interface.signature(), wrapper.patterns.modalities, config.bank_tokens)
+        bank.check_model(wrapper, config.bank_tokens)
         if config.num_retrieved >= len(bank):
             raise BankError(f"num_retrieved={config.num_retrieved} needs a memory bank of more than "
                             f"{config.num_retrieved} entries (a training sample never retrieves itself), but it holds "
