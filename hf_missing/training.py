@@ -25,7 +25,7 @@ from .backbones.fused import FusedProcessor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
 from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, missing_grid, predict_patterns
-from .loading import MISSING_SETTINGS_NAME, read_json_file, resolve_adapter_dir
+from .loading import MISSING_SETTINGS_NAME, AdapterLoadError, is_int, read_json_file, resolve_adapter_dir
 from .methods import prepare_for_evaluation, prepare_for_training
 from .modeling import MissingModalityForClassification
 from .presets import Preset
@@ -138,7 +138,21 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
 def saved_missing_settings(adapter_dir: str | Path) -> dict[str, Any] | None:
     """The missing settings :func:`train_and_save` stored beside the adapter, or None."""
     path = Path(adapter_dir) / MISSING_SETTINGS_NAME
-    return read_json_file(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    settings = read_json_file(path)  # beside a downloaded adapter: untrusted, so the values used are checked
+    checks = {"rate": _is_fraction, "both_ratio": _is_fraction, "seed": lambda v: is_int(v) and v >= 0,
+              "protocol": lambda v: isinstance(v, str), "pattern": lambda v: isinstance(v, str | dict)}
+    bad = {k: v for k, v in settings.items() if k in checks and not checks[k](v)}
+    if bad:
+        raise AdapterLoadError(f"{path} holds invalid missing settings {bad!r:.200} (rate and both_ratio in [0, 1], "
+                               "seed a non-negative int, protocol a name, pattern a name or shares); delete the file "
+                               "to evaluate with the preset's settings.")
+    return settings
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 def train_missing_settings(adapter_dir: str | Path, preset: Preset) -> dict[str, Any]:

@@ -368,3 +368,14 @@ def test_push_stages_only_the_adapters_files(backbone_dir, tmp_path):
     staged = _stage(folder, tmp_path / "staged")
     assert sorted(p.name for p in staged.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                         "config.json"]
+
+
+def test_missing_settings_beside_an_adapter_are_checked(tmp_path):
+    """missing_settings.json travels with Hub adapters; a string rate reached the evaluation as a TypeError."""
+    from hf_missing.training import saved_missing_settings
+
+    (tmp_path / "missing_settings.json").write_text(json.dumps({"rate": "0.7", "seed": 0, "pattern": "both"}))
+    with pytest.raises(hf_missing.AdapterLoadError, match=r"missing_settings.json holds invalid missing settings"):
+        saved_missing_settings(tmp_path)
+    (tmp_path / "missing_settings.json").write_text(json.dumps({"rate": 0.7, "seed": 0, "pattern": "both"}))
+    assert saved_missing_settings(tmp_path)["rate"] == 0.7
