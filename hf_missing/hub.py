@@ -1,22 +1,16 @@
-"""Push adapters to the Hugging Face Hub with a model card, and pull them back safely.
+"""Push adapters to the Hugging Face Hub with a model card (pulling them back safely is :mod:`hf_missing.loading`).
 
 Pushing (:func:`push_adapter`, also behind ``MissingModalityForClassification.push_to_hub``) uploads the
-adapter folder that ``save_pretrained`` writes (``adapter_config.json``, ``adapter_model.safetensors``,
-``config.json`` and any files a method saves beside them), a robustness plot when given, and a
-``README.md`` rendered from ``model_cards/adapter_card.md``: base model, method and paper, the missing-modality
-protocol, results per missing pattern (as model-index ``EvalResult`` rows) and a loading snippet.
+adapter's own files (``adapter_config.json``, ``adapter_model.safetensors``, ``config.json``,
+``missing_settings.json`` and any files its method saves beside them, never other files of the folder), a
+robustness plot when given, and a ``README.md`` rendered from ``model_cards/adapter_card.md``: base model, method
+and paper, the missing-modality protocol, results per missing pattern (as model-index ``EvalResult`` rows) and a
+loading snippet.
 
 In a pushed repo ``adapter_config.json``'s ``base_model_name_or_path`` names the repo itself: the PEFT base
 model of an hf_missing adapter is the wrapper (backbone + head) that the repo's ``config.json`` describes,
 and ``transformers.AutoModel.from_pretrained(<adapter repo>)`` switches to that name before loading. The
 backbone weights come from ``config.json``'s ``backbone_name_or_path``.
-
-Pulling (:func:`resolve_adapter_dir`, called by ``from_pretrained`` and ``load_adapter``) downloads only the
-adapter's own files (:func:`adapter_files`: its config, its safetensors weights, ``config.json`` and the
-safetensors files its method declares); pickles, faiss indexes, images and docs are never downloaded or read,
-no remote code runs, and the adapter config is validated (:func:`validate_adapter_config`,
-:func:`validate_backbone`) before anything is allocated or any weight is read (threat model:
-:mod:`hf_missing.loading`).
 """
 
 from __future__ import annotations
