@@ -4,7 +4,10 @@ Importing the package registers the wrapper with the ``Auto*`` classes and every
 hf_missing adapters given to the ``Auto*`` classes through the wrapper's safe loading (:mod:`hf_missing.compat`).
 """
 
-from . import callbacks, compat, evaluation, hub, methods, metrics
+import importlib
+from typing import Any
+
+from . import compat, evaluation, hub, methods, metrics
 from .backbones import BackboneInterface, register_backbone
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import load_food101, load_hateful_memes, load_mmimdb
@@ -19,6 +22,14 @@ from .presets import list_presets, load_preset
 compat.install()  # transformers' Auto classes hand hf_missing adapters to the wrapper (hf_missing.compat)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``hf_missing.callbacks`` (the top-level ``trainer_callbacks`` package, which imports hf_missing) loads on
+    first use, so that ``import trainer_callbacks`` may come first in a script without an import cycle."""
+    if name == "callbacks":
+        return importlib.import_module(f"{__name__}.callbacks")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AdapterLoadError",

@@ -3,6 +3,9 @@ card written at the end of training."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -180,3 +183,11 @@ def test_model_card_callback_refreshes_an_existing_card_and_needs_a_dataset(tmp_
     assert not (tmp_path / "other").exists(), "only the main process writes"
     with pytest.raises(ValueError, match="dataset"):
         ModelCardCallback("me/card", dataset="")
+
+
+def test_trainer_callbacks_can_be_the_first_import():
+    """hf_missing's __init__ imported trainer_callbacks eagerly, so a script starting with `import trainer_callbacks`
+    hit a circular ImportError (trainer_callbacks -> hf_missing -> trainer_callbacks)."""
+    code = "import trainer_callbacks, hf_missing; assert hf_missing.callbacks.ModelCardCallback"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
