@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from transformers import AutoModel
 
 import hf_missing
+from hf_missing.context import ForwardContext
 from hf_missing.methods.memprompt import MemPromptBank, MemPromptConfig, MemPromptLayer, PromptMemory
 from hf_missing.methods.memprompt.layer import normalized_entropy, pooled_query, squared_cosine, token_validity
 from tests.conftest import BACKBONES, make_batch, make_model
@@ -400,3 +401,19 @@ def test_presets_hold_the_papers_numbers(dataset, length, lr, tmp_path):
     assert preset.backbone == "dandelin/vilt-b32-mlm"
     demo = hf_missing.load_preset("memprompt-demo")
     assert demo.data.dataset == "emoji" and demo.training["use_cpu"] is True
+
+
+def test_distributed_prompts_between_modalities_of_a_causal_stream_are_a_clear_error():
+    """A causal stream holding two modalities cannot take a prompt between them (the tokens before it could not see
+    it); an implementation that inserted it anyway would silently change what eq. 2 means, and the unfinished one
+    raised NotImplementedError. It is a ValueError that names the fix."""
+    model = make_model("clip", "memprompt", **TINY)
+    layer = next(m for m in model.modules() if isinstance(m, MemPromptLayer) and m.stream.causal)
+    config = next(iter(model.peft_config.values()))
+    hidden = torch.zeros(2, 6, 32)
+    blocks = {"text": torch.zeros(2, 1, 32), "image": torch.zeros(2, 1, 32)}
+    ctx = ForwardContext(missing_type=torch.zeros(2, dtype=torch.long), present=torch.ones(2, 2, dtype=torch.bool),
+                         modalities=("text", "image"),
+                         spans={layer.stream.name: {"text": slice(0, 3), "image": slice(3, 6)}})
+    with pytest.raises(ValueError, match="placement='pre-appended'"):
+        layer._insert(hidden, None, blocks, config, ctx)

@@ -269,9 +269,10 @@ class MemPromptLayer(MissingMethodLayer):
         if config.placement == "distributed" and not self.stream.causal:
             return insert_blocks(hidden, mask, [(spans[m].start or 0, b) for m, b in blocks.items()])
         if config.placement == "distributed" and (len(blocks) != 1 or (spans[next(iter(blocks))].start or 0) != 0):
-            raise NotImplementedError(f"MemPrompt places prompts in a causal stream only in front of a single "
-                                      f"modality; the {self.stream.name} stream holds {list(blocks)}. Use "
-                                      "placement='pre-appended'.")
+            raise ValueError(f"MemPrompt places prompts in a causal stream only in front of a single modality, but "
+                             f"the {self.stream.name} stream holds {list(blocks)} (a prompt between them would be "
+                             "hidden from the tokens before it); use placement='pre-appended', or a backbone whose "
+                             "causal streams hold one modality each (CLIP) or a bidirectional joint stream.")
         hidden, mask = insert_tokens(hidden, torch.cat(list(blocks.values()), dim=1), mask, self.stream.causal)
         ends = torch.tensor([b.shape[1] for b in blocks.values()]).cumsum(0).tolist()
         return hidden, mask, [slice(end - b.shape[1], end) for end, b in zip(ends, blocks.values(), strict=True)]
