@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import peft
@@ -48,6 +49,7 @@ CHECKED_TRANSFORMERS = ("5.23.",)
 CHECKED_PEFT = ("0.21.",)
 MODEL_TYPE = MissingModalityConfig.model_type
 METHOD_PREFIX = "HFM_"  # an hf_missing adapter config names its peft_type HFM_<METHOD>
+_CHECKED_FOLDER: ContextVar[Any] = ContextVar("hf_missing_checked_folder", default=None)
 
 
 def holds_hf_missing_adapter(name: str | os.PathLike, **hub_kwargs: Any) -> bool:
@@ -116,8 +118,12 @@ def _peft_from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
         checked = _checked(model, model_id, kwargs) if config is None else None
         if checked is not None:
             model_id, config = checked
-        peft_model = original(cls, model, model_id, adapter_name=adapter_name, is_trainable=is_trainable,
-                              config=config, **kwargs)
+        token = _CHECKED_FOLDER.set(model_id if checked is not None else None)
+        try:  # peft then calls load_adapter(model_id): that folder was just checked
+            peft_model = original(cls, model, model_id, adapter_name=adapter_name, is_trainable=is_trainable,
+                                  config=config, **kwargs)
+        finally:
+            _CHECKED_FOLDER.reset(token)
         if checked is not None:
             load_method_files(peft_model, model_id)  # REDEEM's bank: peft itself loads the weights only
         return peft_model
@@ -128,7 +134,8 @@ def _peft_from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
 def _peft_load_adapter(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def load_adapter(self: Any, model_id: Any, adapter_name: str, is_trainable: bool = False, **kwargs: Any) -> Any:
-        checked = _checked(self.get_base_model(), model_id, kwargs)
+        already = model_id is not None and model_id == _CHECKED_FOLDER.get()
+        checked = None if already else _checked(self.get_base_model(), model_id, kwargs)
         if checked is not None:
             model_id, config = checked
             if adapter_name not in self.peft_config:  # peft would rebuild the config from the file

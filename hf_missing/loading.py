@@ -37,6 +37,7 @@ from transformers.utils.peft_utils import find_adapter_config_file
 from .backbones import backbone_interface_for
 from .context import POLICIES
 from .methods import METHODS, MissingMethodConfig, get_method_config, list_methods
+from .methods.options import is_int, is_signature
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -144,7 +145,7 @@ def resolve_adapter(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Adapt
     if not is_repo_id(path) or find_adapter_config_file(path, **hub_kwargs) is None:
         return None
     files = _repo_files(path, hub_kwargs)
-    _check_adapter_files(files, path)
+    _check_adapter_files(files, [name for name in FULL_CHECKPOINT_NAMES if name in files], path)
     folder = snapshot_download(path, allow_patterns=adapter_files(), **hub_kwargs)
     return AdapterSource(folder, remote=True)
 
@@ -163,13 +164,18 @@ def _refuse_subfolder(path: str, hub_kwargs: dict[str, Any]) -> None:
                                f"subfolder={subfolder!r}; pass the adapter's own folder (download it first) instead.")
 
 
+def full_checkpoint_files(folder: str | os.PathLike) -> list[str]:
+    """The full-checkpoint files in ``folder`` (``model.safetensors`` or a shard index), not counting the shard
+    index hf_missing writes beside an adapter for Trainer's resume."""
+    return [name for name in FULL_CHECKPOINT_NAMES if (Path(folder) / name).is_file()
+            and not (name == FULL_CHECKPOINT_NAMES[1] and is_resume_index(Path(folder) / name))]
+
+
 def _local_adapter_dir(path: str) -> str | None:
     files = os.listdir(path)
     if ADAPTER_CONFIG_NAME not in files:
         return None
-    if FULL_CHECKPOINT_NAMES[1] in files and is_resume_index(Path(path) / FULL_CHECKPOINT_NAMES[1]):
-        files.remove(FULL_CHECKPOINT_NAMES[1])  # Trainer's resume state beside an adapter: the folder is an adapter
-    _check_adapter_files(files, path)
+    _check_adapter_files(files, full_checkpoint_files(path), path)
     _check_links(path)
     return path
 
@@ -187,10 +193,9 @@ def _check_links(folder: str) -> None:
                                    "files are read only from its own folder. Replace the link by the file.")
 
 
-def _check_adapter_files(files: list[str], source: str) -> None:
-    """Refuse a folder that mixes a full checkpoint with an hf_missing adapter (which would win is ambiguous) and
-    an adapter whose weights exist only as a pickle."""
-    full = [name for name in FULL_CHECKPOINT_NAMES if name in files]
+def _check_adapter_files(files: list[str], full: list[str], source: str) -> None:
+    """Refuse a folder that mixes a full checkpoint (``full``: its files) with an hf_missing adapter (which would
+    win is ambiguous) and an adapter whose weights exist only as a pickle."""
     if full:
         raise AdapterLoadError(
             f"{source} holds both {ADAPTER_CONFIG_NAME} and a full checkpoint {full}; it is unclear which to load. "
@@ -281,12 +286,11 @@ def load_backbone_error(backbone: str, source: str, err: Exception) -> AdapterLo
     )
 
 
-def check_backbone_size(backbone: str, config: PretrainedConfig, source: str) -> None:
+def _check_backbone_size(backbone: str, meta_model: torch.nn.Module, source: str) -> None:
     """Refuse a backbone named by an adapter whose ``config.json`` asks for far more memory than its safetensors
     weights hold (the missing tensors would be allocated and initialised: a 1 KB config could claim terabytes).
-    Counted on the meta device against the weights' size as the folder or the Hub repo lists it."""
-    with _dry_run():
-        wanted = _nbytes(AutoModel.from_config(config))
+    ``meta_model`` is the backbone built from that config on the meta device."""
+    wanted = _nbytes(meta_model)
     held = _weights_bytes(backbone)
     if held is not None and wanted > BACKBONE_SLACK * held + BACKBONE_MARGIN:
         raise AdapterLoadError(
@@ -341,11 +345,7 @@ def validate_adapter_config(adapter_config: dict[str, Any], source: str) -> Miss
 
 
 def _check_signature_format(signature: Any, source: str) -> None:
-    streams = signature.get("streams") if isinstance(signature, dict) else None
-    ok = signature is None or (
-        isinstance(signature.get("model_type"), str) and isinstance(streams, dict)
-        and all(isinstance(v, list) and len(v) == 2 and all(is_int(x) for x in v) for v in streams.values()))
-    if not ok:
+    if signature is not None and not is_signature(signature):
         raise AdapterLoadError(f"{source}: backbone_signature must be {{'model_type': str, 'streams': {{name: [hidden "
                                f"size, layers]}}}}, got {signature!r:.200}; re-save the adapter with save_pretrained.")
 
@@ -367,13 +367,17 @@ def check_pooler_modules(adapter_config: dict[str, Any], pooler_modules: Iterabl
 def validate_backbone(adapter_config: dict[str, Any], backbone: str | PretrainedConfig,
                       source: str) -> PretrainedConfig:
     """Check the adapter against the backbone's config (built on the meta device: no weight is loaded):
-    backbone type, each stream's hidden size and layer count, the modality set and the saved modules; returns
-    the backbone's config."""
+    backbone type, each stream's hidden size and layer count, the modality set and the saved modules, and for a
+    backbone named by path or repo id the size its config declares against its weights; returns the backbone's
+    config."""
     config = backbone if isinstance(backbone, PretrainedConfig) else _backbone_config(backbone, source)
     config = getattr(config, "backbone_config", None) or config  # a saved wrapper names its backbone's config
     _check_depth(config, source)
-    with torch.device("meta"):
-        interface = backbone_interface_for(AutoModel.from_config(config))
+    with _dry_run():
+        meta_model = AutoModel.from_config(config)
+    if isinstance(backbone, str):
+        _check_backbone_size(backbone, meta_model, source)
+    interface = backbone_interface_for(meta_model)
     method = method_name(adapter_config, source)
     saved, current = adapter_config.get("backbone_signature"), interface.signature()
     if saved is not None and _streams(saved) != _streams(current):
@@ -476,11 +480,6 @@ def _require(ok: bool, where: str, key: str, expected: str, value: Any) -> None:
         shown = shown if len(shown) <= 200 else f"{shown[:200]}..."
         raise AdapterLoadError(f"{where}.{key} must be {expected}, got {shown}; re-save the adapter from a model "
                                "with valid settings (save_pretrained writes them).")
-
-
-def is_int(value: Any) -> bool:
-    """An int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---- memory budget --------------------------------------------------------------------------------------------

@@ -44,10 +44,9 @@ from .loading import (
     TASKS,
     AdapterLoadError,
     backbone_of,
-    check_backbone_size,
     check_budget,
     check_settings,
-    is_resume_index,
+    full_checkpoint_files,
     load_backbone_error,
     plan_adapter,
     planning,
@@ -242,9 +241,9 @@ class MissingModalityForClassification(PreTrainedModel):
     def _from_adapter_folder(cls, source: Any, *, max_adapter_bytes: int | None = None,
                              **kwargs: Any) -> MissingModalityForClassification:
         """Rebuild the model around the adapter's backbone. The adapter config is validated first (method,
-        options, settings), then checked against the backbone's config (stream widths, depths, modalities) and
-        measured by a dry run against the memory budget, so a wrong or hostile adapter fails before anything is
-        allocated or any weight is read; the backbone then loads from safetensors only."""
+        options, settings), then checked against the backbone's config (stream widths, depths, modalities, size)
+        and measured by a dry run against the memory budget, so a wrong or hostile adapter fails before anything
+        is allocated or any weight is read; the backbone then loads from safetensors only."""
         config_file = os.path.join(source.folder, ADAPTER_CONFIG_NAME)
         saved = read_json_file(config_file)
         method_config = validate_adapter_config(saved, config_file)
@@ -252,17 +251,18 @@ class MissingModalityForClassification(PreTrainedModel):
         for key in (*HUB_KWARGS, "config", "trust_remote_code"):  # they address the adapter, not the backbone
             kwargs.pop(key, None)
         backbone_config = validate_backbone(saved, backbone_path, config_file)
-        check_backbone_size(backbone_path, backbone_config, config_file)
         # every head setting explicit: a wrapper checkpoint named as backbone must not supply unchecked ones
         settings = {**_setting_defaults(), **check_settings(saved["model_settings"], config_file), **kwargs}
         planned = MissingModalityConfig(backbone_config=backbone_config.to_dict(),
                                         **{k: v for k, v in settings.items() if k in SETTING_KEYS})
-        check_budget(plan_adapter(cls, planned, method_config, config_file), max_adapter_bytes, config_file)
+        plan = plan_adapter(cls, planned, method_config, config_file)
+        check_budget(plan, max_adapter_bytes, config_file)
         try:
             model = cls._load_base(backbone_path, use_safetensors=True, **settings)
         except OSError as err:
             raise load_backbone_error(backbone_path, config_file, err) from err
-        model._load_adapter_folder(source.folder, None, max_adapter_bytes, is_trainable=False)
+        state = read_adapter_weights(os.path.join(source.folder, ADAPTER_WEIGHTS_NAME), plan)
+        model._load_checked(source.folder, method_config, state, None, is_trainable=False)
         return model
 
     # ---- adapters -----------------------------------------------------------------------------
@@ -320,6 +320,11 @@ class MissingModalityForClassification(PreTrainedModel):
     def _load_adapter_folder(self, folder: str, adapter_name: str | None, max_adapter_bytes: int | None,
                              is_trainable: bool) -> None:
         config, state = self.checked_adapter(folder, max_adapter_bytes)
+        self._load_checked(folder, config, state, adapter_name, is_trainable)
+
+    def _load_checked(self, folder: str, config: Any, state: dict[str, torch.Tensor], adapter_name: str | None,
+                      is_trainable: bool) -> None:
+        """Inject ``config`` and load the checked ``state`` (then the method's files from ``folder``)."""
         name = adapter_name or "default"
         super().load_adapter(adapter_name=name, peft_config=config, adapter_state_dict=state, is_trainable=is_trainable)
         loaded = self.get_adapter_state_dict(name)
@@ -522,10 +527,7 @@ def _written_by_save(name: str) -> bool:
 
 
 def _refuse_full_checkpoint(folder: str | os.PathLike) -> None:
-    full = sorted(p.name for p in Path(folder).glob("model*.safetensors*") if FULL_CHECKPOINT.fullmatch(p.name))
-    index = Path(folder) / SAFE_WEIGHTS_INDEX_NAME
-    if full == [SAFE_WEIGHTS_INDEX_NAME] and is_resume_index(index):
-        return
+    full = full_checkpoint_files(folder) if Path(folder).is_dir() else []
     if full:
         raise ValueError(f"{folder} holds a full checkpoint ({full}); saving an adapter beside it would make a later "
                          "from_pretrained load one and ignore the other. Save the adapter into another folder.")

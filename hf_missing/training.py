@@ -25,8 +25,9 @@ from .backbones.fused import FusedProcessor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
 from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, missing_grid, predict_patterns
-from .loading import MISSING_SETTINGS_NAME, AdapterLoadError, is_int, read_json_file, resolve_adapter_dir
+from .loading import MISSING_SETTINGS_NAME, AdapterLoadError, read_json_file, resolve_adapter_dir
 from .methods import prepare_for_evaluation, prepare_for_training
+from .methods.options import is_int
 from .modeling import MissingModalityForClassification
 from .presets import Preset
 

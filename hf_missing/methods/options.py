@@ -2,7 +2,8 @@
 
 ``int`` takes ints (not bools), ``float`` takes finite ints or floats (stored as float), ``bool`` takes
 True/False, ``str`` takes strings, ``list[X]`` takes a list or tuple of X (stored as a list), and ``X | None``
-also takes None. Other annotations are not checked. Range checks stay in each method's config.
+also takes None. Other annotations are not checked. Range checks stay in each method's config. The value checks
+here (:func:`is_int`, :func:`is_signature`) also serve the loaders of adapter and bank files.
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ from typing import Any
 MAX_OPTION_VALUE = 65_536  # no method option (prompt length, depth, widths) is anywhere near this in any paper
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer (Python or numpy) that is not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_signature(signature: Any) -> bool:
+    """Whether ``signature`` has the shape ``BackboneInterface.signature()`` gives: ``{"model_type": str,
+    "streams": {name: [hidden size, layers]}}`` (read back from untrusted adapter and bank files)."""
+    streams = signature.get("streams") if isinstance(signature, dict) else None
+    return (isinstance(signature, dict) and isinstance(signature.get("model_type"), str) and isinstance(streams, dict)
+            and all(isinstance(v, list) and len(v) == 2 and all(is_int(x) for x in v) for v in streams.values()))
 
 
 def is_finite(value: Any) -> bool:
@@ -28,7 +38,7 @@ def is_finite(value: Any) -> bool:
 
 # annotation -> (accepts, convert, description, plural for list items)
 _SCALARS: dict[Any, tuple[Callable[[Any], bool], Callable[[Any], Any], str, str]] = {
-    int: (_is_int, int, "an int", "ints"),
+    int: (is_int, int, "an int", "ints"),
     float: (is_finite, float, "a finite number", "finite numbers"),
     bool: (lambda v: isinstance(v, bool), bool, "True or False", "bools"),
     str: (lambda v: isinstance(v, str), str, "a string", "strings"),
@@ -68,7 +78,7 @@ def too_large(value: Any) -> bool:
     """An int (or a list holding one) beyond :data:`MAX_OPTION_VALUE`: a corrupt or hostile config, refused
     before anything is allocated."""
     values = value if isinstance(value, list) else [value]
-    return any(_is_int(v) and abs(v) > MAX_OPTION_VALUE for v in values)
+    return any(is_int(v) and abs(v) > MAX_OPTION_VALUE for v in values)
 
 
 def describe(annotation: Any) -> str:

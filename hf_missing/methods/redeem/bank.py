@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from ...context import maybe_context
 from ...data.emoji import default_cache_dir
+from ..options import is_signature
 
 BANK_FILE = "redeem_bank.safetensors"
 BANK_VERSION = 2  # 1 kept a faiss index file beside the bank
@@ -190,11 +191,8 @@ def _metadata(path: Path) -> dict[str, Any]:
         raise BankError(f"{path} has malformed metadata ({err!r}); rebuild the bank and save it again.") from err
     modalities, signature = metadata["modalities"], metadata["signature"]
     if not (isinstance(modalities, list) and modalities and all(isinstance(m, str) for m in modalities)
-            and isinstance(signature, dict) and isinstance(signature.get("model_type"), str)
-            and isinstance(signature.get("streams"), dict)
-            and all(isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
-                    for v in signature["streams"].values())
-            and isinstance(metadata["sources"], list) and metadata["index_type"] in INDEX_TYPES):
+            and is_signature(signature) and isinstance(metadata["sources"], list)
+            and metadata["index_type"] in INDEX_TYPES):
         raise BankError(f"{path} has malformed metadata (modalities {modalities!r:.100}, index_type "
                         f"{metadata['index_type']!r:.50}); rebuild the bank and save it again.")
     return metadata
