@@ -34,6 +34,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 from .atomic import atomic_folder
 from .backbones import BACKBONES, BackboneInterface, backbone_interface_for
 from .context import POLICIES, ForwardContext, forward_context
+from .data.modalities import ModalityInputs
 from .loading import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -58,7 +59,7 @@ from .loading import (
     validate_backbone,
 )
 from .methods.base import collect_diagnostics, get_method_config, load_method_files
-from .missingness import DEFAULT_MODALITIES, ModalityPattern
+from .missingness import ModalityPattern
 
 logger = logging.getLogger(__name__)
 RESUME_WEIGHTS_NAME = "trainer_resume.safetensors"  # what Trainer's resume needs beside an injected adapter
@@ -76,7 +77,7 @@ class MissingModalityConfig(PretrainedConfig):
         adapter_options: keyword options of that method's config.
         missing_policy: default policy for absent modalities when a batch does not name one
             ("dummy", "mask" or "zero").
-        modalities: names of the modalities, in the order ``missing_type`` codes use.
+        modalities: names of the modalities, in the order ``missing_type`` codes use (default: the backbone's).
         max_text_len: text length the backbone must take (ViLT interpolates its 40 positions).
         head_hidden_ratio: the head is Linear(D, r·D)–LayerNorm–GELU–Linear(r·D, C) as in MAP (r = 2).
         problem_type: "single_label_classification" (softmax + cross-entropy) or
@@ -110,7 +111,7 @@ class MissingModalityConfig(PretrainedConfig):
         if not self.num_labels:
             raise ValueError("id2label is empty, so the head would have no output; pass num_labels or an id2label "
                              "that names the dataset's classes.")
-        self.modalities = list(self.modalities or DEFAULT_MODALITIES)
+        self.modalities = list(self.modalities) if self.modalities else None
         if self.missing_policy not in POLICIES:
             raise ValueError(f"missing_policy must be one of {list(POLICIES)}, got {self.missing_policy!r}.")
         if self.problem_type is not None and self.problem_type not in TASKS:
@@ -164,6 +165,7 @@ class MissingModalityForClassification(PreTrainedModel):
         self.interface: BackboneInterface = backbone_interface_for(self.backbone)
         if config.max_text_len and hasattr(self.interface, "extend_text_positions"):
             self.interface.extend_text_positions(config.max_text_len)
+        config.modalities = config.modalities or list(self.interface.modalities)
         self.patterns = ModalityPattern(tuple(config.modalities))
         if self.patterns.modalities != self.interface.modalities:
             raise ValueError(
@@ -408,6 +410,10 @@ class MissingModalityForClassification(PreTrainedModel):
     ) -> MissingModalityOutput:
         """Classify a batch in which some modalities may be missing.
 
+        The inputs are those the backbone declares for its modalities (``model.interface.inputs``): text and
+        image keywords are named here, others (``audio_features``, ``input_values``, ...) come as keywords too;
+        further tensors (collator extras) reach the method layers.
+
         Args:
             missing_type: ``[B]`` pattern codes (0 complete, 1 missing_text, 2 missing_image for two
                 modalities), or a list of pattern names (``"missing_text"``); non-integral or out-of-range
@@ -416,22 +422,16 @@ class MissingModalityForClassification(PreTrainedModel):
             labels: class indices ``[B]`` (single-label) or multi-hot ``[B, C]`` (multi-label), or
                 ``[B]`` 0/1 for binary classification.
         """
-        if input_ids is None or pixel_values is None:
-            raise ValueError("Both input_ids and pixel_values are required; fill a missing modality with "
-                             "MissingModalityCollator, which inserts the dummy input and sets missing_type.")
-        if input_ids.shape[0] == 0:
-            raise ValueError("The batch is empty (input_ids has 0 samples), so there is nothing to classify; skip "
-                             "empty batches (an empty split or a filter that kept nothing) before calling the model.")
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
-                  "token_type_ids": token_type_ids, "pixel_mask": pixel_mask}
+        named = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
+                 "token_type_ids": token_type_ids, "pixel_mask": pixel_mask}
+        inputs, extras = self._split_inputs({**named, **kwargs})
         self.interface.check_inputs(inputs)
         policy = missing_policy or self.config.missing_policy
         if policy not in POLICIES:
             raise ValueError(f"missing_policy must be one of {list(POLICIES)}, got {policy!r}.")
         missing_type = self._resolve_missing_type(inputs, missing_type, policy)
         ctx = ForwardContext(missing_type=missing_type, present=self.patterns.present(missing_type),
-                             modalities=self.patterns.modalities, policy=policy,
-                             batch={k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+                             modalities=self.patterns.modalities, policy=policy, batch=extras)
         with forward_context(ctx):
             features = self.interface.encode(inputs, ctx)
             for hook in ctx.feature_hooks:
@@ -443,45 +443,69 @@ class MissingModalityForClassification(PreTrainedModel):
             loss = loss + aux
         return MissingModalityOutput(loss=loss, logits=logits, missing_type=missing_type, aux_loss=aux)
 
+    def _split_inputs(self, given: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The backbone's declared inputs (every modality's first one required, all of one batch size) and the
+        other tensors of the batch."""
+        names = {n for spec in self.interface.inputs for n in spec.input_names}
+        inputs = {k: v for k, v in given.items() if k in names and v is not None}
+        required = [spec.input_names[0] for spec in self.interface.inputs]
+        absent = [n for n in required if n not in inputs]
+        if absent:
+            raise ValueError(f"The {self.interface.model_type} backbone needs {required}, but {absent} are missing; "
+                             "fill a missing modality with MissingModalityCollator, which inserts its placeholder and "
+                             "sets missing_type.")
+        sizes = {n: inputs[n].shape[0] for n in required}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"The modalities' inputs hold different numbers of samples {sizes}; every input of a "
+                             "batch needs one row per sample.")
+        if not next(iter(sizes.values())):
+            raise ValueError(f"The batch is empty ({required[0]} has 0 samples), so there is nothing to classify; skip "
+                             "empty batches (an empty split or a filter that kept nothing) before calling the model.")
+        return inputs, {k: v for k, v in given.items() if k not in names and isinstance(v, torch.Tensor)}
+
     def _resolve_missing_type(self, inputs: dict[str, torch.Tensor], missing_type: torch.Tensor | None,
                               policy: str) -> torch.Tensor:
-        batch = inputs["input_ids"].shape[0]
-        text_empty = self.interface.text_is_empty(_attention(inputs))
-        image_dummy = self.interface.image_is_dummy(inputs["pixel_values"])
+        specs = self.interface.inputs
+        first = inputs[specs[0].input_names[0]]
+        placeholder = {spec.name: spec.is_placeholder(inputs) for spec in specs}
         if missing_type is None:
-            if (text_empty | image_dummy).any():
+            if any(p.any() for p in placeholder.values()):
                 raise ValueError(
-                    "Some samples have an empty text or the all-ones dummy image but no missing_type was "
-                    "given; pass missing_type (MissingModalityCollator emits it) so the model knows what is "
-                    "missing."
+                    f"Some samples hold a modality's placeholder ({', '.join(self.patterns.modalities)}: empty text, "
+                    "all-ones image, all-zero features) but no missing_type was given; pass missing_type "
+                    "(MissingModalityCollator emits it) so the model knows what is missing."
                 )
-            return torch.zeros(batch, dtype=torch.long, device=inputs["input_ids"].device)
-        missing_type = self.patterns.codes(missing_type).to(inputs["input_ids"].device)
-        if missing_type.shape[0] != batch:
-            raise ValueError(f"missing_type has {missing_type.shape[0]} entries for a batch of {batch}.")
+            return torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
+        missing_type = self.patterns.codes(missing_type).to(first.device)
+        if missing_type.shape[0] != first.shape[0]:
+            raise ValueError(f"missing_type has {missing_type.shape[0]} entries for a batch of {first.shape[0]}.")
         present = self.patterns.present(missing_type)
-        checks = {"text": text_empty, "image": image_dummy}
-        for k, modality in enumerate(self.patterns.modalities):
-            bad = present[:, k] & checks[modality]
-            if bad.any() and modality == "image":
-                # A real pure-white image equals the placeholder under mean = std = 0.5 normalisation (ViLT, the
-                # fused default): the two cannot be told apart, so trust missing_type and say so.
-                logger.warning("Samples %s have an image identical to the all-ones placeholder but missing_type says "
-                               "it is present (a white image?); it is used as given.", bad.nonzero().flatten().tolist())
-            elif bad.any():
-                raise ValueError(
-                    f"missing_type says {modality} is present for samples {bad.nonzero().flatten().tolist()}, "
-                    f"but their {modality} is the empty placeholder; set their missing_type to a pattern "
-                    f"without {modality} (e.g. {self.patterns.names[self.patterns.code((modality,))]!r})."
-                )
-            stale = ~present[:, k] & ~checks[modality]
+        for k, spec in enumerate(specs):
+            self._check_present(spec, present[:, k] & placeholder[spec.name])
+            stale = ~present[:, k] & ~placeholder[spec.name]
             if policy == "dummy" and stale.any():
                 raise ValueError(
-                    f"missing_type says {modality} is missing for samples {stale.nonzero().flatten().tolist()}, "
-                    f"but their {modality} input is real, not the placeholder; build batches with "
-                    "MissingModalityCollator, which replaces missing inputs by the dummy."
+                    f"missing_type says {spec.name} is missing for samples {stale.nonzero().flatten().tolist()}, "
+                    f"but their {spec.name} input is real, not the placeholder; build batches with "
+                    "MissingModalityCollator, which replaces missing inputs by the placeholder."
                 )
         return missing_type
+
+    def _check_present(self, spec: ModalityInputs, bad: torch.Tensor) -> None:
+        """Samples marked present whose input is the placeholder: an error, or, where a real input can look like
+        the placeholder (a white image, silence), a warning and the input used as given."""
+        if not bad.any():
+            return
+        samples = bad.nonzero().flatten().tolist()
+        if spec.ambiguous:
+            logger.warning("Samples %s have a %s identical to its placeholder but missing_type says it is present "
+                           "(a white image, a silent recording?); it is used as given.", samples, spec.name)
+            return
+        raise ValueError(
+            f"missing_type says {spec.name} is present for samples {samples}, but their {spec.name} is the "
+            f"placeholder; set their missing_type to a pattern without {spec.name} "
+            f"(e.g. {self.patterns.names[self.patterns.code((spec.name,))]!r})."
+        )
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         problem = self.config.problem_type or "single_label_classification"
@@ -531,11 +555,6 @@ def _refuse_full_checkpoint(folder: str | os.PathLike) -> None:
     if full:
         raise ValueError(f"{folder} holds a full checkpoint ({full}); saving an adapter beside it would make a later "
                          "from_pretrained load one and ignore the other. Save the adapter into another folder.")
-
-
-def _attention(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    mask = inputs.get("attention_mask")
-    return mask if mask is not None else torch.ones_like(inputs["input_ids"])
 
 
 def _model_type(path: str, kwargs: dict[str, Any]) -> str | None:

@@ -3,7 +3,13 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from hf_missing import MissingModalityCollator, ModalityPattern, missing_settings, simulate_missing
+from hf_missing import (
+    MissingModalityCollator,
+    MissingModalityForClassification,
+    ModalityPattern,
+    missing_settings,
+    simulate_missing,
+)
 from hf_missing.data.synthetic import tiny_processor
 
 
@@ -103,3 +109,33 @@ def test_redraw_callback_sets_the_epoch():
     assert collator.epoch == 3
     with pytest.raises(ValueError, match="redraw_rate"):
         RedrawMissingCallback(MissingModalityCollator(tiny_processor("clip")))
+
+
+def test_each_split_table_is_keyed_by_its_name():
+    """Catches tables keyed by a split's position in the DatasetDict: there, adding a validation split in front
+    changes the test table, and simulating the test split alone gives another table than simulating it with the
+    others."""
+    splits = {name: Dataset.from_dict({"x": list(range(n))}) for name, n in (("train", 40), ("test", 30))}
+    with_val = DatasetDict({"validation": Dataset.from_dict({"x": list(range(20))}), **splits})
+    both = simulate_missing(DatasetDict(splits), rate=0.5, seed=3)["test"]["missing_type"]
+    assert simulate_missing(with_val, rate=0.5, seed=3)["test"]["missing_type"] == both
+    assert simulate_missing(splits["test"], rate=0.5, seed=3, split="test")["missing_type"] == both
+    assert simulate_missing(splits["test"], rate=0.5, seed=3, split="train")["missing_type"] != both
+
+
+def test_three_modality_collator_fills_each_placeholder():
+    """Catches a collator that knows only text and image: the audio column is padded with a mask, a missing audio
+    becomes one all-zero frame, and the model's placeholder check recognises exactly the missing samples."""
+    from hf_missing.backbones.tiny import tiny_backbone
+    from hf_missing.backbones.tiny import tiny_processor as processor_of
+    from hf_missing.data.synthetic import shapes_dataset
+
+    data = simulate_missing(shapes_dataset(8, 4, audio=True), rate=1.0, pattern="audio",
+                            modalities=("text", "image", "audio"), seed=0)["train"]
+    interface = MissingModalityForClassification.from_backbone(tiny_backbone("fused_audio"), num_labels=4).interface
+    rows = [data[i] for i in range(4)]
+    rows[0] = {**rows[0], "missing_type": 0}
+    batch = MissingModalityCollator(processor_of("fused_audio"), modalities=interface.inputs)(rows)
+    assert batch["audio_mask"][0].sum() == len(rows[0]["audio"]) == batch["audio_features"].shape[1]
+    assert batch["audio_mask"][1:].sum(dim=1).tolist() == [1, 1, 1]
+    assert interface.modality("audio").is_placeholder(batch).tolist() == [False, True, True, True]

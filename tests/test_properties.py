@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from hf_missing import MissingModalityCollator, missing_settings, simulate_missing
-from hf_missing.backbones import BackboneInterface
+from hf_missing.data.modalities import ImageInputs
 from hf_missing.data.simulate import PROTOCOLS
 from hf_missing.data.synthetic import CLASSES, FILLER, tiny_processor
 from tests.conftest import make_model
@@ -117,7 +117,7 @@ def _check_batch(batch: dict, features: list[dict], processor, max_length: int |
     assert batch["missing_type"].tolist() == codes and batch["labels"].tolist() == [f["label"] for f in features]
     pixels = batch["pixel_values"]
     assert pixels.shape[0] == len(features) and pixels.shape[1] == 3
-    is_dummy = BackboneInterface.image_is_dummy(pixels).tolist()
+    is_dummy = ImageInputs().is_placeholder(batch).tolist()
     assert is_dummy == [c == 2 for c in codes]
     dummy_ids = processor.tokenizer([""])["input_ids"][0]
     for row, f in enumerate(features):

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..context import ForwardContext, maybe_context
+from ..data.modalities import ImageInputs, ModalityInputs, TextInputs
 
 KV_PREFIX_ATTR = "_hf_missing_kv_prefix"
 
@@ -52,7 +53,6 @@ class BackboneInterface(ABC):
     """Wraps one pretrained multimodal model; a method talks to the backbone only through this."""
 
     model_type: ClassVar[str]
-    modalities: ClassVar[tuple[str, ...]] = ("text", "image")
     # Modules of the backbone that every method trains (the papers' "pooler"), relative to the backbone.
     pooler_modules: ClassVar[tuple[str, ...]] = ()
 
@@ -96,26 +96,23 @@ class BackboneInterface(ABC):
             "streams": {s.name: [s.hidden_size, s.num_layers] for s in self.streams},
         }
 
-    # ---- missing inputs --------------------------------------------------------------------------
-    @staticmethod
-    def dummy_text() -> str:
-        """The papers' placeholder text: the empty string (only special tokens after tokenisation)."""
-        return ""
+    # ---- modalities -----------------------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple[ModalityInputs, ...]:
+        """The backbone's modalities, in ``missing_type`` order, each with its model inputs, placeholder and how
+        to recognise it (:mod:`hf_missing.data.modalities`); text and image unless a backbone says otherwise."""
+        return (TextInputs(), ImageInputs())
 
-    @staticmethod
-    def dummy_pixel_values(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The papers' placeholder image: all ones *after* normalisation (MAP, DCP, REP)."""
-        return torch.ones(shape, dtype=dtype)
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality names, in ``missing_type`` order."""
+        return tuple(m.name for m in self.inputs)
 
-    @staticmethod
-    def text_is_empty(attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[B]`` True where the text holds only the tokenizer's special tokens (the dummy)."""
-        return attention_mask.sum(dim=-1) <= 2
-
-    @staticmethod
-    def image_is_dummy(pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[B]`` True where the pixels are the all-ones dummy."""
-        return (pixel_values == 1).flatten(1).all(dim=1)
+    def modality(self, name: str) -> ModalityInputs:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{self.model_type} has no modality {name!r}; modalities: {list(self.modalities)}.")
 
     # ---- per-modality class tokens (CMPT) ----------------------------------------------------------
     # The encoder-layer Linear that plays each attention / MLP role (for LoRA targets given by role).

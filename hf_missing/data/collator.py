@@ -1,4 +1,4 @@
-"""``MissingModalityCollator``: raw image/text samples -> model inputs with placeholders for absent modalities."""
+"""``MissingModalityCollator``: raw samples -> model inputs with placeholders for absent modalities."""
 
 from __future__ import annotations
 
@@ -8,31 +8,33 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..backbones import BackboneInterface
 from ..context import POLICIES
 from ..missingness import DEFAULT_MODALITIES, MISSING_TYPE_COLUMN, ModalityPattern
+from .modalities import ModalityInputs, TextInputs, resolve_inputs
 from .simulate import SAMPLE_INDEX_COLUMN
-
-IMAGE_MODES = ("RGB",)
 
 
 class MissingModalityCollator:
     """Builds a batch for :class:`~hf_missing.MissingModalityForClassification` from raw samples.
 
-    Works as ``Trainer(data_collator=...)`` on datasets that keep raw ``image`` (PIL) and ``text``
-    columns, lazily: no preprocessing is stored. Each sample's ``missing_type`` (an integer code or a
-    pattern name such as ``"missing_text"``) decides which modalities are dropped; a sample whose image/text
-    is ``None`` must be marked missing. Labels (class indices, or multi-hot lists) are emitted when every
-    sample of the batch has one; a batch where only some do raises.
+    Works as ``Trainer(data_collator=...)`` on datasets that keep one raw column per modality (PIL ``image``,
+    ``text`` strings, ``[T, F]`` feature sequences), lazily: no preprocessing is stored. Each sample's
+    ``missing_type`` (an integer code or a pattern name such as ``"missing_text"``) decides which modalities are
+    dropped; a sample whose column is ``None`` must be marked missing. Labels (class indices, or multi-hot lists)
+    are emitted when every sample of the batch has one; a batch where only some do raises.
 
     Args:
-        processor: a CLIP/ViLT processor (``image_processor`` + ``tokenizer``).
-        policy: "dummy" (the papers' placeholders: empty text, all-ones pixels after normalisation),
-            "mask" (placeholders, and the model removes the missing tokens from attention) or "zero"
-            (placeholders, and the model zeroes the missing modality's features). Emitted as
-            ``missing_policy`` so the model applies the same policy.
+        processor: the backbone's processor (``tokenizer`` and ``image_processor`` for text and images).
+        policy: "dummy" (the papers' placeholders: empty text, all-ones pixels after normalisation, zero
+            features), "mask" (placeholders, and the model removes the missing tokens from attention) or "zero"
+            (placeholders, and the model zeroes the missing modality's features). Emitted as ``missing_policy``
+            so the model applies the same policy.
+        modalities: the model's modalities in order: names (``"text"``, ``"image"``) or declarations
+            (:mod:`hf_missing.data.modalities`); pass ``model.interface.inputs`` for any other backbone.
+        columns: the dataset column of each modality (default: its name); ``text_column`` and ``image_column``
+            set the two usual ones.
+        max_length: truncation length of the text.
         redraw_rate: MPLMM's protocol: redraw each training sample's pattern every epoch, incomplete
             with this probability (uniform over patterns); needs the ``sample_index`` column that
             ``simulate_missing(protocol="per_epoch")`` adds. Call :meth:`set_epoch` each epoch
@@ -41,19 +43,25 @@ class MissingModalityCollator:
 
     def __init__(self, processor: Any, policy: str = "dummy", *, text_column: str = "text",
                  image_column: str = "image", label_column: str = "label", max_length: int | None = None,
-                 modalities: Sequence[str] = DEFAULT_MODALITIES, redraw_rate: float | None = None,
-                 seed: int = 0) -> None:
+                 modalities: Sequence[str | ModalityInputs] = DEFAULT_MODALITIES,
+                 columns: dict[str, str] | None = None, redraw_rate: float | None = None, seed: int = 0) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}.")
         if redraw_rate is not None and not 0.0 <= redraw_rate <= 1.0:
             raise ValueError(f"redraw_rate must lie in [0, 1], got {redraw_rate}.")
-        self.processor, self.policy = processor, policy
-        self.text_column, self.image_column, self.label_column = text_column, image_column, label_column
-        self.max_length = max_length
-        self.patterns = ModalityPattern(tuple(modalities))
-        if set(self.patterns.modalities) != {"text", "image"}:
-            raise ValueError(f"This collator builds text+image batches; got modalities {self.patterns.modalities}.")
+        self.processor, self.policy, self.label_column = processor, policy, label_column
+        self.inputs = tuple(TextInputs(m.name, max_length) if isinstance(m, TextInputs) and max_length else m
+                            for m in resolve_inputs(modalities))
+        self.patterns = ModalityPattern(tuple(m.name for m in self.inputs))
+        unknown = sorted(set(columns or {}) - set(self.patterns.modalities))
+        if unknown:
+            raise ValueError(f"columns names {unknown}, which are not modalities {list(self.patterns.modalities)}.")
+        self.columns = {"text": text_column, "image": image_column, **(columns or {})}
         self.redraw_rate, self.seed, self.epoch = redraw_rate, seed, 0
+
+    def column(self, modality: str) -> str:
+        """The dataset column that holds ``modality``."""
+        return self.columns.get(modality, modality)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -63,14 +71,10 @@ class MissingModalityCollator:
             raise ValueError("Cannot collate an empty batch; the data loader handed over no samples.")
         codes = self._codes(features)
         present = self.patterns.present(codes)
-        texts, images = [], []
-        text_k, image_k = self.patterns.modalities.index("text"), self.patterns.modalities.index("image")
-        for i, sample in enumerate(features):
-            has_text, has_image = bool(present[i, text_k]), bool(present[i, image_k])
-            texts.append(self._text(sample, i) if has_text else BackboneInterface.dummy_text())
-            images.append(self._image(sample, i) if has_image else None)
-        batch = self._tokenize(texts)
-        batch.update(self._pixels(images))
+        batch: dict[str, Any] = {}
+        for k, modality in enumerate(self.inputs):
+            values = [self._value(modality, f, i) if present[i, k] else None for i, f in enumerate(features)]
+            batch.update(modality.collate(values, self.processor))
         batch[MISSING_TYPE_COLUMN] = codes
         batch["missing_policy"] = self.policy
         labels = self._labels(features)
@@ -110,62 +114,15 @@ class MissingModalityCollator:
             return 0
         return int(rng.integers(1, self.patterns.num_patterns))
 
-    def _text(self, sample: dict[str, Any], i: int) -> str:
-        text = sample.get(self.text_column)
-        if text is None:
-            raise ValueError(f"Sample {i} has no {self.text_column!r} but its missing_type says the text is present; "
-                             "mark it missing_text (simulate_missing keeps naturally missing samples' codes only if "
-                             "you set them) or fill the text.")
-        return text
-
-    def _image(self, sample: dict[str, Any], i: int) -> Image.Image:
-        image = sample.get(self.image_column)
-        if image is None:
-            raise ValueError(f"Sample {i} has no {self.image_column!r} but its missing_type says the image is "
-                             "present; mark it missing_image or supply the image.")
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"Sample {i}: {self.image_column!r} must be a PIL image, got {type(image).__name__}; "
-                             "cast the column with datasets.Image().")
-        if image.mode not in IMAGE_MODES:
-            raise ValueError(f"Sample {i}: image mode {image.mode!r}, expected 'RGB'; convert with "
-                             "dataset.cast_column('image', datasets.Image(mode='RGB')).")
-        return image
-
-    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tokenizer = self.processor.tokenizer
-        kwargs = {"max_length": self.max_length, "truncation": True} if self.max_length else {"truncation": True}
-        encoded = tokenizer(texts, padding=True, return_tensors="pt", **kwargs)
-        return dict(encoded)
-
-    def _pixels(self, images: list[Image.Image | None]) -> dict[str, torch.Tensor]:
-        real = [im for im in images if im is not None]
-        if not real:
-            size = _image_size(self.processor.image_processor)
-            return {"pixel_values": BackboneInterface.dummy_pixel_values((len(images), 3, *size))}
-        try:
-            processed = dict(self.processor.image_processor(real, return_tensors="pt"))
-        except ValueError as err:
-            sizes = [im.size for im in real]
-            raise ValueError(f"The image processor cannot take images of (width, height) {sizes}: {err} Very thin "
-                             "images resize to a zero side; pad or crop them first.") from err
-        values = processed["pixel_values"]
-        out = BackboneInterface.dummy_pixel_values((len(images), *values.shape[1:]), values.dtype)
-        rows = [i for i, im in enumerate(images) if im is not None]
-        out[rows] = values
-        result = {"pixel_values": out}
-        if "pixel_mask" in processed:
-            mask = torch.ones((len(images), *processed["pixel_mask"].shape[1:]), dtype=processed["pixel_mask"].dtype)
-            mask[rows] = processed["pixel_mask"]
-            result["pixel_mask"] = mask
-        return result
-
-
-def _image_size(image_processor: Any) -> tuple[int, int]:
-    size = getattr(image_processor, "crop_size", None) or image_processor.size
-    if "height" in size:
-        return size["height"], size["width"]
-    edge = size.get("shortest_edge", 224)
-    return edge, edge
+    def _value(self, modality: ModalityInputs, sample: dict[str, Any], i: int) -> Any:
+        column = self.column(modality.name)
+        value = sample.get(column)
+        if value is None:
+            missing = self.patterns.names[self.patterns.code((modality.name,))]
+            raise ValueError(f"Sample {i} has no {column!r} but its missing_type says the {modality.name} is present; "
+                             f"mark it {missing} (simulate_missing keeps naturally missing samples' codes only if "
+                             f"you set them) or supply the {modality.name}.")
+        return modality.check_value(value, i, column)
 
 
 def _labels(values: list[Any]) -> torch.Tensor:

@@ -2,10 +2,10 @@
 
 Protocols:
 
-* ``"map"`` — the MAP family (MAP, MemPrompt, DCP, REP): one table per split. ``int(N·rate)`` samples
-  are incomplete; with ``pattern="both"`` a share ``both_ratio`` (0.5) of them miss the image, the rest
-  the text (at 0.7: 35% no text, 35% no image, 30% complete). Unlike the released code, the table is
-  keyed by seed and both_ratio, so a stale table can never be reused.
+* ``"map"`` — the MAP family (MAP, MemPrompt, DCP, REP): one table per split, keyed by the split's
+  name. ``int(N·rate)`` samples are incomplete; with ``pattern="both"`` a share ``both_ratio`` (0.5) of them
+  miss the image, the rest the text (at 0.7: 35% no text, 35% no image, 30% complete). Unlike the released
+  code, the table is keyed by seed and both_ratio, so a stale table can never be reused.
 * ``"ragpt"`` — the RAGPT family: one global table over all splits of a ``DatasetDict`` together (so the
   training split is incomplete too), patterns in disjoint shares of ``rate/len(patterns)``, counted as
   under "redeem".
@@ -222,6 +222,7 @@ def simulate_missing(
     num_proc: int | None = None,
     overwrite: bool = False,
     return_settings: bool = False,
+    split: str | None = None,
 ) -> Dataset | DatasetDict | tuple[Dataset | DatasetDict, dict[str, Any]]:
     """Add a ``missing_type`` ClassLabel column that says which modalities each sample lacks.
 
@@ -241,12 +242,17 @@ def simulate_missing(
             another rate). Without it an existing ``column`` raises, and so does an existing ``sample_index``
             unless it already holds the row indices 0..N-1 (as simulate_missing wrote it).
         return_settings: also return the recorded settings dict.
+        split: the split name a lone ``Dataset``'s table is keyed by (default: its ``dataset.split``, else
+            ``"dataset"``). Each split's table is keyed by its name, never by its position, so
+            ``simulate_missing(ds["test"], split="test")`` equals ``simulate_missing(ds)["test"]``, and adding a
+            validation split leaves the test table unchanged (except under "ragpt", whose one table spans all
+            splits in order).
     """
     rate, seed = _validate(dataset, rate, protocol, seed, column, overwrite)
     both_ratio = _real("both_ratio", both_ratio)
     patterns = ModalityPattern(tuple(modalities))
     shares = pattern_shares(pattern, patterns.modalities, both_ratio)
-    splits = dict(dataset) if isinstance(dataset, DatasetDict) else {"dataset": dataset}
+    splits = dict(dataset) if isinstance(dataset, DatasetDict) else {split or str(dataset.split or "dataset"): dataset}
     sizes = {name: len(split) for name, split in splits.items()}
     tables = _tables(sizes, rate, shares, protocol, patterns, seed)
     settings = {
@@ -261,7 +267,7 @@ def simulate_missing(
         fingerprint = hashlib.sha256(f"{split._fingerprint}-{digest}-{name}".encode()).hexdigest()[:32]
         out[name] = _assign(split, tables[name], column, patterns, fingerprint, num_proc)
         out[name].info.description = json.dumps({SETTINGS_KEY: settings})
-    result = DatasetDict(out) if isinstance(dataset, DatasetDict) else out["dataset"]
+    result = DatasetDict(out) if isinstance(dataset, DatasetDict) else next(iter(out.values()))
     return (result, settings) if return_settings else result
 
 
@@ -274,10 +280,14 @@ def _tables(sizes: dict[str, int], rate: float, shares: dict[str, float], protoc
         table = missing_table(total, pattern_counts(total, rate, shares, protocol), patterns, seed, key=0)
         bounds = np.cumsum([0, *sizes.values()])
         return {name: table[bounds[i] : bounds[i + 1]] for i, name in enumerate(sizes)}
-    return {
-        name: missing_table(n, pattern_counts(n, rate, shares, protocol), patterns, seed, key=i)
-        for i, (name, n) in enumerate(sizes.items())
-    }
+    return {name: missing_table(n, pattern_counts(n, rate, shares, protocol), patterns, seed, key=split_key(name))
+            for name, n in sizes.items()}
+
+
+def split_key(name: str) -> int:
+    """The random-stream key of a split's table: a hash of the split's name, so a split's table does not depend on
+    which other splits were simulated with it (nor on their order)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
 
 
 def missing_settings(dataset: Dataset) -> dict[str, Any]:

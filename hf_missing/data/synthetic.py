@@ -1,9 +1,9 @@
-"""A small offline image+text classification set and tiny random CLIP/ViLT backbones.
+"""A small offline image+text(+audio) classification set and tiny random CLIP/ViLT backbones.
 
 Used by ``hf-missing train`` (a short end-to-end run) and by the tests: no weights or data are
 downloaded. Each class has a colour and a shape, drawn into the image, and a name, written into the
-text with filler words; either modality alone identifies the class, so missing-modality robustness is
-measurable.
+text with filler words; with ``audio=True`` also a short sequence of feature frames around a class-specific
+tone. Any one modality alone identifies the class, so missing-modality robustness is measurable.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
 from PIL import ImageDraw
 from transformers import (
@@ -30,6 +30,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), 
 FILLER = ("a", "photo", "of", "the", "small", "big", "shape", "drawing", "on", "white", "picture", "some")
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 IMAGE_SIZE = 30
+AUDIO_WIDTH = 8  # features per audio frame
 
 
 def _draw(label: int, rng: np.random.Generator) -> PILImage.Image:
@@ -57,15 +58,28 @@ def _text(label: int, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def shapes_dataset(n_train: int = 256, n_test: int = 128, seed: int = 0) -> DatasetDict:
-    """Train/test splits of (image, text, label) samples."""
-    features = Features({"image": Image(), "text": Value("string"), "label": ClassLabel(names=list(CLASSES))})
+def _audio(label: int, rng: np.random.Generator) -> list[list[float]]:
+    """3-8 frames of ``AUDIO_WIDTH`` features: the class's tone (two active features) plus noise."""
+    tone = np.zeros(AUDIO_WIDTH, np.float32)
+    tone[[2 * label, 2 * label + 1]] = 1.0
+    frames = tone + 0.3 * rng.standard_normal((int(rng.integers(3, 9)), AUDIO_WIDTH)).astype(np.float32)
+    return frames.tolist()
+
+
+def shapes_dataset(n_train: int = 256, n_test: int = 128, seed: int = 0, audio: bool = False) -> DatasetDict:
+    """Train/test splits of (image, text, label) samples, plus an ``audio`` column of frames when asked."""
+    columns = {"image": Image(), "text": Value("string"), "label": ClassLabel(names=list(CLASSES))}
+    if audio:
+        columns["audio"] = List(List(Value("float32")))
     splits = {}
     for key, (name, n) in enumerate((("train", n_train), ("test", n_test))):
         rng = np.random.default_rng([seed, key])
         labels = rng.integers(0, len(CLASSES), size=n).tolist()
         rows = {"image": [_draw(y, rng) for y in labels], "text": [_text(y, rng) for y in labels], "label": labels}
-        splits[name] = Dataset.from_dict(rows, features=features)
+        if audio:
+            audio_rng = np.random.default_rng([seed, key, 1])
+            rows["audio"] = [_audio(y, audio_rng) for y in labels]
+        splits[name] = Dataset.from_dict(rows, features=Features(columns))
     return DatasetDict(splits)
 
 

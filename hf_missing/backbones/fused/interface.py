@@ -1,0 +1,139 @@
+"""The fused backbone's interface: one joint stream holding text, image and feature-modality tokens."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
+
+from ...context import ForwardContext
+from ...data.modalities import FeatureInputs, ImageInputs, ModalityInputs, TextInputs
+from ..base import KV_PREFIX_ATTR, JointStreamBackbone, Stream, prepend_kv, register_backbone
+from .configuration import MODEL_TYPE
+from .modeling import FusedModel
+
+
+def _prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.Tensor,
+                                  attention_mask: torch.Tensor | None = None, **kwargs: Any):
+    """BertSelfAttention.forward with optional key/value prefixes (read from the module, see kv_prefix)."""
+    prefix = getattr(self, KV_PREFIX_ATTR, None)
+    if prefix is None:
+        return BertSelfAttention.forward(self, hidden_states, attention_mask, **kwargs)
+    kwargs.pop("past_key_values", None)
+    input_shape = hidden_states.shape[:-1]
+    shape = (*input_shape, -1, self.attention_head_size)
+    query = self.query(hidden_states).view(shape).transpose(1, 2)
+    key = self.key(hidden_states).view(shape).transpose(1, 2)
+    value = self.value(hidden_states).view(shape).transpose(1, 2)
+    key, value, attention_mask = prepend_kv(key, value, prefix, attention_mask, is_causal=False)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    output, weights = attention(self, query, key, value, attention_mask, scaling=self.scaling,
+                                dropout=0.0 if not self.training else self.dropout.p, **kwargs)
+    return output.reshape(*input_shape, -1).contiguous(), weights
+
+
+@register_backbone
+class FusedBackbone(JointStreamBackbone):
+    """The fused MiniLM + EfficientNet-Lite0 model: one joint stream of text tokens, image tokens and the tokens of
+    each feature modality (``FusedConfig.feature_modalities``), in that order."""
+
+    model_type = MODEL_TYPE
+    prefixed_attention = _prefixed_bert_self_attention
+    lora_roles: ClassVar[dict[str, str]] = {
+        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+        "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"}
+    model: FusedModel
+
+    @property
+    def inputs(self) -> tuple[ModalityInputs, ...]:
+        frames = self.model.config.feature_modalities
+        return (TextInputs(), ImageInputs(), *(FeatureInputs(name, width) for name, width in frames.items()))
+
+    @property
+    def class_token_order(self) -> tuple[str, ...]:
+        return self.modalities
+
+    @property
+    def streams(self) -> tuple[Stream, ...]:
+        text = self.model.config.text_config
+        return (Stream("joint", "encoder.layer", text.hidden_size, text.num_hidden_layers, self.modalities,
+                       "attention.self"),)
+
+    @property
+    def pooled_size(self) -> int:
+        return len(self.modalities) * self.model.config.text_config.hidden_size
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        config = self.model.config
+        pixels = inputs["pixel_values"]
+        if pixels.dim() != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[-2:]) != (config.image_size,) * 2:
+            raise ValueError(
+                f"The fused backbone expects pixel_values of shape [B, 3, {config.image_size}, {config.image_size}], "
+                f"got {tuple(pixels.shape)}; preprocess RGB images with "
+                "FusedProcessor.from_pretrained(<fused checkpoint>).image_processor."
+            )
+        max_len = config.text_config.max_position_embeddings
+        if inputs["input_ids"].shape[1] > max_len:
+            raise ValueError(f"The fused backbone takes at most {max_len} text tokens, got "
+                             f"{inputs['input_ids'].shape[1]}; tokenize with truncation=True, max_length={max_len}.")
+        for spec in self.inputs[2:]:
+            self._check_frames(spec, inputs)
+
+    def _check_frames(self, spec: FeatureInputs, inputs: dict[str, torch.Tensor]) -> None:
+        values_name, mask_name = spec.input_names
+        values, mask = inputs[values_name], inputs.get(mask_name)
+        limit = self.model.config.max_feature_frames
+        if values.dim() != 3 or values.shape[-1] != spec.width or not 1 <= values.shape[1] <= limit:
+            raise ValueError(f"{values_name} must have shape [B, T, {spec.width}] with 1 <= T <= {limit} frames, got "
+                             f"{tuple(values.shape)}; resample longer sequences or raise max_feature_frames.")
+        if mask is not None and mask.shape != values.shape[:2]:
+            raise ValueError(f"{mask_name} must have shape {tuple(values.shape[:2])} (one entry per frame of "
+                             f"{values_name}), got {tuple(mask.shape)}.")
+
+    def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
+        ctx.spans = {"joint": self._spans(inputs)}
+        return self.model(**inputs).pooler_output
+
+    def _spans(self, inputs: dict[str, torch.Tensor]) -> dict[str, slice]:
+        lengths = [inputs["input_ids"].shape[1], self.model.config.num_image_tokens,
+                   *(inputs[spec.input_names[0]].shape[1] for spec in self.inputs[2:])]
+        ends = torch.tensor(lengths).cumsum(0).tolist()
+        return {m: slice(end - n, end) for m, n, end in zip(self.modalities, lengths, ends, strict=True)}
+
+    @property
+    def class_token_width(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    def readout(self, stream: str, tokens: torch.Tensor) -> torch.Tensor:
+        """Identity: the pooled output is a plain mean of last-layer tokens, with no norm or projection."""
+        return tokens
+
+    def class_tokens(self, features: torch.Tensor, final: dict[str, torch.Tensor],
+                     ctx: ForwardContext) -> dict[str, torch.Tensor]:
+        """The per-modality means that make up the pooled output, in modality order."""
+        chunks = features.split(self.class_token_width, dim=-1)
+        return dict(zip(self.modalities, chunks, strict=True))
+
+    def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
+        """A ``[hidden]`` embedding typical of ``modality`` (REP's dynamic initialisation), after the embedding
+        LayerNorm, i.e. on the scale of the tokens that enter the joint stream.
+
+        text: MiniLM's [CLS] word embedding. image: the projection of the mean training-image feature
+        (recorded by stage 1; zeros before it) plus the image type embedding — an "average image token".
+        (Before the LayerNorm the image one has norm ~78 against ~20 for stream tokens and drowns them.)
+        A feature modality: its type embedding plus the projection of an all-zero frame (its bias).
+        """
+        embeddings = self.model.embeddings
+        norm = embeddings.text.LayerNorm
+        with torch.no_grad():
+            if modality == "text":
+                return norm(embeddings.text.word_embeddings.weight[self.model.config.cls_token_id]).clone()
+            if modality == "image":
+                return norm(embeddings.image_projection(embeddings.image_feature_mean)
+                            + embeddings.image_type_embedding).clone()
+            if modality in embeddings.frames:
+                frames = embeddings.frames[modality]
+                return norm(frames.projection.bias + frames.type_embedding).clone()
+        raise ValueError(f"The fused backbone has modalities {self.modalities}, not {modality!r}.")
