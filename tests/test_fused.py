@@ -80,7 +80,29 @@ def test_spans_and_layers() -> None:
     inputs = {"input_ids": torch.randint(0, 20, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
               "pixel_values": torch.randn(2, 3, 30, 30)}
     assert interface.encode(inputs, ctx).shape == (2, 64)
-    assert ctx.spans == {"joint": {"text": slice(0, 6), "image": slice(6, None)}}
+    assert ctx.spans == {"joint": {"text": slice(0, 6), "image": slice(6, 15)}}
+
+
+def test_feature_modality_tokens_follow_the_image() -> None:
+    """Catches a joint stream that drops or misplaces a feature modality: audio frames become tokens after the
+    image's, padded frames are masked out of the audio mean, and the pooled output holds one mean per modality."""
+    from hf_missing.backbones.tiny import tiny_backbone
+
+    model = tiny_backbone("fused_audio").eval()
+    interface = FusedBackbone(model)
+    assert interface.modalities == ("text", "image", "audio") and interface.pooled_size == 96
+    ctx = ForwardContext(missing_type=torch.zeros(2, dtype=torch.long), present=torch.ones(2, 3, dtype=torch.bool),
+                         modalities=interface.modalities)
+    audio = torch.randn(2, 5, 8)
+    inputs = {"input_ids": torch.randint(0, 20, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
+              "pixel_values": torch.randn(2, 3, 30, 30), "audio_features": audio,
+              "audio_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+    with torch.no_grad():
+        pooled = interface.encode(inputs, ctx)
+        shorter = interface.encode({**inputs, "audio_features": audio[:, :3], "audio_mask": torch.ones(2, 3)}, ctx)
+    assert ctx.spans["joint"]["audio"] == slice(15, 18)
+    torch.testing.assert_close(pooled[0], shorter[0], atol=1e-5, rtol=1e-4)  # padding frames change nothing
+    assert not torch.allclose(pooled[1, 64:], shorter[1, 64:])
 
 
 @pytest.mark.parametrize("policy", ["mask", "zero"])

@@ -176,7 +176,7 @@ def test_collator_errors_on_empty_batches_and_thin_images():
 def test_empty_text_marked_present_is_rejected_by_the_model():
     sample = {"text": "", "image": Image.new("RGB", (30, 30), (200, 0, 0)), "label": 0, "missing_type": 0}
     batch = MissingModalityCollator(PROCESSORS["clip"])([sample])
-    with pytest.raises(ValueError, match="text is the empty placeholder"):
+    with pytest.raises(ValueError, match="their text is the placeholder"):
         make_model("clip", None)(**batch)
 
 

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from ..context import ForwardContext, maybe_context
 from ..data.modalities import ImageInputs, ModalityInputs, TextInputs
 
 KV_PREFIX_ATTR = "_hf_missing_kv_prefix"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,50 +115,8 @@ class BackboneInterface(ABC):
                 return spec
         raise KeyError(f"{self.model_type} has no modality {name!r}; modalities: {list(self.modalities)}.")
 
-    # ---- per-modality class tokens (CMPT) ----------------------------------------------------------
     # The encoder-layer Linear that plays each attention / MLP role (for LoRA targets given by role).
     lora_roles: ClassVar[dict[str, str]] = {}
-    # How the fused feature is laid out from per-modality class tokens: concatenated in this order, or (None)
-    # one vector, their sum.
-    class_token_order: ClassVar[tuple[str, ...] | None] = None
-
-    @property
-    def class_token_width(self) -> int:
-        """Width of one modality's class token."""
-        raise self._no_class_tokens()
-
-    def readout(self, stream: str, tokens: torch.Tensor) -> torch.Tensor:
-        """The final norm and projection that turn ``stream``'s last-layer tokens ``[B, n, H]`` into class-token
-        space ``[B, n, class_token_width]``."""
-        raise self._no_class_tokens()
-
-    def class_tokens(self, features: torch.Tensor, final: dict[str, torch.Tensor],
-                     ctx: ForwardContext) -> dict[str, torch.Tensor]:
-        """Each modality's real class token ``[B, class_token_width]`` from :meth:`encode`'s ``features`` and the
-        streams' ``final`` last-layer hidden states (method tokens stripped)."""
-        raise self._no_class_tokens()
-
-    def compose(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The fused feature ``[B, pooled_size]`` from per-modality tokens weighted to sum to 1 across modalities;
-        concatenating backbones scale by K, so uniform weights give back :meth:`encode`'s own layout."""
-        if self.class_token_order is None:
-            return torch.stack(list(tokens.values())).sum(0)
-        return torch.cat([len(tokens) * tokens[m] for m in self.class_token_order], dim=-1)
-
-    def _no_class_tokens(self) -> ValueError:
-        return ValueError(f"The {self.model_type} backbone interface does not expose per-modality class tokens "
-                          "(class_token_width, readout, class_tokens), which CMPT needs; implement them in its "
-                          "backbone file.")
-
-    # ---- initialisation sources ------------------------------------------------------------------
-    def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
-        """A ``[hidden]`` pretrained embedding that stands for ``modality`` (REP's task-aware initialisation,
-        eq. 10: CLIP's end-of-text token for text, its class embedding for images)."""
-        raise ValueError(
-            f"The {self.model_type} backbone offers no pretrained embedding for {modality!r}, which REP's dynamic "
-            "initialisation starts from; pass dynamic_init=False or implement pretrained_token_embedding in its "
-            "backbone interface."
-        )
 
     def max_text_positions(self) -> int | None:
         """How many text positions the backbone was built for (None when it sets no limit)."""
@@ -197,6 +156,56 @@ class BackboneInterface(ABC):
             yield
         finally:
             setattr(attention, KV_PREFIX_ATTR, None)
+
+
+# ---- optional capabilities: small mixins a backbone adds when it can ----------------------------------
+class ClassTokens(ABC):
+    """Per-modality class tokens and the fusion that composes them (CMPT's proxies, its gated fusion)."""
+
+    # How the fused feature is laid out from per-modality class tokens: concatenated in this order, or (None)
+    # one vector, their sum.
+    class_token_order: ClassVar[tuple[str, ...] | None] = None
+
+    @property
+    @abstractmethod
+    def class_token_width(self) -> int:
+        """Width of one modality's class token."""
+
+    @abstractmethod
+    def readout(self, stream: str, tokens: torch.Tensor) -> torch.Tensor:
+        """The final norm and projection that turn ``stream``'s last-layer tokens ``[B, n, H]`` into class-token
+        space ``[B, n, class_token_width]``."""
+
+    @abstractmethod
+    def class_tokens(self, features: torch.Tensor, final: dict[str, torch.Tensor],
+                     ctx: ForwardContext) -> dict[str, torch.Tensor]:
+        """Each modality's real class token ``[B, class_token_width]`` from ``encode``'s ``features`` and the
+        streams' ``final`` last-layer hidden states (method tokens stripped)."""
+
+    def compose(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fused feature ``[B, pooled_size]`` from per-modality tokens weighted to sum to 1 across modalities;
+        concatenating backbones scale by K, so uniform weights give back ``encode``'s own layout."""
+        if self.class_token_order is None:
+            return torch.stack(list(tokens.values())).sum(0)
+        return torch.cat([len(tokens) * tokens[m] for m in self.class_token_order], dim=-1)
+
+
+class PretrainedTokens(ABC):
+    """Pretrained embeddings that stand for each modality (REP's task-aware initialisation, eq. 10; CMPT's
+    proxy initialisation)."""
+
+    @abstractmethod
+    def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
+        """A ``[hidden]`` embedding of ``modality``'s stream input space (CLIP: the end-of-text token for text, the
+        class embedding for images); ValueError for a modality it has none for."""
+
+
+def capability(interface: BackboneInterface, kind: type[T], needed_by: str, fix: str) -> T:
+    """``interface`` as the optional capability ``kind``, or a ValueError that names what is missing and ``fix``."""
+    if not isinstance(interface, kind):
+        raise ValueError(f"{needed_by} needs {kind.__name__} ({kind.__doc__.splitlines()[0]}), which the "
+                         f"{interface.model_type} backbone interface does not offer; {fix}")
+    return interface
 
 
 class JointStreamBackbone(BackboneInterface):
@@ -347,6 +356,18 @@ def prepend_kv(keys: torch.Tensor, values: torch.Tensor, prefix: tuple[torch.Ten
         cols = torch.full((*mask.shape[:3], n), _visible(mask), dtype=mask.dtype, device=mask.device)
         mask = torch.cat([cols, mask.expand(*mask.shape[:3], length)], dim=-1)
     return torch.cat([split_heads(prefix_k), keys], 2), torch.cat([split_heads(prefix_v), values], 2), mask
+
+
+def prefixed_projections(hidden_states: torch.Tensor, projections: tuple[nn.Module, nn.Module, nn.Module],
+                         head_dim: int, prefix: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                         is_causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-head queries, keys and values ``[B, h, L, d]`` of ``hidden_states`` through the attention's query, key and
+    value ``projections``, with the key/value ``prefix`` prepended (:func:`prepend_kv`) and the mask widened to
+    match: the shared part of every backbone's prefixed self-attention."""
+    shape = (*hidden_states.shape[:-1], -1, head_dim)
+    queries, keys, values = (p(hidden_states).view(shape).transpose(1, 2) for p in projections)
+    keys, values, mask = prepend_kv(keys, values, prefix, mask, is_causal)
+    return queries, keys, values, mask
 
 
 # ---- registry ----------------------------------------------------------------------------------

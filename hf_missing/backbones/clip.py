@@ -11,7 +11,16 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import CLIPAttention, eager_attention_forward
 
 from ..context import ForwardContext
-from .base import KV_PREFIX_ATTR, BackboneInterface, Stream, policy_context, prepend_kv, register_backbone
+from .base import (
+    KV_PREFIX_ATTR,
+    BackboneInterface,
+    ClassTokens,
+    PretrainedTokens,
+    Stream,
+    policy_context,
+    prefixed_projections,
+    register_backbone,
+)
 
 
 def _prefixed_clip_attention(self: CLIPAttention, hidden_states: torch.Tensor,
@@ -21,11 +30,9 @@ def _prefixed_clip_attention(self: CLIPAttention, hidden_states: torch.Tensor,
     if prefix is None:
         return CLIPAttention.forward(self, hidden_states, attention_mask, **kwargs)
     input_shape = hidden_states.shape[:-1]
-    shape = (*input_shape, -1, self.head_dim)
-    queries = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-    keys = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-    values = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-    keys, values, attention_mask = prepend_kv(keys, values, prefix, attention_mask, kwargs.pop("is_causal", False))
+    queries, keys, values, attention_mask = prefixed_projections(
+        hidden_states, (self.q_proj, self.k_proj, self.v_proj), self.head_dim, prefix, attention_mask,
+        kwargs.pop("is_causal", False))
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
     output, weights = attention(self, queries, keys, values, attention_mask, scaling=self.scale,
                                 dropout=0.0 if not self.training else self.dropout, is_causal=False, **kwargs)
@@ -39,7 +46,7 @@ def clip_vit_b16_config() -> CLIPConfig:
 
 
 @register_backbone
-class ClipBackbone(BackboneInterface):
+class ClipBackbone(ClassTokens, PretrainedTokens, BackboneInterface):
     """OpenAI CLIP: text pools at the EOS token, vision at CLS; the fused feature is
     ``[image_embeds; text_embeds]`` after the projections (DCP/REP's classifier input)."""
 
@@ -89,7 +96,7 @@ class ClipBackbone(BackboneInterface):
             return self.model.text_model.embeddings.token_embedding.weight[eos].detach().clone()
         if modality == "image":
             return self.model.vision_model.embeddings.class_embedding.detach().clone()
-        return super().pretrained_token_embedding(modality)
+        raise ValueError(f"{self.model_type} has no pretrained embedding for {modality!r}.")
 
     def max_text_positions(self) -> int | None:
         return self.model.config.text_config.max_position_embeddings

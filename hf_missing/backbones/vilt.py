@@ -12,7 +12,15 @@ from transformers import ViltModel
 from transformers.models.vilt.modeling_vilt import ViltSelfAttention
 
 from ..context import ForwardContext
-from .base import KV_PREFIX_ATTR, JointStreamBackbone, Stream, prepend_kv, register_backbone
+from .base import (
+    KV_PREFIX_ATTR,
+    ClassTokens,
+    JointStreamBackbone,
+    PretrainedTokens,
+    Stream,
+    prefixed_projections,
+    register_backbone,
+)
 
 
 def _prefixed_vilt_self_attention(self: ViltSelfAttention, hidden_states: torch.Tensor,
@@ -21,11 +29,8 @@ def _prefixed_vilt_self_attention(self: ViltSelfAttention, hidden_states: torch.
     prefix = getattr(self, KV_PREFIX_ATTR, None)
     if prefix is None:
         return ViltSelfAttention.forward(self, hidden_states, attention_mask, output_attentions)
-    shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
-    query = self.query(hidden_states).view(shape).transpose(1, 2)
-    key = self.key(hidden_states).view(shape).transpose(1, 2)
-    value = self.value(hidden_states).view(shape).transpose(1, 2)
-    key, value, attention_mask = prepend_kv(key, value, prefix, attention_mask, is_causal=False)
+    query, key, value, attention_mask = prefixed_projections(hidden_states, (self.query, self.key, self.value),
+                                                             self.attention_head_size, prefix, attention_mask, False)
     scores = query @ key.transpose(-1, -2) / math.sqrt(self.attention_head_size)
     if attention_mask is not None:
         scores = scores + attention_mask
@@ -35,7 +40,7 @@ def _prefixed_vilt_self_attention(self: ViltSelfAttention, hidden_states: torch.
 
 
 @register_backbone
-class ViltBackbone(JointStreamBackbone):
+class ViltBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     """ViLT: the fused feature is the pooler output at the text [CLS] token (MAP's classifier input)."""
 
     model_type = "vilt"
@@ -97,7 +102,7 @@ class ViltBackbone(JointStreamBackbone):
                 return text.LayerNorm(text.word_embeddings.weight.mean(dim=0))
         if modality == "image":
             return embeddings.cls_token.detach().reshape(-1).clone()
-        return super().pretrained_token_embedding(modality)
+        raise ValueError(f"{self.model_type} has no pretrained embedding for {modality!r}.")
 
     def max_text_positions(self) -> int | None:
         return self.model.config.max_position_embeddings

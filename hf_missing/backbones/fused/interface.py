@@ -10,7 +10,15 @@ from transformers.models.bert.modeling_bert import BertSelfAttention, eager_atte
 
 from ...context import ForwardContext
 from ...data.modalities import FeatureInputs, ImageInputs, ModalityInputs, TextInputs
-from ..base import KV_PREFIX_ATTR, JointStreamBackbone, Stream, prepend_kv, register_backbone
+from ..base import (
+    KV_PREFIX_ATTR,
+    ClassTokens,
+    JointStreamBackbone,
+    PretrainedTokens,
+    Stream,
+    prefixed_projections,
+    register_backbone,
+)
 from .configuration import MODEL_TYPE
 from .modeling import FusedModel
 
@@ -23,11 +31,8 @@ def _prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.
         return BertSelfAttention.forward(self, hidden_states, attention_mask, **kwargs)
     kwargs.pop("past_key_values", None)
     input_shape = hidden_states.shape[:-1]
-    shape = (*input_shape, -1, self.attention_head_size)
-    query = self.query(hidden_states).view(shape).transpose(1, 2)
-    key = self.key(hidden_states).view(shape).transpose(1, 2)
-    value = self.value(hidden_states).view(shape).transpose(1, 2)
-    key, value, attention_mask = prepend_kv(key, value, prefix, attention_mask, is_causal=False)
+    query, key, value, attention_mask = prefixed_projections(hidden_states, (self.query, self.key, self.value),
+                                                             self.attention_head_size, prefix, attention_mask, False)
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
     output, weights = attention(self, query, key, value, attention_mask, scaling=self.scaling,
                                 dropout=0.0 if not self.training else self.dropout.p, **kwargs)
@@ -35,7 +40,7 @@ def _prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.
 
 
 @register_backbone
-class FusedBackbone(JointStreamBackbone):
+class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     """The fused MiniLM + EfficientNet-Lite0 model: one joint stream of text tokens, image tokens and the tokens of
     each feature modality (``FusedConfig.feature_modalities``), in that order."""
 
