@@ -34,8 +34,8 @@ from huggingface_hub import (
 )
 from safetensors import safe_open
 
-from .data import missing_settings
-from .loading import (
+from ..data import missing_settings
+from ..loading import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     CONFIG_NAME,
@@ -47,9 +47,9 @@ from .loading import (
     read_json_file,
     validate_adapter_config,
 )
-from .methods import METHODS
+from ..methods import METHODS
 
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "adapter_card.md"
+CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "adapter_card.md"
 PLOT_STEM = "robustness"
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
 # Written beside an adapter only for Trainer's resume (see MissingModalityForClassification.save_pretrained).
