@@ -19,3 +19,4 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check hf_missing trainer_callbacks tests benchmarks
+	$(VENV)/bin/lint-imports

@@ -358,7 +358,7 @@ def test_crafted_files_fail_as_adapter_errors(backbone_dir, tmp_path, case):
 
 def test_push_stages_only_the_adapters_files(backbone_dir, tmp_path):
     """push_adapter(folder) copied the whole tree: Trainer checkpoints with their pickles and logs went up too."""
-    from hf_missing.hub import _stage
+    from hf_missing.hub.push import _stage
 
     folder = tmp_path / "out"
     _model(backbone_dir).save_pretrained(folder)

@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from hf_missing.data.collator import MissingModalityCollator
+from hf_missing.data import MissingModalityCollator
 
 from .redraw import RedrawMissingCallback, epoch_of
 

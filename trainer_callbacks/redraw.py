@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from hf_missing.data.collator import MissingModalityCollator
+from hf_missing.data import MissingModalityCollator
 
 
 def epoch_of(state: TrainerState) -> int:
