@@ -23,7 +23,7 @@ from transformers import AutoModel, Trainer
 from .backbones.fused import FeatureCache, FusedProcessor, build_fused_backbone
 from .data import MissingModalityCollator, simulate_missing
 from .data.emoji import load_emoji_dataset
-from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, predict_patterns
+from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, plot_metric_curves, predict_patterns
 from .methods import get_method_config, list_methods, prepare_for_evaluation, prepare_for_training
 from .modeling import MissingModalityForClassification
 from .presets import Preset, list_presets, load_preset
@@ -206,27 +206,6 @@ def plot_curves(methods: dict[str, dict[str, Any]], path: Path, pattern: str = "
     """Accuracy vs test missing rate, one line per method."""
     plot_metric_curves({name: r["curves"][pattern] for name, r in methods.items()}, path, metric="accuracy",
                        xlabel=f"test missing rate, pattern '{pattern}' (%)", title=title)
-
-
-def plot_metric_curves(curves: dict[str, list[dict[str, float]]], path: Path, metric: str, xlabel: str,
-                       title: str = "") -> None:
-    """``metric`` vs test missing rate, one line per curve (points as ``PatternPredictions.curve`` returns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        ax.plot([100 * p["rate"] for p in curve], [p[metric] for p in curve], marker="o", label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_outputs(results: dict[str, Any], folder: Path, title: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,3 +118,24 @@ def missing_grid(predictions: Mapping[str, PatternPredictions], rate: float = 0.
     """MemPrompt's Table 1: for models trained under each pattern (keys of ``predictions``), the metrics
     under each test pattern at ``rate``: ``grid[train][test] -> metrics``."""
     return {train: {test: p.at(rate, test, **protocol) for test in test_patterns} for train, p in predictions.items()}
+
+
+def plot_metric_curves(curves: dict[str, list[dict[str, float]]], path: Path, metric: str, xlabel: str,
+                       title: str = "") -> None:
+    """``metric`` vs test missing rate, one line per curve (points as ``PatternPredictions.curve`` returns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ax.plot([100 * p["rate"] for p in curve], [p[metric] for p in curve], marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -24,7 +24,14 @@ from .backbones.fused import MODEL_TYPE as FUSED_MODEL_TYPE
 from .backbones.fused import FusedProcessor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
-from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, missing_grid, predict_patterns
+from .evaluation import (
+    TEST_PATTERNS,
+    TEST_RATES,
+    PatternPredictions,
+    missing_grid,
+    plot_metric_curves,
+    predict_patterns,
+)
 from .loading import MISSING_SETTINGS_NAME, AdapterLoadError, read_json_file, resolve_adapter_dir
 from .methods import prepare_for_evaluation, prepare_for_training
 from .methods.options import is_int
@@ -206,8 +213,6 @@ def pattern_table(per_pattern: dict[str, dict[str, float]], metric_names: Sequen
 def write_evaluation(summary: dict[str, Any], folder: str | Path, metric: str, title: str = "") -> Path:
     """Write ``results.json``, ``report.md`` (per-pattern table and grid row) and ``robustness.png``
     (``metric`` vs test missing rate, one line per test pattern) into ``folder``; the folder."""
-    from .demo import plot_metric_curves
-
     folder = Path(folder)
     _write_json(folder / "results.json", summary)
     plot_metric_curves(summary["curves"], folder / PLOT_NAME, metric=metric, xlabel="test missing rate (%)",
