@@ -21,7 +21,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .data.simulate import missing_table, pattern_counts, pattern_shares
+from .data.simulate import missing_table, pattern_counts, pattern_shares, split_key
 from .metrics import classification_metrics
 from .missingness import MISSING_TYPE_COLUMN, ModalityPattern
 
@@ -48,15 +48,16 @@ class PatternPredictions:
     seconds: float = 0.0
 
     def codes_at(self, rate: float, pattern: str | Mapping[str, float] = "both", protocol: str = "map",
-                 seed: int = 0, both_ratio: float = 0.5) -> np.ndarray:
-        """The pattern codes ``simulate_missing(test_split, rate, pattern, protocol, seed)`` assigns."""
+                 seed: int = 0, both_ratio: float = 0.5, split: str = "test") -> np.ndarray:
+        """The pattern codes ``simulate_missing(dataset, rate, pattern, protocol, seed)[split]`` assigns to these
+        samples (tables are keyed by the split's name)."""
         if protocol not in ("map", "redeem"):
             raise ValueError(f"Per-split protocols only ('map', 'redeem'); got {protocol!r}.")
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must lie in [0, 1], got {rate}.")
         shares = pattern_shares(pattern, self.patterns.modalities, both_ratio)
         n = len(self.labels)
-        return missing_table(n, pattern_counts(n, rate, shares, protocol), self.patterns, seed, key=0)
+        return missing_table(n, pattern_counts(n, rate, shares, protocol), self.patterns, seed, key=split_key(split))
 
     def metrics(self, codes: np.ndarray) -> dict[str, float]:
         """Metrics when sample i is seen under pattern ``codes[i]``."""

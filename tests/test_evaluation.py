@@ -33,7 +33,7 @@ def test_each_pattern_matches_a_direct_forward(shapes, predictions):
 
 def test_a_test_rate_uses_exactly_simulate_missings_table(shapes, predictions):
     _, preds = predictions
-    codes = np.asarray(simulate_missing(shapes["test"], rate=0.7, pattern="both", seed=3)["missing_type"])
+    codes = np.asarray(simulate_missing(shapes, rate=0.7, pattern="both", seed=3)["test"]["missing_type"])
     assert np.array_equal(preds.codes_at(0.7, "both", seed=3), codes)
     stacked = np.stack([preds.logits[n] for n in ("complete", "missing_text", "missing_image")])
     expected = classification_metrics("single_label", stacked[codes, np.arange(48)], preds.labels)
