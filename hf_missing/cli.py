@@ -21,8 +21,9 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from . import metrics
+from .backbones.tiny import TINY_BACKBONES, tiny_backbone, tiny_processor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
-from .data.synthetic import shapes_dataset, tiny_backbone, tiny_processor
+from .data.synthetic import CLASSES, shapes_dataset
 from .hub import push_adapter
 from .methods import get_method_config, list_methods
 from .modeling import MissingModalityForClassification
@@ -36,8 +37,6 @@ from .training import (
     train_and_save,
     write_evaluation,
 )
-
-QUICKSTART_BACKBONES = ("clip", "vilt")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +62,7 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--preset", default=None, help="Preset name or JSON file (hf_missing.list_presets()).")
     train.add_argument("--data", default=None, help="Dataset folder in its published layout (with --preset).")
     train.add_argument("--backbone", default=None, help="With --preset: a path or Hub id replacing the preset's "
-                                                        f"backbone. Without: one of {list(QUICKSTART_BACKBONES)} "
+                                                        f"backbone. Without: one of {list(TINY_BACKBONES)} "
                                                         "(default vilt).")
     train.add_argument("--epochs", type=float, default=None, help="Override the epochs (quickstart default 8).")
     train.add_argument("--max-steps", type=int, default=None, help="Stop after this many steps (with --preset).")
@@ -177,18 +176,19 @@ def _push(args: argparse.Namespace) -> int:
 
 def _quickstart(args: argparse.Namespace) -> int:
     backbone = args.backbone or "vilt"
-    if backbone not in QUICKSTART_BACKBONES:
-        raise SystemExit(f"The quickstart (no --preset) runs a tiny {list(QUICKSTART_BACKBONES)} backbone; got "
+    if backbone not in TINY_BACKBONES:
+        raise SystemExit(f"The quickstart (no --preset) runs a tiny {list(TINY_BACKBONES)} backbone; got "
                          f"--backbone {backbone!r}. Pass --preset to train a real backbone.")
     args.backbone, args.epochs = backbone, 8.0 if args.epochs is None else args.epochs
     args.output_dir = args.output_dir or "runs/quickstart"
     torch.manual_seed(args.seed)
-    data = simulate_missing(shapes_dataset(args.n_train, args.n_test, seed=args.seed), rate=args.rate,
-                            pattern="both", protocol="map", seed=args.seed)
-    labels = data["train"].features["label"].names
+    labels = list(CLASSES)
     model = MissingModalityForClassification.from_backbone(
         tiny_backbone(args.backbone, seed=args.seed), num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    modalities = model.interface.modalities
+    data = simulate_missing(shapes_dataset(args.n_train, args.n_test, seed=args.seed, audio="audio" in modalities),
+                            rate=args.rate, pattern="both", protocol="map", seed=args.seed, modalities=modalities)
     model.add_adapter(get_method_config(args.method))
     training_args = TrainingArguments(
         output_dir=args.output_dir, use_cpu=True, report_to="none", num_train_epochs=args.epochs,
@@ -198,8 +198,9 @@ def _quickstart(args: argparse.Namespace) -> int:
         disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["test"],
-                      data_collator=MissingModalityCollator(tiny_processor(args.backbone)),
-                      compute_metrics=metrics.for_task("single_label"))
+                      data_collator=MissingModalityCollator(tiny_processor(args.backbone),
+                                                            modalities=model.interface.inputs),
+                      compute_metrics=metrics.for_task("single_label", modalities=modalities))
     trainer.train()
     results = trainer.evaluate()
     adapter_dir = os.path.join(args.output_dir, "adapter")

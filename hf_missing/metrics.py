@@ -73,6 +73,10 @@ def for_task(task: str, *, per_pattern: bool = True, modalities: Sequence[str] =
 def per_pattern_metrics(task: str, logits: np.ndarray, labels: np.ndarray, codes: np.ndarray, names: list[str],
                         threshold: float = 0.5) -> dict[str, float]:
     """The same metrics on each missing pattern's samples, keyed ``"<pattern>/<metric>"``."""
+    unknown = sorted(set(np.unique(codes).tolist()) - set(range(len(names))))
+    if unknown:
+        raise ValueError(f"missing_type codes {unknown} have no pattern among {names}; the metrics were built for "
+                         f"other modalities than the model's: pass for_task(..., modalities=model.config.modalities).")
     out: dict[str, float] = {}
     for code, name in enumerate(names):
         rows = codes == code

@@ -115,13 +115,14 @@ def build_training(preset: Preset, data_dir: str | Path, output_dir: str | Path,
     backbone = backbone or preset.backbone
     data = simulate_missing(load_dataset_for(preset, data_dir), **preset.data.missing.simulate_kwargs())
     model = build_model(preset, backbone, label_names(data["train"], preset.data.num_labels))
-    collator = MissingModalityCollator(load_processor(backbone), max_length=preset.max_text_len)
+    collator = MissingModalityCollator(load_processor(backbone), max_length=preset.max_text_len,
+                                       modalities=model.interface.inputs)
     train, collator = prepare_for_training(model, data["train"], collator)
     eval_split = "validation" if "validation" in data else "test"
     evaluation = prepare_for_evaluation(model, data[eval_split], collator)
     trainer = Trainer(model=model, args=preset.training_arguments(str(output_dir), **overrides), train_dataset=train,
                       eval_dataset=evaluation, data_collator=collator,
-                      compute_metrics=metrics.for_task(preset.data.task))
+                      compute_metrics=metrics.for_task(preset.data.task, modalities=model.config.modalities))
     return TrainingRun(preset, model, data, collator, trainer, eval_split)
 
 
@@ -186,7 +187,7 @@ def evaluate_adapter(adapter: str | Path, preset: Preset, data_dir: str | Path,
     model = AutoModel.from_pretrained(str(adapter))  # the name, not the download folder: a Hub adapter stays remote
     test = load_dataset_for(preset, data_dir)["test"]
     collator = MissingModalityCollator(load_processor(model.config.backbone_name_or_path),
-                                       max_length=model.config.max_text_len)
+                                       max_length=model.config.max_text_len, modalities=model.interface.inputs)
     test = prepare_for_evaluation(model, test, collator)
     predictions = predict_patterns(model, test, collator, preset.data.task)
     return summarise(predictions, train_missing_settings(adapter_dir, preset), rates)

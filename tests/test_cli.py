@@ -22,6 +22,19 @@ def test_train_runs_end_to_end_and_reports_per_pattern(tmp_path, capsys):
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_quickstart_trains_a_three_modality_backbone(tmp_path):
+    """Catches a quickstart that only knows text and image: on the text+image+audio tiny backbone the data gets an
+    audio column, every one of the six incomplete patterns is simulated, and evaluation reports them by name."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--backbone", "fused_audio", "--method", "map", "--epochs", "1", "--n-train", "48",
+                     "--n-test", "24", "--output-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["missing"]["modalities"] == ["text", "image", "audio"] and len(report["missing"]["shares"]) == 6
+    assert {"eval_missing_audio/accuracy", "eval_missing_text_image/accuracy"} <= set(report["eval"])
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["model_settings"]["modalities"] == [
+        "text", "image", "audio"]
+
+
 def test_methods_lists_registered_methods(capsys):
     assert cli.main(["methods"]) == 0
     printed = capsys.readouterr().out
