@@ -573,7 +573,9 @@ def read_adapter_weights(path: str | os.PathLike, plan: AdapterPlan) -> dict[str
         if dtype not in FLOAT_DTYPES:
             raise AdapterLoadError(f"{path}: tensor {key} is {dtype}; adapter tensors are floating point "
                                    f"({', '.join(FLOAT_DTYPES)}). Re-save the adapter with save_pretrained.")
-    tensors = {key: tensor.to(plan.tensors[key][1]) for key, tensor in load_file(str(path)).items()}
+    # copied: safetensors' tensors view its buffer unaligned, and matrix kernels round differently on unaligned
+    # memory, so logits would differ in the last bits from the model that was saved
+    tensors = {key: tensor.to(plan.tensors[key][1], copy=True) for key, tensor in load_file(str(path)).items()}
     for key, tensor in tensors.items():  # checked in the model's dtype: a float64 value can overflow float32
         if not torch.isfinite(tensor).all():
             raise AdapterLoadError(f"{path}: tensor {key} holds NaN or infinite values (in the model's "

@@ -348,6 +348,17 @@ class MissingModalityForClassification(PreTrainedModel):
                     return list(module.active_adapters)
         return super().active_adapters()
 
+    def enable_adapters(self) -> None:
+        """Re-enable the injected adapters after :meth:`disable_adapters`. transformers' version turns the tuner
+        layers back on but leaves the head and pooler copies (``modules_to_save``) disabled and frozen, so the model
+        would run, and train, the original head; they are re-enabled here too."""
+        from peft.utils import ModulesToSaveWrapper
+
+        super().enable_adapters()
+        for module in self.modules():
+            if isinstance(module, ModulesToSaveWrapper):
+                module.enable_adapters(True)
+
     def diagnostics(self) -> dict[str, float]:
         """Scalars the injected method exposes for logging (e.g. REP's gates alpha, beta, eps)."""
         return collect_diagnostics(self)
