@@ -1,41 +1,29 @@
 """Method plumbing: shared config fields, the method registry, and PEFT registration.
 
 Every method is a ``PeftConfig`` subclass plus a ``BaseTuner`` and a ``BaseTunerLayer`` that wraps the
-backbone's encoder layers (found through the backbone interface, never by module path). peft's
-``PeftType`` is a closed enum, so methods get their own string type and are entered into peft's
-mapping tables (``PEFT_TYPE_TO_CONFIG_MAPPING`` / ``_TUNER_`` / ``_PREFIX_``) at import; those tables are
-internal, which is why pyproject pins peft's minor version.
+backbone's encoder layers (found through the backbone interface, never by module path). Methods get their own
+peft type and are entered into peft's internal tables at import, through :mod:`hf_missing.compat.peft`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from peft import PeftConfig
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils.constants import DUMMY_TARGET_MODULES
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..backbones import BackboneInterface, Stream, insert_tokens, strip_tokens
+from ..compat.peft import DUMMY_TARGET_MODULES, MethodType, PrefixedKeyTuner, register_peft_type
 from ..context import current_context
 from .options import MAX_OPTION_VALUE, annotations, conform, describe, is_finite, too_large
 
 logger = logging.getLogger(__name__)
-
-
-class MethodType(str):
-    """A PEFT type string for an hf_missing method (``value`` mirrors peft's enum members)."""
-
-    @property
-    def value(self) -> str:
-        return str(self)
 
 
 @dataclass
@@ -152,7 +140,7 @@ def _pop_mask(args: tuple, kwargs: dict) -> tuple[tuple, dict, torch.Tensor | No
     return args[1:], kwargs, args[0] if args else None
 
 
-class MissingMethodModel(BaseTuner):
+class MissingMethodModel(PrefixedKeyTuner):
     """Tuner base: finds the layers to wrap through the backbone interface and checks compatibility."""
 
     prefix: str = "hfm_"
@@ -175,14 +163,6 @@ class MissingMethodModel(BaseTuner):
         config.target_modules = sorted(self._targets) or DUMMY_TARGET_MODULES
         saved = ["head", *(f"backbone.{m}" for m in interface.pooler_modules)]
         config.modules_to_save = list(dict.fromkeys([*(config.modules_to_save or []), *saved]))
-
-    @classmethod
-    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        """Checkpoint key of a model key: drop the adapter name that follows the method's container
-        (``rep_buffers.default.G.text.0.weight`` -> ``rep_buffers.G.text.0.weight``); peft's default only
-        drops it when it is the last or second-to-last part, which breaks containers of nested modules."""
-        pattern = rf"(\.{re.escape(cls.prefix)}[^.]*)\.{re.escape(adapter_name)}(\.|$)"
-        return re.sub(pattern, r"\1\2", key, count=1)
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
         return peft_config
@@ -213,9 +193,9 @@ def _strip_wrapper_prefix(key: str) -> str:
 
 
 def _wrapper_of(model: nn.Module) -> Any:
-    from ..modeling import MissingModalityForClassification
-
-    if not isinstance(model, MissingModalityForClassification):
+    """``model`` if it is the wrapper (it has a backbone interface and records its settings), else a clear error."""
+    if not (isinstance(getattr(model, "interface", None), BackboneInterface)
+            and callable(getattr(model, "model_settings", None))):
         raise TypeError(
             f"hf_missing methods adapt a MissingModalityForClassification, got {type(model).__name__}; wrap the "
             "backbone first: MissingModalityForClassification.from_pretrained(<clip or vilt checkpoint>, "
@@ -263,26 +243,35 @@ class MethodHooks:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method.
+
+    Attributes:
+        summary: one sentence on what the method does.
+        paper: a one-line reference to the paper it implements (model cards print it).
+        citation: its BibTeX entry.
+    """
+
     name: str
     config_cls: type[MissingMethodConfig]
     model_cls: type[MissingMethodModel]
     summary: str
     hooks: MethodHooks = field(default_factory=MethodHooks)
+    paper: str = ""
+    citation: str = ""
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, config_cls: type[MissingMethodConfig], model_cls: type[MissingMethodModel],
-                    summary: str, hooks: MethodHooks | None = None) -> None:
-    """Make ``name`` usable as ``adapter=name`` and through peft's own API."""
+                    summary: str, hooks: MethodHooks | None = None, *, paper: str = "", citation: str = "") -> None:
+    """Make ``name`` usable as ``adapter=name`` and through peft's own API; ``paper`` (one line) and ``citation``
+    (BibTeX) say where it comes from."""
     method_type = MethodType(f"HFM_{name.upper()}")
     config_cls.method_name, config_cls.method_type = name, method_type
     model_cls.prefix = f"{name}_"
-    PEFT_TYPE_TO_CONFIG_MAPPING[method_type] = config_cls
-    PEFT_TYPE_TO_TUNER_MAPPING[method_type] = model_cls
-    PEFT_TYPE_TO_PREFIX_MAPPING[method_type] = model_cls.prefix
-    METHODS[name] = MethodSpec(name, config_cls, model_cls, summary, hooks or MethodHooks())
+    register_peft_type(method_type, config_cls, model_cls, model_cls.prefix)
+    METHODS[name] = MethodSpec(name, config_cls, model_cls, summary, hooks or MethodHooks(), paper, citation)
 
 
 def _active_hooks(model: Any) -> list[MethodHooks]:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from torch.nn import functional as F
 
+from ...cache import default_cache_dir
+from ...compat.peft import adapters_bypassed
 from ...context import maybe_context
-from ...data.emoji import default_cache_dir
 from ..options import is_signature
 
 BANK_FILE = "redeem_bank.safetensors"
@@ -368,22 +368,6 @@ def _visible(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor
         return torch.ones(batch, length, dtype=torch.bool)
     row = mask[:, 0, -1, :].expand(batch, length)
     return row if row.dtype == torch.bool else row == 0
-
-
-@contextmanager
-def adapters_bypassed(model: torch.nn.Module) -> Any:
-    """Run ``model`` as the frozen backbone: every method layer forwards to its base layer."""
-    from ..base import MissingMethodLayer
-
-    layers = [m for m in model.modules() if isinstance(m, MissingMethodLayer)]
-    saved = [layer._disable_adapters for layer in layers]
-    for layer in layers:
-        layer._disable_adapters = True
-    try:
-        yield
-    finally:
-        for layer, flag in zip(layers, saved, strict=True):
-            layer._disable_adapters = flag
 
 
 @torch.no_grad()
