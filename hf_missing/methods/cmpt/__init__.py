@@ -1,7 +1,7 @@
 from ..base import register_method
 from .config import CmptConfig
-from .layer import CmptLayer, ProxyGate
-from .model import CmptModel, use_lora_key_prefix
+from .layer import CmptLayer, CmptLoraLinear, CmptTensors, ProxyGate
+from .model import CmptModel
 
 PAPER = ("Reza, Patil, Solh and Asif. Robust Multimodal Learning via Cross-Modal Proxy Tokens. TMLR, "
          "arXiv:2501.17823.")
@@ -14,6 +14,5 @@ register_method("cmpt", CmptConfig, CmptModel,
                 "Cross-modal proxy tokens: a learned token per modality estimates a missing modality's class token "
                 "from the available modality; rank-1 LoRA on the frozen encoders, alignment loss, gated fusion (CMPT).",
                 paper=PAPER, citation=CITATION)
-use_lora_key_prefix()
 
-__all__ = ["CmptConfig", "CmptLayer", "CmptModel", "ProxyGate"]
+__all__ = ["CmptConfig", "CmptLayer", "CmptLoraLinear", "CmptModel", "CmptTensors", "ProxyGate"]

@@ -5,7 +5,7 @@ from typing import Any
 from ..base import MethodHooks, register_method
 from .bank import BANK_FILE, BankError, MemoryBank, build_index, build_memory_bank
 from .config import RagptConfig, RedeemConfig
-from .layer import RagptLayer, RedeemLayer, RedeemModules
+from .layer import RedeemLayer, RedeemModules
 from .model import RagptModel, RedeemModel
 from .retrieval import (
     RedeemCollator,
@@ -47,6 +47,6 @@ register_method("ragpt", RagptConfig, RagptModel,
                 "label token (RAGPT).", HOOKS,
                 paper=RAGPT_PAPER, citation=RAGPT_CITATION)
 
-__all__ = ["BankError", "MemoryBank", "RagptConfig", "RagptLayer", "RagptModel", "RedeemCollator", "RedeemConfig",
+__all__ = ["BankError", "MemoryBank", "RagptConfig", "RagptModel", "RedeemCollator", "RedeemConfig",
            "RedeemLayer", "RedeemModel", "RedeemModules", "add_neighbors", "attach_memory_bank", "build_index",
            "build_memory_bank", "load_memory_bank", "prepare_for_training"]

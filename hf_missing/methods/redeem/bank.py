@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from ...cache import default_cache_dir
 from ...compat.peft import adapters_bypassed
 from ...context import maybe_context
+from ..base import visible_keys
 from ..options import is_signature
 
 BANK_FILE = "redeem_bank.safetensors"
@@ -362,14 +363,6 @@ def pool_tokens(tokens: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tens
     return torch.stack(pooled)
 
 
-def _visible(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
-    """``[B, L]`` keys the last query may attend to (padding and masked modalities excluded)."""
-    if mask is None:
-        return torch.ones(batch, length, dtype=torch.bool)
-    row = mask[:, 0, -1, :].expand(batch, length)
-    return row if row.dtype == torch.bool else row == 0
-
-
 @torch.no_grad()
 def embed_batch(model: Any, batch: dict[str, Any], available: dict[str, np.ndarray], num_tokens: int) -> Embedded:
     """Query vectors and pooled first-layer tokens of each available modality, each computed with that modality
@@ -422,7 +415,7 @@ def _split_modalities(interface: Any, captured: dict, rows: dict[str, np.ndarray
         span = stream["spans"][m]
         first, last = stream["input"][seg, span].float(), stream["output"][seg, span].float()
         batch, length = stream["input"].shape[:2]
-        valid = _visible(stream["mask"], batch, length)[seg, span].cpu()
+        valid = visible_keys(stream["mask"], batch, length, first.device)[seg, span].cpu()
         if len(idx) == 0:
             out.query[m] = torch.zeros(0, first.shape[-1])
             out.tokens[m] = torch.zeros(0, num_tokens, first.shape[-1])
