@@ -1,6 +1,6 @@
 """What every method gets from the shared plumbing (the token-insertion layer and the per-adapter pool): saved keys
 under the method's prefix, two adapters side by side with set_adapter switching, disable_adapter, delete_adapter
-(through transformers' integration and through PeftModel)."""
+(through transformers' integration and through PeftModel), and the insertion itself on three modalities."""
 
 import pytest
 import torch
@@ -8,8 +8,10 @@ from peft import get_peft_model
 
 import hf_missing
 from hf_missing import MissingModalityCollator
+from hf_missing.backbones import Stream
+from hf_missing.context import ForwardContext
 from hf_missing.data.synthetic import tiny_processor
-from hf_missing.methods.base import MissingMethodLayer
+from hf_missing.methods.base import Block, MethodRun, MissingMethodLayer
 from hf_missing.methods.redeem import prepare_for_training
 from tests.conftest import make_model
 
@@ -102,3 +104,48 @@ def test_disable_and_delete_through_peft(shapes_missing, method, tmp_path):
     peft_model.add_adapter("other", _config(method))
     peft_model.delete_adapter("other")
     assert not _holds(base, "other") and _holds(base, "default")
+
+
+# ---- the insertion itself, on three modalities of one stream -------------------------------------------------
+class _Recorder(torch.nn.Module):
+    """An encoder layer that returns its input (ViLT-style tuple) and records it with its mask."""
+
+    def forward(self, hidden, mask=None):
+        self.seen = (hidden, mask)
+        return (hidden,)
+
+
+class _Markers(MissingMethodLayer):
+    """Inserts one token of value -(k + 1) before modality k; carries them on as they come back."""
+
+    def blocks(self, run, hidden, mask, carried):
+        return [Block(m, carried.get(m, torch.full((hidden.shape[0], 1, 1), -(k + 1.0))), before=m)
+                for k, m in enumerate(self.stream.modalities)]
+
+
+def _markers(causal: bool) -> tuple[_Markers, MethodRun]:
+    stream = Stream("joint", "layers", 1, 1, ("a", "b", "c"), "attention", causal)
+    layer = _Markers(_Recorder(), None, stream, 0, None)
+    ctx = ForwardContext(missing_type=torch.zeros(2, dtype=torch.long), present=torch.ones(2, 3, dtype=torch.bool),
+                         modalities=stream.modalities,
+                         spans={"joint": {"a": slice(0, 2), "b": slice(2, 3), "c": slice(3, None)}})
+    return layer, MethodRun("default", hf_missing.get_method_config("map"), None, ctx)
+
+
+def test_three_modalities_get_their_blocks_in_front_of_their_tokens_and_back():
+    layer, run = _markers(causal=False)
+    hidden = torch.arange(1.0, 6.0)[None, :, None].expand(2, 5, 1)
+    padding = torch.zeros(2, 1, 1, 5)
+    padding[1, ..., 4] = torch.finfo(torch.float32).min
+    out = layer.adapted_forward(run, hidden, padding)[0]
+    seen, mask = layer.base_layer.seen
+    assert seen[0, :, 0].tolist() == [-1, 1, 2, -2, 3, -3, 4, 5]
+    assert (mask[1, 0, 0] < 0).tolist() == [False] * 7 + [True]  # the blocks are visible, padding stays hidden
+    assert torch.equal(out, hidden) and set(run.carried["joint"]) == {"a", "b", "c"}
+    assert torch.equal(run.final["joint"], out)  # the stream's last layer
+
+
+def test_a_block_inside_a_causal_stream_is_a_clear_error():
+    layer, run = _markers(causal=True)
+    with pytest.raises(ValueError, match=r"causal joint stream only at its front.*before 'b'"):
+        layer.adapted_forward(run, torch.zeros(2, 5, 1), None)
