@@ -17,7 +17,8 @@ import hf_missing
 from hf_missing import MissingModalityForClassification
 from hf_missing.backbones.clip import clip_vit_b16_config
 
-PARTS = {"lora": (".lora_A.", ".lora_B."), "proxies": ("lora_cmpt_proxies",), "gate": ("lora_cmpt_gate",)}
+PARTS = {"lora": (".cmpt_lora_A.", ".cmpt_lora_B."), "proxies": ("cmpt_tensors.default.proxies",),
+         "gate": ("cmpt_tensors.default.gate",)}
 
 
 def budget(options: dict, num_labels: int = 23) -> dict[str, float]:

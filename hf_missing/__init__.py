@@ -7,8 +7,9 @@ hf_missing adapters given to the ``Auto*`` classes through the wrapper's safe lo
 import importlib
 from typing import Any
 
-from . import compat, evaluation, hub, methods, metrics
+from . import evaluation, hub, methods, metrics
 from .backbones import BackboneInterface, register_backbone
+from .compat import auto as _loader_hooks
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import load_food101, load_hateful_memes, load_mmimdb
 from .evaluation import missing_grid, predict_patterns
@@ -19,7 +20,7 @@ from .missingness import ModalityPattern
 from .modeling import MissingModalityConfig, MissingModalityForClassification
 from .presets import list_presets, load_preset
 
-compat.install()  # transformers' Auto classes hand hf_missing adapters to the wrapper (hf_missing.compat)
+_loader_hooks.install()  # transformers' Auto classes hand hf_missing adapters to the wrapper (hf_missing.compat.auto)
 
 __version__ = "0.1.0"
 

@@ -306,9 +306,9 @@ def test_alignment_form_option(shapes_complete, runs, kind):
 def test_only_lora_proxies_gate_head_and_pooler_train(backbone):
     model = make_model(backbone, "cmpt")
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
-    kinds = {"lora": [n for n in trained if ".lora_A." in n or ".lora_B." in n],
-             "proxy": [n for n in trained if "lora_cmpt_proxies" in n],
-             "gate": [n for n in trained if "lora_cmpt_gate" in n],
+    kinds = {"lora": [n for n in trained if ".cmpt_lora_A." in n or ".cmpt_lora_B." in n],
+             "proxy": [n for n in trained if "cmpt_tensors.default.proxies" in n],
+             "gate": [n for n in trained if "cmpt_tensors.default.gate" in n],
              "saved": [n for n in trained if "modules_to_save" in n]}
     assert sum(map(len, kinds.values())) == len(trained) and all(kinds.values())
     layers = sum(s.num_layers for s in model.interface.streams)
@@ -316,7 +316,7 @@ def test_only_lora_proxies_gate_head_and_pooler_train(backbone):
     lora = [m for m in model.modules() if isinstance(m, LoraLayer)]
     assert len(lora) == layers * 2 and all(m.r["default"] == 1 for m in lora)
     width = model.interface.streams[0].hidden_size
-    proxies = [p for n, p in model.named_parameters() if "lora_cmpt_proxies" in n]
+    proxies = [p for n, p in model.named_parameters() if "cmpt_tensors.default.proxies" in n]
     assert sum(p.shape[0] for p in proxies) == 2 and proxies[0].shape[-1] == width
 
 
@@ -347,24 +347,28 @@ def test_gate_form_option_sets_the_gate_size():
     assert sizes == {"vector": (16, 32), "scalar": (1, 32)}  # K = 2, d = projection_dim 16
 
 
+def _proxies(model, adapter="default"):
+    """Per host stream, the proxies the adapter keeps in the model's pool."""
+    return model.method_pool.cmpt_tensors[adapter].proxies
+
+
 def test_proxy_initialisation_options():
-    clip = make_model("clip", "cmpt").backbone
+    model = make_model("clip", "cmpt")
+    clip = model.backbone
     eot = clip.text_model.embeddings.token_embedding.weight[clip.config.text_config.eos_token_id]
-    text_host = clip.text_model.encoder.layers[0].lora_cmpt_proxies["default"]  # hosts the image proxy
+    text_host = _proxies(model)["text"]  # hosts the image proxy
     assert (text_host[0] - eot).abs().max() < 0.15
-    vision_host = clip.vision_model.encoder.layers[0].lora_cmpt_proxies["default"]
+    vision_host = _proxies(model)["vision"]
     assert (vision_host[0] - clip.vision_model.embeddings.class_embedding).abs().max() < 0.15
-    random = make_model("clip", "cmpt", proxy_init="random").backbone.text_model.encoder.layers[0].lora_cmpt_proxies
-    assert random["default"].std() < 0.05
-    vilt = make_model("vilt", "cmpt").backbone
-    image_proxy = vilt.encoder.layer[0].lora_cmpt_proxies["default"][1]
-    assert (image_proxy - vilt.embeddings.cls_token.reshape(-1)).abs().max() < 0.15
+    assert _proxies(make_model("clip", "cmpt", proxy_init="random"))["text"].std() < 0.05
+    vilt = make_model("vilt", "cmpt")
+    image_proxy = _proxies(vilt)["joint"][1]
+    assert (image_proxy - vilt.backbone.embeddings.cls_token.reshape(-1)).abs().max() < 0.15
 
 
 def test_proxy_modalities_subset(shapes_missing):
     model = make_model("clip", "cmpt", proxy_modalities=["image"])
-    assert len(model.backbone.vision_model.encoder.layers[0].lora_cmpt_proxies) == 0
-    assert model.backbone.text_model.encoder.layers[0].lora_cmpt_proxies["default"].shape[0] == 1
+    assert set(_proxies(model)) == {"text"} and _proxies(model)["text"].shape[0] == 1
     out = _forward(model, make_batch(shapes_missing["train"], "clip", n=8))
     assert torch.isfinite(out.loss)
 
@@ -381,8 +385,9 @@ def _round_trip(model, batch, folder):
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                        "config.json"]
     saved = load_file(folder / "adapter_model.safetensors")
-    assert any(".lora_A.weight" in k for k in saved) and any(k.endswith("lora_cmpt_proxies") for k in saved)
-    assert any("lora_cmpt_gate.linear.weight" in k for k in saved) and not any(".default" in k for k in saved)
+    assert any(".cmpt_lora_A.weight" in k for k in saved) and any("cmpt_tensors.proxies." in k for k in saved)
+    assert any("cmpt_tensors.gate.linear.weight" in k for k in saved) and not any(".default" in k for k in saved)
+    assert not any(".lora_" in k for k in saved)  # CMPT's LoRA keys carry CMPT's prefix
     assert json.loads((folder / "adapter_config.json").read_text())["lora_rank"] == 1
     loaded = AutoModel.from_pretrained(folder).eval()
     assert torch.equal(_forward(loaded, batch).logits, logits)
@@ -397,7 +402,7 @@ def test_save_load_bit_identical(shapes_missing, backbone, tmp_path):
     _perturb_trainable(model)
     batch = make_batch(shapes_missing["train"], backbone, n=12)
     loaded = _round_trip(model, batch, tmp_path / "adapter")
-    state = {n: p for n, p in loaded.named_parameters() if ".lora_B." in n}
+    state = {n: p for n, p in loaded.named_parameters() if ".cmpt_lora_B." in n}
     assert state and all(p.abs().sum() > 0 for p in state.values())  # LoRA B was loaded, not re-initialised
     bare = hf_missing.MissingModalityForClassification.from_pretrained(tmp_path / "base", num_labels=4)
     through_peft = PeftModel.from_pretrained(bare, tmp_path / "adapter").eval()
@@ -497,4 +502,4 @@ def test_second_adapter_adds_and_deletes_its_own_lora_proxies_and_gate(shapes_mi
     model.delete_adapter("other")
     assert all(set(m.lora_A) == {"default"} for m in lora)
     layers = [m for m in model.modules() if isinstance(m, CmptLayer)]
-    assert all("other" not in m.lora_cmpt_proxies and "other" not in m.cmpt_settings for m in layers)
+    assert all("other" not in m.method_config for m in layers) and set(model.method_pool.cmpt_tensors) == {"default"}

@@ -11,8 +11,9 @@ from transformers import AutoModel
 
 import hf_missing
 from hf_missing.context import ForwardContext
+from hf_missing.methods.base import Block, MethodRun, visible_keys
 from hf_missing.methods.memprompt import MemPromptBank, MemPromptConfig, MemPromptLayer, PromptMemory
-from hf_missing.methods.memprompt.layer import normalized_entropy, pooled_query, squared_cosine, token_validity
+from hf_missing.methods.memprompt.layer import normalized_entropy, pooled_query, squared_cosine
 from tests.conftest import BACKBONES, make_batch, make_model
 
 L = 3
@@ -29,7 +30,7 @@ def _layers(model) -> list[MemPromptLayer]:
 
 
 def _owner_bank(model) -> MemPromptBank:
-    return next(m for m in _layers(model) if m.is_owner).memprompt_bank["default"]
+    return model.method_pool.memprompt_bank["default"]
 
 
 # ---- eq. 4-6: retrieval ---------------------------------------------------------------------------
@@ -90,14 +91,14 @@ def test_query_is_the_max_over_unpadded_tokens():
     assert query[1].tolist() == [8.0, 9.0]  # every token masked (a masked-out missing modality): plain max
 
 
-def test_token_validity_reads_every_mask_layout():
+def test_visible_keys_reads_every_mask_layout():
     padding = torch.tensor([[1, 1, 0], [1, 1, 1]])
     additive = (1.0 - padding[:, None, None, :].float()) * torch.finfo(torch.float32).min
-    assert token_validity(additive, 2, 3, torch.device("cpu")).equal(padding.bool())
-    assert token_validity(padding, 2, 3, torch.device("cpu")).equal(padding.bool())
+    assert visible_keys(additive, 2, 3, torch.device("cpu")).equal(padding.bool())
+    assert visible_keys(padding, 2, 3, torch.device("cpu")).equal(padding.bool())
     causal = torch.ones(3, 3, dtype=torch.bool).tril()[None, None] & padding.bool()[:, None, None, :]
-    assert token_validity(causal, 2, 3, torch.device("cpu")).equal(padding.bool())
-    assert token_validity(None, 2, 3, torch.device("cpu")).all()
+    assert visible_keys(causal, 2, 3, torch.device("cpu")).equal(padding.bool())
+    assert visible_keys(None, 2, 3, torch.device("cpu")).all()
 
 
 # ---- eq. 7: shared prompts -------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_vilt_prompts_sit_where_the_placement_says(shapes_missing, placement):
         model(**batch)
     hidden, mask = seen["wrapper"][0], seen["wrapper"][1]
     text_len, n = batch["input_ids"].shape[1], hidden.shape[1]
-    valid = token_validity(mask, 6, n, hidden.device)
+    valid = visible_keys(mask, 6, n, hidden.device)
     assert valid[:, :text_len].equal(batch["attention_mask"].bool())
     present = model.patterns.present(batch["missing_type"])
     bank = _owner_bank(model)
@@ -207,14 +208,14 @@ def test_clip_prompts_go_in_front_of_each_tower(shapes_missing):
     bank = _owner_bank(model)
     for seen, modality in ((text_seen, "text"), (vision_seen, "image")):
         hidden, mask = seen["wrapper"][0], seen["wrapper"][1]
-        valid = token_validity(mask, 6, hidden.shape[1], hidden.device)
+        valid = visible_keys(mask, 6, hidden.shape[1], hidden.device)
         with torch.no_grad():
             block = _expected_block(bank, 0, modality, hidden, valid, present)
         assert torch.allclose(seen["base"][0], torch.cat([block, hidden], dim=1), atol=1e-6)
         assert seen["base"][1].shape[1] == hidden.shape[1] + 4 * L
     text_mask = text_seen["wrapper"][1]  # padded batch: a 4-D causal mask with padding
     assert text_mask.dim() == 4
-    assert token_validity(text_mask, 6, text_mask.shape[-1], text_mask.device).equal(batch["attention_mask"].bool())
+    assert visible_keys(text_mask, 6, text_mask.shape[-1], text_mask.device).equal(batch["attention_mask"].bool())
 
 
 def test_prompts_start_at_the_first_prompted_layer(shapes_missing):
@@ -408,12 +409,11 @@ def test_distributed_prompts_between_modalities_of_a_causal_stream_are_a_clear_e
     it); an implementation that inserted it anyway would silently change what eq. 2 means, and the unfinished one
     raised NotImplementedError. It is a ValueError that names the fix."""
     model = make_model("clip", "memprompt", **TINY)
-    layer = next(m for m in model.modules() if isinstance(m, MemPromptLayer) and m.stream.causal)
-    config = next(iter(model.peft_config.values()))
-    hidden = torch.zeros(2, 6, 32)
-    blocks = {"text": torch.zeros(2, 1, 32), "image": torch.zeros(2, 1, 32)}
+    layer = next(m for m in _layers(model) if m.stream.causal)
     ctx = ForwardContext(missing_type=torch.zeros(2, dtype=torch.long), present=torch.ones(2, 2, dtype=torch.bool),
                          modalities=("text", "image"),
                          spans={layer.stream.name: {"text": slice(0, 3), "image": slice(3, 6)}})
-    with pytest.raises(ValueError, match="placement='pre-appended'"):
-        layer._insert(hidden, None, blocks, config, ctx)
+    run = MethodRun("default", model.peft_config["default"], None, ctx)
+    blocks = [Block(m, torch.zeros(2, 1, 32), before=m) for m in ("text", "image")]
+    with pytest.raises(ValueError, match=r"before 'image', which does not start the stream.*placement='pre-appended'"):
+        layer._place(run, blocks)

@@ -132,8 +132,7 @@ def test_reconstruction_term_is_the_mse_against_the_dropped_modality(shapes_miss
     model, train, collator = _prepared("vilt", shapes_missing, cache)
     batch = collator([train[i] for i in range(12)])
     captured = {}
-    layer = next(m for m in model.modules() if hasattr(m, "is_owner") and m.is_owner)
-    owner = layer.trained["default"]
+    owner = model.method_pool.redeem_modules["default"]
     original = owner.generate
     owner.generate = lambda m, *a: captured.setdefault(m, original(m, *a))
     out = model(**batch)
@@ -152,7 +151,7 @@ def test_generated_block_replaces_only_missing_samples_placeholders(shapes_missi
     batch = collator([train[i] for i in range(12)])
     torch.manual_seed(1)
     reference = model(**batch).logits
-    owner = next(m for m in model.modules() if hasattr(m, "is_owner") and m.is_owner).trained["default"]
+    owner = model.method_pool.redeem_modules["default"]
     with torch.no_grad():
         owner.experts["text"][0].out.bias.add_(torch.randn(32))  # changes the generated text only
     torch.manual_seed(1)

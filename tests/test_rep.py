@@ -9,7 +9,7 @@ from transformers import AutoModel
 import hf_missing
 from hf_missing.backbones import BackboneInterface, ClipBackbone, insert_blocks, remove_blocks
 from hf_missing.methods.rep import RepBuffers, RepConfig
-from hf_missing.methods.rep.layer import RepLayer, squared_cosine
+from hf_missing.methods.rep.layer import squared_cosine
 from tests.conftest import BACKBONES, make_batch, make_model
 
 TINY = {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4}
@@ -22,8 +22,8 @@ def _buffers(widths=WIDTHS, **options) -> RepBuffers:
     return RepBuffers(widths, config, init)
 
 
-def _owner(model) -> RepLayer:
-    return next(m for m in model.modules() if isinstance(m, RepLayer) and m.is_owner)
+def _pooled(model, adapter="default") -> RepBuffers:
+    return model.method_pool.rep_buffers[adapter]
 
 
 def test_eq7_private_update_is_the_residual_bypass():
@@ -101,7 +101,7 @@ def test_static_initialisation_is_small_random():
 def test_clip_init_sources_are_eot_and_class_embeddings():
     model = make_model("clip", "rep", **TINY)
     clip = model.backbone
-    private = _owner(model).rep_buffers["default"].private
+    private = _pooled(model).private
     eot = clip.text_model.embeddings.token_embedding.weight[clip.config.text_config.eos_token_id]
     cls = clip.vision_model.embeddings.class_embedding
     for m, source in (("text", eot), ("image", cls)):
@@ -129,7 +129,7 @@ def test_orthogonality_term_is_in_the_loss_and_gradients_reach_every_tensor(shap
     model = make_model(backbone, "rep", **TINY, ortho_weight=0.5)
     batch = make_batch(shapes_missing["train"], backbone, n=12)
     out = model(**batch)
-    buffers = _owner(model).rep_buffers["default"]
+    buffers = _pooled(model)
     assert torch.allclose(out.aux_loss, 0.5 * buffers.orthogonality_loss(buffers.states()))
     assert torch.allclose(out.loss, F.cross_entropy(out.logits, batch["labels"]) + out.aux_loss)
     out.loss.backward()
@@ -180,7 +180,7 @@ def test_slots_replayed_before_layer_one_are_carried_plus_buffers(shapes_missing
         layer.base_layer.register_forward_hook(lambda _m, args, out: seen.append((args[0], out[0])))
     torch.manual_seed(1)
     model(**batch)
-    buffers = _owner(model).rep_buffers["default"]
+    buffers = _pooled(model)
     states = buffers.states()
     text_len = batch["input_ids"].shape[1]
     (_, out0), (in1, _) = seen

@@ -87,7 +87,7 @@ def test_auto_classes_route_only_hf_missing_adapters(backbone_dir, tmp_path):
     """Every Auto model class carries the hook (transformers copies from_pretrained into each one, so patching the
     base class alone would route nothing), an hf_missing adapter folder reaches the wrapper, and a stock
     checkpoint loads exactly as transformers loads it, unless the call names a method with adapter=."""
-    routed = [c for c in compat._auto_classes() if "from_pretrained" in c.__dict__]
+    routed = [c for c in compat.auto._auto_classes() if "from_pretrained" in c.__dict__]
     assert {AutoModel, AutoModelForSequenceClassification} <= set(routed)
     assert all(getattr(c.__dict__["from_pretrained"].__func__, "__hf_missing_routed__", False) for c in routed
                if c is not _BaseAutoModelClass)

@@ -1,41 +1,39 @@
-"""Method plumbing: shared config fields, the method registry, and PEFT registration.
+"""Method plumbing: shared config fields, the token-insertion layer, the per-adapter pool, the method registry.
 
-Every method is a ``PeftConfig`` subclass plus a ``BaseTuner`` and a ``BaseTunerLayer`` that wraps the
-backbone's encoder layers (found through the backbone interface, never by module path). peft's
-``PeftType`` is a closed enum, so methods get their own string type and are entered into peft's
-mapping tables (``PEFT_TYPE_TO_CONFIG_MAPPING`` / ``_TUNER_`` / ``_PREFIX_``) at import; those tables are
-internal, which is why pyproject pins peft's minor version.
+Every method is a peft tuner: a :class:`MissingMethodConfig` subclass, a :class:`MissingMethodModel` (``BaseTuner``)
+and a :class:`MissingMethodLayer` (``BaseTunerLayer``) that wraps the backbone's encoder layers, found through the
+backbone interface, never by module path. Adding a method takes:
+
+- a config: the options, each with help and range checks;
+- a tuner: ``layer_cls``, :meth:`~MissingMethodModel.target_layers` (which layers to wrap) and, when its layers
+  share tensors, :meth:`~MissingMethodModel.shared_tensors` (a :class:`PooledTensors` per adapter, kept in the
+  model's :class:`MethodPool` under ``<prefix><shared_name>``);
+- a layer: :meth:`~MissingMethodLayer.blocks` (the :class:`Block` s to insert before that layer: tokens, the modality
+  they go before, per-sample hiding) and, for per-forward state, :meth:`~MissingMethodLayer.start_run`;
+- :func:`register_method` with its summary, paper and citation.
+
+The layer does the rest: the active adapter, the per-forward run, the attention mask, the placement (with the
+causal-stream check), stripping and carrying, and :func:`visible_keys` / :func:`allowed_attention` read masks for
+every method. peft internals are reached through :mod:`hf_missing.compat.peft` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import re
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from peft import PeftConfig
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils.constants import DUMMY_TARGET_MODULES
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ..backbones import BackboneInterface, Stream, insert_tokens, strip_tokens
-from ..context import current_context
+from ..backbones import BackboneInterface, Stream, insert_blocks, insert_tokens, remove_blocks
+from ..compat.peft import DUMMY_TARGET_MODULES, MethodType, PrefixedKeyTuner, register_peft_type
+from ..context import ForwardContext, current_context
 from .options import MAX_OPTION_VALUE, annotations, conform, describe, is_finite, too_large
-
-logger = logging.getLogger(__name__)
-
-
-class MethodType(str):
-    """A PEFT type string for an hf_missing method (``value`` mirrors peft's enum members)."""
-
-    @property
-    def value(self) -> str:
-        return str(self)
 
 
 @dataclass
@@ -95,54 +93,222 @@ class MissingMethodConfig(PeftConfig):
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name not in shared}
 
 
-class MissingMethodLayer(nn.Module, BaseTunerLayer):
-    """Wraps one encoder layer of one stream; subclasses hold per-adapter tensors for that layer."""
+# ---- what a method inserts, and its per-forward state -------------------------------------------------------
+@dataclass
+class Block:
+    """Tokens a method inserts before one encoder layer.
 
-    adapter_layer_names: tuple[str, ...] = ()
+    Attributes:
+        name: the key its output is carried to the stream's next layer under.
+        tokens: ``[B, n, H]``.
+        before: the modality whose tokens the block goes in front of; None: the front of the stream. In a causal
+            stream every block must land at the front (tokens before a block could not see it).
+        hidden: ``[B]`` True for the samples whose queries must not see the block; None: every sample's see it.
+    """
 
-    def __init__(self, base_layer: nn.Module, interface: BackboneInterface, stream: Stream, index: int) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        self.interface = interface
-        self.stream = stream
-        self.index = index
-        self._disable_adapters = False
-        self.merged_adapters = []
+    name: str
+    tokens: torch.Tensor
+    before: str | None = None
+    hidden: torch.Tensor | None = None
 
-    def update_layer(self, adapter_name: str, config: MissingMethodConfig) -> None:
-        """Create ``adapter_name``'s tensors for this layer."""
+
+@dataclass
+class MethodRun:
+    """One adapter's state during one forward, shared by the method's layers: made by the first of them that runs
+    (:meth:`MissingMethodLayer.start_run`) and dropped with the forward context.
+
+    Attributes:
+        shared: the adapter's tensors in the model's :class:`MethodPool` (None for methods that keep their tensors in
+            their layers).
+        carried: per stream, the output of each block the last layer inserted, by block name.
+        final: per stream, the output of its last layer with the inserted tokens stripped.
+    """
+
+    adapter: str
+    config: MissingMethodConfig
+    shared: PooledTensors | None
+    ctx: ForwardContext
+    carried: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    final: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# ---- the per-adapter pool of tensors shared across layers ---------------------------------------------------
+POOL_NAME = "method_pool"
+
+
+class PooledTensors(nn.Module):
+    """One adapter's tensors that all of its method's layers share (kept in the :class:`MethodPool`)."""
 
     def diagnostics(self) -> dict[str, float]:
         """Scalars worth logging while training (gate values, memory usage, ...); none by default."""
         return {}
 
-    def _has_active(self) -> bool:
-        available = self._get_available_adapters()
-        return not self.disable_adapters and any(a in available for a in self.active_adapters)
+
+class MethodPool(nn.Module, BaseTunerLayer):
+    """The tensors a method's layers share, per adapter (as AdapterHub's prefix-tuning pool): one module on the
+    adapted model (attribute :data:`POOL_NAME`) with one container per method, named with the method's key prefix
+    (``rep_buffers``) and keyed by adapter name. It is a peft tuner layer, so peft and transformers save, load,
+    activate, disable and delete its entries together with the rest of the adapter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapter_layer_names: tuple[str, ...] = ()
+        self.containers: dict[str, str] = {}  # method name -> its container
+
+    # peft reads a tuner layer's base-layer weight through these; a pool wraps no layer
+    @property
+    def weight(self) -> torch.Tensor:
+        raise AttributeError("A method pool wraps no layer and has no weight.")
+
+    @property
+    def bias(self) -> torch.Tensor:
+        raise AttributeError("A method pool wraps no layer and has no bias.")
+
+    def add(self, method: str, container: str, adapter: str, tensors: PooledTensors) -> None:
+        if method not in self.containers:
+            self.add_module(container, nn.ModuleDict())
+            self.containers[method] = container
+            self.adapter_layer_names = (*self.adapter_layer_names, container)
+        getattr(self, container)[adapter] = tensors
+
+    def entry(self, method: str, adapter: str) -> PooledTensors:
+        return getattr(self, self.containers[method])[adapter]
+
+    def diagnostics(self) -> dict[str, float]:
+        """Each entry's :meth:`PooledTensors.diagnostics` as ``<method>/<adapter>/<name>``."""
+        return {f"{method}/{adapter}/{name}": value for method, container in self.containers.items()
+                for adapter, tensors in getattr(self, container).items()
+                for name, value in tensors.diagnostics().items()}
+
+
+# ---- the token-insertion layer ------------------------------------------------------------------------------
+class MissingMethodLayer(nn.Module, BaseTunerLayer):
+    """Wraps one encoder layer of one stream for the adapters of one method: the one token-insertion layer.
+
+    In each forward the first of the method's layers that runs makes the adapter's run state (:meth:`start_run`).
+    Every layer then asks the method what to insert (:meth:`blocks`), puts each block before its modality's tokens
+    (at the front in a causal stream) with the attention mask extended (every query sees the blocks, a block's
+    queries see what the first original query sees), runs the base layer, strips the blocks and carries their
+    outputs to the stream's next layer. A method supplies :meth:`blocks` and, when it keeps per-forward state,
+    :meth:`start_run`; its tensors live in the model's :class:`MethodPool` (:meth:`shared`) or in its layers.
+    """
+
+    adapter_layer_names: tuple[str, ...] = ()
+    other_param_names: tuple[str, ...] = ("method_config",)
+    causal_fix: ClassVar[str] = ""  # the method's own way around the causal-stream error, if it has one
+
+    def __init__(self, base_layer: nn.Module, interface: BackboneInterface, stream: Stream, index: int,
+                 pool: MethodPool | None) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.interface, self.stream, self.index = interface, stream, index
+        self.method_config: dict[str, MissingMethodConfig] = {}
+        self.merged_adapters = []
+        self.__dict__["pool"] = pool  # shared by every layer: referenced, not registered as a submodule
+
+    def update_layer(self, adapter_name: str, config: MissingMethodConfig) -> None:
+        """Serve ``adapter_name`` (a method that keeps tensors in its layers creates them first)."""
+        self.method_config[adapter_name] = config
+        self.set_adapter(self.active_adapters)
+
+    def adapter_in_use(self) -> str | None:
+        """The first active adapter this layer serves; None when adapters are disabled or none of its is active."""
+        if self.disable_adapters:
+            return None
+        return next((a for a in self.active_adapters if a in self.method_config), None)
+
+    def shared(self, adapter: str) -> PooledTensors | None:
+        """The adapter's tensors in the model's pool (None for methods that keep theirs in the layers)."""
+        method = self.method_config[adapter].method_name
+        return None if self.pool is None or method not in self.pool.containers else self.pool.entry(method, adapter)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if not self._has_active():
+        adapter = self.adapter_in_use()
+        if adapter is None:
             return self.base_layer(hidden_states, *args, **kwargs)
-        return self.adapted_forward(hidden_states, *args, **kwargs)
+        return self.adapted_forward(self.run(adapter), hidden_states, *args, **kwargs)
 
-    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self.base_layer(hidden_states, *args, **kwargs)
-
-    def forward_with_tokens(self, hidden_states: torch.Tensor, tokens: torch.Tensor | None, *args: Any,
-                            **kwargs: Any) -> Any:
-        """Run the base layer with ``tokens`` plus the tokens earlier layers carried in front of the
-        sequence (extending the attention mask), then strip them again and carry them on."""
+    def run(self, adapter: str) -> MethodRun:
+        """The adapter's state in the current forward, made by whichever of the method's layers runs first."""
         ctx = current_context()
-        parts = [t for t in (tokens, ctx.carried.pop(self.stream.name, None)) if t is not None]
-        if not parts:
-            return self.base_layer(hidden_states, *args, **kwargs)
-        prefix = torch.cat(parts, dim=1)
+        key = f"{self.method_config[adapter].method_name}/{adapter}"
+        if key not in ctx.extras:
+            ctx.extras[key] = self.start_run(adapter, ctx)
+        return ctx.extras[key]
+
+    def start_run(self, adapter: str, ctx: ForwardContext) -> MethodRun:
+        """The adapter's per-forward state (methods that compute something once per forward extend it)."""
+        return MethodRun(adapter, self.method_config[adapter], self.shared(adapter), ctx)
+
+    def blocks(self, run: MethodRun, hidden: torch.Tensor, mask: torch.Tensor | None,
+               carried: dict[str, torch.Tensor]) -> list[Block]:
+        """What to insert before this layer, given its input ``hidden [B, L, H]``, its attention ``mask`` and the
+        outputs of the blocks the stream's previous layer inserted (by name)."""
+        return []
+
+    def hidden_tokens(self, run: MethodRun, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``[B, L]`` True for the layer's own tokens that no query may see while blocks are in; None: all visible."""
+        return None
+
+    def adapted_forward(self, run: MethodRun, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         args, kwargs, mask = _pop_mask(args, kwargs)
-        hidden, mask = insert_tokens(hidden_states, prefix, mask, self.stream.causal)
-        out = self.base_layer(hidden, mask, *args, **kwargs)
-        carried, hidden = strip_tokens(out[0] if isinstance(out, tuple) else out, prefix.shape[1])
-        ctx.carried[self.stream.name] = carried
+        placed = self._place(run, self.blocks(run, hidden_states, mask, run.carried.pop(self.stream.name, {})))
+        if placed:
+            hidden_states, mask, where = self.insert(run, hidden_states, mask, placed)
+            if mask is not None and "is_causal" in kwargs:
+                kwargs["is_causal"] = False  # the extended mask carries the causality
+        out = self.base_layer(hidden_states, mask, *args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+        if placed:
+            outputs, hidden = remove_blocks(hidden, where)
+            run.carried[self.stream.name] = {b.name: o for (_, b), o in zip(placed, outputs, strict=True)}
+        if self.index == self.stream.num_layers - 1:
+            run.final[self.stream.name] = hidden
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+    def _place(self, run: MethodRun, blocks: list[Block]) -> list[tuple[int, Block]]:
+        """Each block with the position of the original sequence it goes before, in order of position."""
+        spans = run.ctx.spans[self.stream.name]
+        placed = [(0 if b.before is None else spans[b.before].start or 0, b) for b in blocks]
+        inside = [b.before for start, b in placed if start > 0]
+        if self.stream.causal and inside:
+            raise ValueError(
+                f"The {run.config.method_name} adapter puts tokens into the causal {self.stream.name} stream only at "
+                f"its front, but it places a block before {inside[0]!r}, which does not start the stream (it holds "
+                f"{list(self.stream.modalities)}): the tokens before the block could not see it. Fix: "
+                f"{self.causal_fix}use a backbone whose causal streams hold one modality each (CLIP) or a "
+                "bidirectional joint stream (ViLT, the fused default).")
+        return sorted(placed, key=lambda p: p[0])
+
+    def insert(self, run: MethodRun, hidden: torch.Tensor, mask: torch.Tensor | None,
+               placed: list[tuple[int, Block]]) -> tuple[torch.Tensor, torch.Tensor | None, list[slice]]:
+        """The sequence with the blocks in place, its attention mask and where each block sits."""
+        tokens = [b.tokens for _, b in placed]
+        if self.stream.causal:
+            joined, mask = insert_tokens(hidden, torch.cat(tokens, dim=1), mask, causal=True)
+            ends = list(itertools.accumulate(t.shape[1] for t in tokens))
+            where = [slice(end - t.shape[1], end) for end, t in zip(ends, tokens, strict=True)]
+        else:
+            joined, mask, where = insert_blocks(hidden, mask, [(start, t) for (start, _), t in
+                                                               zip(placed, tokens, strict=True)])
+        hide = self._hidden_keys(run, hidden, placed)
+        return joined, mask if hide is None else hide_keys(mask, hide, joined.dtype), where
+
+    def _hidden_keys(self, run: MethodRun, hidden: torch.Tensor,
+                     placed: list[tuple[int, Block]]) -> torch.Tensor | None:
+        """``[B, L + n]`` True for the keys no query may see: blocks hidden for a sample and :meth:`hidden_tokens`."""
+        own = self.hidden_tokens(run, hidden)
+        if own is None and all(b.hidden is None for _, b in placed):
+            return None
+        batch, length = hidden.shape[:2]
+        none = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
+        own = none[:, None].expand(batch, length) if own is None else own
+        flags = [(start, (none if b.hidden is None else b.hidden)[:, None].expand(batch, b.tokens.shape[1]))
+                 for start, b in placed]
+        if self.stream.causal:
+            return torch.cat([*(f for _, f in flags), own], dim=1)
+        joined, _, _ = insert_blocks(own[..., None].float(), None, [(s, f[..., None].float()) for s, f in flags])
+        return joined[..., 0] > 0
 
 
 def _pop_mask(args: tuple, kwargs: dict) -> tuple[tuple, dict, torch.Tensor | None]:
@@ -152,19 +318,70 @@ def _pop_mask(args: tuple, kwargs: dict) -> tuple[tuple, dict, torch.Tensor | No
     return args[1:], kwargs, args[0] if args else None
 
 
-class MissingMethodModel(BaseTuner):
-    """Tuner base: finds the layers to wrap through the backbone interface and checks compatibility."""
+# ---- attention masks ---------------------------------------------------------------------------------------
+def allowed_attention(mask: torch.Tensor | None, batch: int, length: int, causal: bool,
+                      device: torch.device) -> torch.Tensor:
+    """``[B, 1, L, L]`` True where a query may attend to a key under a layer's attention ``mask``: None (everything,
+    causally in a causal stream), a 0/1 or boolean key mask ``[B, L]``, or a 4-D mask ``[B, 1, 1 or L, L]``, boolean
+    (True = attend) or additive (0 = attend, the dtype's minimum = blocked)."""
+    if mask is None:
+        allowed = torch.ones(length, length, dtype=torch.bool, device=device)
+        return (allowed.tril() if causal else allowed).expand(batch, 1, length, length)
+    if mask.dim() == 2:
+        mask = mask.bool()[:, None, None, :]
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return allowed[:, :1].expand(batch, 1, length, length)
+
+
+def visible_keys(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """``[B, L]`` the keys the last query may attend to: padding (and tokens the "mask" policy removed) excluded; the
+    last query row of a causal mask sees every non-padding token of a right-padded sequence."""
+    return allowed_attention(mask, batch, length, False, device)[:, 0, -1]
+
+
+def hide_keys(mask: torch.Tensor | None, hide: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """``mask`` with the keys ``hide [B, L]`` made invisible to every query (additive or boolean 4-D masks)."""
+    if not hide.any():
+        return mask
+    if mask is None:
+        mask = torch.zeros(hide.shape[0], 1, 1, hide.shape[1], dtype=dtype, device=hide.device)
+    mask = mask.expand(hide.shape[0], *mask.shape[1:])
+    if mask.dtype == torch.bool:
+        return mask & ~hide[:, None, None, :]
+    return mask.masked_fill(hide[:, None, None, :], torch.finfo(mask.dtype).min)
+
+
+def modality_widths(interface: BackboneInterface) -> dict[str, int]:
+    """Hidden size of the stream that holds each modality, in the backbone's modality order."""
+    return {m: interface.stream_of(m).hidden_size for m in interface.modalities}
+
+
+# ---- the tuner ---------------------------------------------------------------------------------------------
+class MissingMethodModel(PrefixedKeyTuner):
+    """Tuner base: wraps the layers a method names (found through the backbone interface) with its ``layer_cls``,
+    checks compatibility and keeps the adapter's shared tensors (:meth:`shared_tensors`) in the model's pool under
+    ``<prefix><shared_name>``. peft's ``set_adapter``, ``delete_adapter`` and ``disable_adapter`` reach every tuner
+    layer (``tuner_layer_cls``): the method's layers, the pool and LoRA nested in them."""
 
     prefix: str = "hfm_"
-    tuner_layer_cls = MissingMethodLayer
+    tuner_layer_cls = BaseTunerLayer
     layer_cls: type[MissingMethodLayer] = MissingMethodLayer
+    shared_name: ClassVar[str] = "shared"
     target_module_mapping: ClassVar[dict] = {}
 
     def target_layers(self, interface: BackboneInterface, config: MissingMethodConfig) -> list[tuple[Stream, int]]:
         """(stream, layer index) pairs the method wraps; none for head-only methods."""
         return []
 
-    def _pre_injection_hook(self, model: nn.Module, config: MissingMethodConfig, adapter_name: str) -> None:
+    def shared_tensors(self, interface: BackboneInterface, config: MissingMethodConfig) -> PooledTensors | None:
+        """The new adapter's tensors that the method's layers share; None when its layers share none."""
+        return None
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        """peft's injection (``get_peft_model``, ``PeftModel.add_adapter`` / ``load_adapter``, transformers'
+        ``add_adapter`` / ``load_adapter`` all come here), after checking the backbone and recording what the
+        adapter needs into its config; then the adapter's shared tensors join the model's pool."""
+        config = self.peft_config[adapter_name]
         wrapper = _wrapper_of(model)
         interface = wrapper.interface
         check_signature(config, interface)
@@ -175,14 +392,20 @@ class MissingMethodModel(BaseTuner):
         config.target_modules = sorted(self._targets) or DUMMY_TARGET_MODULES
         saved = ["head", *(f"backbone.{m}" for m in interface.pooler_modules)]
         config.modules_to_save = list(dict.fromkeys([*(config.modules_to_save or []), *saved]))
-
-    @classmethod
-    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        """Checkpoint key of a model key: drop the adapter name that follows the method's container
-        (``rep_buffers.default.G.text.0.weight`` -> ``rep_buffers.G.text.0.weight``); peft's default only
-        drops it when it is the last or second-to-last part, which breaks containers of nested modules."""
-        pattern = rf"(\.{re.escape(cls.prefix)}[^.]*)\.{re.escape(adapter_name)}(\.|$)"
-        return re.sub(pattern, r"\1\2", key, count=1)
+        shared = self.shared_tensors(interface, config)
+        pool = getattr(wrapper, POOL_NAME, None)
+        if shared is not None and pool is None:
+            pool = MethodPool()  # attached after the injection: peft keeps the requires_grad flags of a model that
+            # already holds a tuner layer, and would keep those of a freshly loaded backbone
+        self._pooling = (pool, shared)  # a tuple: a module held by the tuner would become its submodule
+        super().inject_adapter(model, adapter_name, **kwargs)
+        if shared is None:
+            return
+        if getattr(wrapper, POOL_NAME, None) is not pool:
+            wrapper.add_module(POOL_NAME, pool)
+        device = next(wrapper.parameters()).device
+        pool.add(config.method_name, f"{self.prefix}{self.shared_name}", adapter_name, shared.to(device))
+        pool.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
         return peft_config
@@ -190,20 +413,23 @@ class MissingMethodModel(BaseTuner):
     def _create_and_replace(self, peft_config: MissingMethodConfig, adapter_name: str, target: nn.Module,
                             target_name: str, parent: nn.Module, current_key: str, **kwargs: Any) -> None:
         if isinstance(target, MissingMethodLayer):
+            if not isinstance(target, self.layer_cls):
+                raise ValueError(f"{current_key} already holds adapters of another method ({type(target).__name__}); "
+                                 f"a model takes adapters of one method, and {peft_config.method_name} is another.")
             target.update_layer(adapter_name, peft_config)
             return
         stream, index = self._targets[_strip_wrapper_prefix(current_key)]
-        new = self.layer_cls(target, _wrapper_of(self.model).interface, stream, index)
+        new = self.layer_cls(target, _wrapper_of(self.model).interface, stream, index, self._pooling[0])
         new.update_layer(adapter_name, peft_config)
         self._replace_module(parent, target_name, new, target)
 
 
 def collect_diagnostics(model: nn.Module) -> dict[str, float]:
-    """Every method layer's :meth:`MissingMethodLayer.diagnostics` in ``model``, merged: the one hook
+    """The diagnostics of every adapter in ``model``'s pool (:meth:`PooledTensors.diagnostics`), merged: the one hook
     that ``trainer_callbacks`` logs, whatever the method."""
     values: dict[str, float] = {}
     for module in model.modules():
-        if isinstance(module, MissingMethodLayer):
+        if isinstance(module, MethodPool):
             values.update(module.diagnostics())
     return values
 
@@ -213,9 +439,9 @@ def _strip_wrapper_prefix(key: str) -> str:
 
 
 def _wrapper_of(model: nn.Module) -> Any:
-    from ..modeling import MissingModalityForClassification
-
-    if not isinstance(model, MissingModalityForClassification):
+    """``model`` if it is the wrapper (it has a backbone interface and records its settings), else a clear error."""
+    if not (isinstance(getattr(model, "interface", None), BackboneInterface)
+            and callable(getattr(model, "model_settings", None))):
         raise TypeError(
             f"hf_missing methods adapt a MissingModalityForClassification, got {type(model).__name__}; wrap the "
             "backbone first: MissingModalityForClassification.from_pretrained(<clip or vilt checkpoint>, "
@@ -263,26 +489,38 @@ class MethodHooks:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method.
+
+    Attributes:
+        summary: one sentence on what the method does.
+        paper: a one-line reference to the paper it implements (model cards print it).
+        citation: its BibTeX entry.
+    """
+
     name: str
     config_cls: type[MissingMethodConfig]
     model_cls: type[MissingMethodModel]
     summary: str
     hooks: MethodHooks = field(default_factory=MethodHooks)
+    paper: str = ""
+    citation: str = ""
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, config_cls: type[MissingMethodConfig], model_cls: type[MissingMethodModel],
-                    summary: str, hooks: MethodHooks | None = None) -> None:
-    """Make ``name`` usable as ``adapter=name`` and through peft's own API."""
+                    summary: str, hooks: MethodHooks | None = None, *, paper: str = "", citation: str = "") -> None:
+    """Make ``name`` usable as ``adapter=name`` and through peft's own API; ``paper`` (one line) and ``citation``
+    (BibTeX) say where it comes from."""
+    if f"{name}_" in POOL_NAME:
+        raise ValueError(f"A method may not be named {name!r}: peft skips modules whose name holds the key prefix "
+                         f"{name + '_'!r}, and the method pool is {POOL_NAME!r}.")
     method_type = MethodType(f"HFM_{name.upper()}")
     config_cls.method_name, config_cls.method_type = name, method_type
     model_cls.prefix = f"{name}_"
-    PEFT_TYPE_TO_CONFIG_MAPPING[method_type] = config_cls
-    PEFT_TYPE_TO_TUNER_MAPPING[method_type] = model_cls
-    PEFT_TYPE_TO_PREFIX_MAPPING[method_type] = model_cls.prefix
-    METHODS[name] = MethodSpec(name, config_cls, model_cls, summary, hooks or MethodHooks())
+    register_peft_type(method_type, config_cls, model_cls, model_cls.prefix)
+    METHODS[name] = MethodSpec(name, config_cls, model_cls, summary, hooks or MethodHooks(), paper, citation)
 
 
 def _active_hooks(model: Any) -> list[MethodHooks]:

@@ -12,15 +12,15 @@ appended ones, so every real token, the class tokens included, is exactly what i
 ``m`` sees itself and the tokens (or shadows) of the modalities other than ``m`` that are present for the sample.
 
 After the last layer, the proxies go through the readout of their stream (the same final norm and projection as
-that stream's class token). The owner layer (layer 0 of the first stream) registers :meth:`CmptRun.fuse` as a
-feature hook: once the interface has pooled the real class tokens, it substitutes proxies for missing
-modalities, adds the alignment loss to ``ctx.aux_losses``, gates the K tokens and composes the head's input.
+that stream's class token). The first CMPT layer that runs registers :meth:`CmptRun.fuse` as a feature hook: once
+the interface has pooled the real class tokens, it substitutes proxies for missing modalities, adds the alignment
+loss to ``ctx.aux_losses``, gates the K tokens and composes the head's input. An adapter's proxies and gate
+(:class:`CmptTensors`) live in the model's method pool; its LoRA (:class:`CmptLoraLinear`) in the wrapped layers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from peft import LoraConfig
@@ -30,12 +30,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...backbones import BackboneInterface, Stream
-from ...context import ForwardContext, current_context
-from ..base import MissingMethodLayer, _pop_mask
+from ...context import ForwardContext
+from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, allowed_attention
 from .config import CmptConfig
 
 PROXY_INIT_STD = 0.02
-RUN_KEY = "cmpt"
+APPENDED = "appended"  # the one block a CMPT layer inserts: shadows and proxies after the real tokens
 
 
 # ---- which tokens a stream appends ----------------------------------------------------------------
@@ -62,18 +62,6 @@ def stream_layout(stream: Stream, proxied: tuple[str, ...], context: str) -> Str
 
 
 # ---- attention masks --------------------------------------------------------------------------------
-def allowed_matrix(mask: torch.Tensor | None, length: int, causal: bool, batch: int,
-                   device: torch.device) -> torch.Tensor:
-    """The layer's own mask as booleans ``[B, 1, L, L]`` (True = may attend), from None, boolean or additive
-    masks of shape ``[B, 1, 1 or L, L]``."""
-    if mask is None:
-        allowed = torch.ones(length, length, dtype=torch.bool, device=device)
-        allowed = allowed.tril() if causal else allowed
-        return allowed.expand(batch, 1, length, length)
-    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    return allowed[:, :1].expand(batch, 1, length, length)
-
-
 def appended_rows(layout: StreamLayout, spans: dict[str, slice], key_valid: torch.Tensor,
                   present: dict[str, torch.Tensor], causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention rows ``[B, n, L + n]`` of the ``n`` appended tokens, and ``[B, P]`` whether each proxy has a
@@ -114,7 +102,7 @@ def extended_mask(mask: torch.Tensor | None, rows: torch.Tensor, causal: bool, d
     ``rows`` for the appended ones; boolean if the layer's mask was, else additive in ``dtype``."""
     batch, n, total = rows.shape
     length = total - n
-    allowed = allowed_matrix(mask, length, causal, batch, rows.device)
+    allowed = allowed_attention(mask, batch, length, causal, rows.device)
     top = torch.cat([allowed, torch.zeros(batch, 1, length, n, dtype=torch.bool, device=rows.device)], dim=-1)
     full = torch.cat([top, rows[:, None]], dim=2)
     if mask is not None and mask.dtype == torch.bool:
@@ -180,28 +168,44 @@ class ProxyGate(nn.Module):
         return self._weights(self.linear.bias.detach()[None])[0].mean(-1)
 
 
-# ---- per-forward state ------------------------------------------------------------------------------
+# ---- an adapter's pooled tensors and its per-forward state -------------------------------------------------
+class CmptTensors(PooledTensors):
+    """One adapter's proxies (``proxies[stream]``: ``[P, H]``, the proxies the stream hosts) and gate."""
+
+    def __init__(self, interface: BackboneInterface, config: CmptConfig) -> None:
+        super().__init__()
+        self.modalities = interface.modalities
+        proxied = proxied_modalities(interface, config)
+        hosted = {s.name: (s, hosted_proxies(s.modalities, proxied)) for s in interface.streams}
+        self.proxies = nn.ParameterDict({name: nn.Parameter(initial_proxies(interface, stream, proxies, config))
+                                         for name, (stream, proxies) in hosted.items() if proxies})
+        self.gate = ProxyGate(len(interface.modalities), interface.class_token_width, config.gate)
+
+    def diagnostics(self) -> dict[str, float]:
+        """The gate's input-independent weight of each modality."""
+        prior = self.gate.prior()
+        return {f"gate_prior_{m}": float(prior[k]) for k, m in enumerate(self.modalities)}
+
+
 @dataclass
 class StreamState:
-    """One stream in one forward: its layout, extended mask, carried tokens and last-layer outputs."""
+    """One stream in one forward: its layout, the extended mask and which proxies have a present source."""
 
     layout: StreamLayout
     mask: torch.Tensor | None = None
     has_source: torch.Tensor | None = None
-    carried: torch.Tensor | None = None
-    final: torch.Tensor | None = None
 
 
-@dataclass
-class CmptRun:
+@dataclass(kw_only=True)
+class CmptRun(MethodRun):
     """What one forward carries between CMPT layers, and the feature hook that ends it."""
 
-    config: CmptConfig
-    gate: ProxyGate
     interface: BackboneInterface
-    ctx: ForwardContext
-    adapter: str
     streams: dict[str, StreamState] = field(default_factory=dict)
+
+    @property
+    def gate(self) -> ProxyGate:
+        return self.shared.gate
 
     def estimates(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each proxied modality's estimate ``[B, d]`` and ``[B]`` availability, read out from every host stream."""
@@ -209,14 +213,14 @@ class CmptRun:
         for name, state in self.streams.items():
             if not state.layout.proxies:
                 continue
-            proxies = state.carried[:, -len(state.layout.proxies):]
+            proxies = self.carried[name][APPENDED][:, -len(state.layout.proxies):]
             read = self.interface.readout(name, proxies)
             found += [(m, read[:, j], state.has_source[:, j]) for j, m in enumerate(state.layout.proxies)]
         return combine_estimates(found)
 
     def real_tokens(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each modality's real class token ``[B, d]`` (what the backbone pooled, proxies never seen)."""
-        return self.interface.class_tokens(features, {n: s.final for n, s in self.streams.items()}, self.ctx)
+        return self.interface.class_tokens(features, self.final, self.ctx)
 
     def fuse(self, features: torch.Tensor) -> torch.Tensor:
         """Class tokens (proxies where missing), the alignment loss, the gate and the composed head input."""
@@ -243,14 +247,29 @@ class CmptRun:
 
 
 # ---- LoRA -------------------------------------------------------------------------------------------
+LORA_CONTAINERS = {"lora_A": "cmpt_lora_A", "lora_B": "cmpt_lora_B"}
+
+
+class CmptLoraLinear(LoraLinear):
+    """peft's LoRA ``Linear`` (its code unchanged) whose A and B containers are named ``cmpt_lora_A`` /
+    ``cmpt_lora_B``: CMPT's LoRA keys carry CMPT's own prefix, so peft and transformers save, load and rename them
+    with the proxies and the gate (peft reaches the containers as ``self.lora_A`` / ``self.lora_B``, which map to
+    the renamed ones)."""
+
+    adapter_layer_names = tuple(LORA_CONTAINERS.get(n, n) for n in LoraLinear.adapter_layer_names)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(LORA_CONTAINERS.get(name, name), value)
+
+    def __getattr__(self, name: str) -> object:
+        return super().__getattr__(LORA_CONTAINERS.get(name, name))
+
+
 def linear_names(layer: nn.Module) -> list[str]:
     """Paths, relative to an encoder layer, of its Linear modules (LoRA-wrapped ones by their wrapper's path)."""
-    names = []
-    for name, module in layer.named_modules():
-        inside_lora = any(part.startswith("lora_") or part == "base_layer" for part in name.split("."))
-        if isinstance(module, LoraLayer) or (isinstance(module, nn.Linear) and not inside_lora):
-            names.append(name)
-    return names
+    wrapped = [name for name, module in layer.named_modules() if isinstance(module, LoraLayer)]
+    return [name for name, module in layer.named_modules() if isinstance(module, LoraLayer) or (
+        isinstance(module, nn.Linear) and not any(name.startswith(f"{w}.") for w in wrapped))]
 
 
 def resolve_lora_paths(layer: nn.Module, targets: list[str], interface: BackboneInterface) -> list[str]:
@@ -270,8 +289,8 @@ def resolve_lora_paths(layer: nn.Module, targets: list[str], interface: Backbone
 
 
 def add_lora(layer: nn.Module, paths: list[str], adapter_name: str, config: CmptConfig) -> None:
-    """Wrap each Linear at ``paths`` in ``layer`` with peft's own LoRA ``Linear`` for ``adapter_name`` (or add the
-    adapter to an existing wrapper), so peft saves, loads, disables and deletes it with the CMPT adapter."""
+    """Wrap each Linear at ``paths`` in ``layer`` with peft's LoRA (:class:`CmptLoraLinear`) for ``adapter_name`` (or
+    add the adapter to an existing wrapper), so peft saves, loads, disables and deletes it with the CMPT adapter."""
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       inference_mode=config.inference_mode)
     for path in paths:
@@ -281,122 +300,54 @@ def add_lora(layer: nn.Module, paths: list[str], adapter_name: str, config: Cmpt
             continue
         parent_path, _, name = path.rpartition(".")
         parent = layer.get_submodule(parent_path) if parent_path else layer
-        setattr(parent, name, LoraLinear(module, adapter_name, config=lora, r=config.lora_rank,
-                                         lora_alpha=config.lora_alpha))
+        setattr(parent, name, CmptLoraLinear(module, adapter_name, config=lora, r=config.lora_rank,
+                                             lora_alpha=config.lora_alpha))
 
 
 # ---- the layer --------------------------------------------------------------------------------------
 class CmptLayer(MissingMethodLayer):
-    """Wraps one encoder layer. Layer 0 of a stream holds the proxies it hosts (``lora_cmpt_proxies``, ``[P, H]``);
-    layer 0 of the first stream also holds the gate (``lora_cmpt_gate``); every layer's targeted Linear modules carry
-    peft LoRA for the same adapter.
-
-    The containers start with ``lora_``, CMPT's key prefix (see ``model.py``): transformers' ``load_adapter`` puts the
-    adapter name back only after segments that start with the method's prefix, and peft's LoRA keys are
-    ``lora_A`` / ``lora_B``, so one prefix covers the proxies, the gate and the LoRA."""
-
-    adapter_layer_names = ("lora_cmpt_proxies", "lora_cmpt_gate")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lora_cmpt_proxies = nn.ParameterDict()
-        self.lora_cmpt_gate = nn.ModuleDict()
-        self.cmpt_settings: dict[str, CmptConfig] = {}
-
-    @property
-    def is_owner(self) -> bool:
-        return self.stream.name == self.interface.streams[0].name and self.index == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.index == self.stream.num_layers - 1
+    """Wraps one encoder layer: its targeted Linear modules carry the adapter's LoRA; layer 0 of a stream appends the
+    shadows and the proxies the stream hosts, and every layer carries them on."""
 
     def update_layer(self, adapter_name: str, config: CmptConfig) -> None:
-        self.cmpt_settings[adapter_name] = config
         if config.lora_targets:
-            paths = resolve_lora_paths(self.base_layer, config.lora_targets, self.interface)
-            add_lora(self.base_layer, paths, adapter_name, config)
-        proxies = hosted_proxies(self.stream.modalities, proxied_modalities(self.interface, config))
-        if self.index == 0 and proxies:
-            initial = initial_proxies(self.interface, self.stream, proxies, config)
-            self.lora_cmpt_proxies[adapter_name] = nn.Parameter(initial)
-        if self.is_owner:
-            width = self.interface.class_token_width
-            self.lora_cmpt_gate[adapter_name] = ProxyGate(len(self.interface.modalities), width, config.gate)
-        self.set_adapter(self.active_adapters)
+            add_lora(self.base_layer, resolve_lora_paths(self.base_layer, config.lora_targets, self.interface),
+                     adapter_name, config)
+        super().update_layer(adapter_name, config)
 
-    def _has_active(self) -> bool:
-        return not self.disable_adapters and any(a in self.cmpt_settings for a in self.active_adapters)
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        """Delete the adapter's proxies and gate, and its LoRA in the wrapped layer."""
-        super().delete_adapter(adapter_name)
-        self.cmpt_settings.pop(adapter_name, None)
-        for module in self.base_layer.modules():
-            if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-                module.delete_adapter(adapter_name)
-
-    def diagnostics(self) -> dict[str, float]:
-        values = {}
-        for adapter, gate in self.lora_cmpt_gate.items():
-            prior = gate.prior()
-            values.update({f"cmpt/{adapter}/gate_prior_{m}": float(prior[k])
-                           for k, m in enumerate(self.interface.modalities)})
-        return values
-
-    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        ctx = current_context()
-        adapter = next(a for a in self.active_adapters if a in self.cmpt_settings)
-        if self.is_owner:
-            self._start(adapter, ctx)
-        run: CmptRun = ctx.extras[RUN_KEY]
-        args, kwargs, mask = _pop_mask(args, kwargs)
-        state = run.streams.get(self.stream.name) or self._open_stream(run, adapter, hidden_states, mask)
-        appended = self._initial_tokens(run, adapter, state, hidden_states) if self.index == 0 else state.carried
-        if appended is None:
-            out = self.base_layer(hidden_states, mask, *args, **kwargs)
-            real = out[0] if isinstance(out, tuple) else out
-        else:
-            if "is_causal" in kwargs:
-                kwargs["is_causal"] = False  # the extended mask carries the causality
-            length = hidden_states.shape[1]
-            out = self.base_layer(torch.cat([hidden_states, appended.to(hidden_states.dtype)], dim=1), state.mask,
-                                  *args, **kwargs)
-            joined = out[0] if isinstance(out, tuple) else out
-            real, state.carried = joined[:, :length], joined[:, length:]
-        if self.is_last:
-            state.final = real
-        return (real, *out[1:]) if isinstance(out, tuple) else real
-
-    def _start(self, adapter: str, ctx: ForwardContext) -> None:
-        run = CmptRun(self.cmpt_settings[adapter], self.lora_cmpt_gate[adapter], self.interface, ctx, adapter)
-        ctx.extras[RUN_KEY] = run
+    def start_run(self, adapter: str, ctx: ForwardContext) -> CmptRun:
+        run = CmptRun(adapter, self.method_config[adapter], self.shared(adapter), ctx, interface=self.interface)
         ctx.feature_hooks.append(run.fuse)
+        return run
 
-    def _open_stream(self, run: CmptRun, adapter: str, hidden: torch.Tensor,
-                     mask: torch.Tensor | None) -> StreamState:
-        """The stream's layout and extended mask, built once per forward at its layer 0."""
-        proxied = proxied_modalities(self.interface, run.config)
-        state = StreamState(stream_layout(self.stream, proxied, run.config.single_stream_context))
+    def blocks(self, run: CmptRun, hidden: torch.Tensor, mask: torch.Tensor | None,
+               carried: dict[str, torch.Tensor]) -> list[Block]:
+        tokens = self._initial_tokens(run, hidden, mask) if self.index == 0 else carried.get(APPENDED)
+        return [] if tokens is None else [Block(APPENDED, tokens)]
+
+    def insert(self, run: CmptRun, hidden: torch.Tensor, mask: torch.Tensor | None,
+               placed: list[tuple[int, Block]]) -> tuple[torch.Tensor, torch.Tensor | None, list[slice]]:
+        """CMPT appends its tokens after the real ones, under the stream's extended mask (real rows blind to them)."""
+        tokens, length = placed[0][1].tokens, hidden.shape[1]
+        joined = torch.cat([hidden, tokens.to(hidden.dtype)], dim=1)
+        return joined, run.streams[self.stream.name].mask, [slice(length, length + tokens.shape[1])]
+
+    def _initial_tokens(self, run: CmptRun, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Layer 0's appended tokens (shadows of the stream's modalities, then the hosted proxies); builds the
+        stream's layout and extended mask, once per forward."""
+        state = StreamState(stream_layout(self.stream, proxied_modalities(self.interface, run.config),
+                                          run.config.single_stream_context))
         run.streams[self.stream.name] = state
         if not state.layout.proxies:
-            return state
+            return None
         batch, length = hidden.shape[:2]
-        allowed = allowed_matrix(mask, length, self.stream.causal, batch, hidden.device)
+        allowed = allowed_attention(mask, batch, length, self.stream.causal, hidden.device)
         spans = run.ctx.spans[self.stream.name]
         present = {m: run.ctx.present_of(m) for m in self.stream.modalities}
         rows, state.has_source = appended_rows(state.layout, spans, allowed[:, 0, -1], present, self.stream.causal)
         state.mask = extended_mask(mask, rows, self.stream.causal, hidden.dtype)
-        return state
-
-    def _initial_tokens(self, run: CmptRun, adapter: str, state: StreamState,
-                        hidden: torch.Tensor) -> torch.Tensor | None:
-        """Layer 0's appended tokens: shadows of the stream's modalities, then the hosted proxies."""
-        if not state.layout.proxies:
-            return None
-        spans = run.ctx.spans[self.stream.name]
         shadows = [hidden[:, spans[a]] for a in state.layout.shadowed]
-        proxies = self.lora_cmpt_proxies[adapter][None].expand(hidden.shape[0], -1, -1).to(hidden.dtype)
+        proxies = run.shared.proxies[self.stream.name][None].expand(batch, -1, -1).to(hidden.dtype)
         return torch.cat([*shadows, proxies], dim=1)
 
 

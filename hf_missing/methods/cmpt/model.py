@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
-
 from ...backbones import BackboneInterface, Stream
 from ..base import MissingMethodModel
 from .config import CmptConfig
-from .layer import CmptLayer, proxied_modalities, resolve_lora_paths
-
-LORA_PREFIX = "lora_"
+from .layer import CmptLayer, CmptTensors, proxied_modalities, resolve_lora_paths
 
 
 class CmptModel(MissingMethodModel):
     """Cross-modal proxy tokens on every stream (CLIP: the image proxy in the text tower and the text proxy in
     the vision tower; ViLT and the fused default: both proxies in the joint stream), LoRA on the targeted Linear
     layers of every encoder layer, and a gate over the per-modality class tokens. One adapter: proxies, gate and
-    LoRA save and load together."""
+    LoRA save and load together, all under CMPT's key prefix."""
 
-    tuner_layer_cls = CmptLayer
     layer_cls = CmptLayer
+    shared_name = "tensors"
 
     def target_layers(self, interface: BackboneInterface, config: CmptConfig) -> list[tuple[Stream, int]]:
         """Every layer of every stream, after checking the options against the backbone (clear errors before
@@ -31,10 +27,5 @@ class CmptModel(MissingMethodModel):
             resolve_lora_paths(interface.layers(stream.name)[0], config.lora_targets, interface)
         return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
 
-
-def use_lora_key_prefix() -> None:
-    """Give CMPT the key prefix ``lora_`` (after :func:`register_method` set ``cmpt_``): its proxies and gate live in
-    ``lora_cmpt_*`` containers and its LoRA in peft's ``lora_A`` / ``lora_B``, so every adapter key carries the
-    prefix, which both the base class's adapter-name stripping and transformers' ``load_adapter`` renaming need."""
-    CmptModel.prefix = LORA_PREFIX
-    PEFT_TYPE_TO_PREFIX_MAPPING[CmptConfig.method_type] = LORA_PREFIX
+    def shared_tensors(self, interface: BackboneInterface, config: CmptConfig) -> CmptTensors:
+        return CmptTensors(interface, config)

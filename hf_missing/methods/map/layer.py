@@ -7,10 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...context import current_context
 from ...missingness import ModalityPattern
-from ..base import MissingMethodLayer
+from ..base import Block, MethodRun, MissingMethodLayer
 from .config import MapConfig
+
+PROMPTS = "prompts"  # the block an input-level MAP layer inserts: its own prompts, then those of earlier layers
 
 
 class MapLayer(MissingMethodLayer):
@@ -27,25 +28,28 @@ class MapLayer(MissingMethodLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.map_prompts = nn.ParameterDict()
-        self.prompt_type: dict[str, str] = {}
 
     def update_layer(self, adapter_name: str, config: MapConfig) -> None:
         num_patterns = ModalityPattern(tuple(config.model_settings["modalities"])).num_patterns
         length = config.prompt_length if self.index < config.prompt_depth else 0
         self.map_prompts[adapter_name] = nn.Parameter(initial_prompts(num_patterns, length, self.stream.hidden_size))
-        self.prompt_type[adapter_name] = config.prompt_type
-        self.set_adapter(self.active_adapters)
+        super().update_layer(adapter_name, config)
 
     def _selected(self, missing_type: torch.Tensor) -> torch.Tensor | None:
         prompts = [self.map_prompts[a][missing_type] for a in self.active_adapters if a in self.map_prompts]
         prompts = [p for p in prompts if p.shape[1]]
         return torch.cat(prompts, dim=1) if prompts else None
 
-    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        selected = self._selected(current_context().missing_type)
-        kind = self.prompt_type[self.active_adapters[0]]
-        if kind == "input":
-            return self.forward_with_tokens(hidden_states, selected, *args, **kwargs)
+    def blocks(self, run: MethodRun, hidden: torch.Tensor, mask: torch.Tensor | None,
+               carried: dict[str, torch.Tensor]) -> list[Block]:
+        """``input``: ``[P[m_b] | prompts of earlier layers]`` at the front of the stream."""
+        parts = [t for t in (self._selected(run.ctx.missing_type), carried.get(PROMPTS)) if t is not None]
+        return [Block(PROMPTS, torch.cat(parts, dim=1))] if parts else []
+
+    def adapted_forward(self, run: MethodRun, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if run.config.prompt_type == "input":
+            return super().adapted_forward(run, hidden_states, *args, **kwargs)
+        selected = self._selected(run.ctx.missing_type)
         if selected is None:
             return self.base_layer(hidden_states, *args, **kwargs)
         half = selected.shape[1] // 2

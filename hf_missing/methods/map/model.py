@@ -15,7 +15,6 @@ logger = logging.getLogger(__name__)
 class MapModel(MissingMethodModel):
     """Missing-aware prompts on every stream of the backbone (ViLT: the joint stream; CLIP: text and vision)."""
 
-    tuner_layer_cls = MapLayer
     layer_cls = MapLayer
 
     def target_layers(self, interface: BackboneInterface, config: MapConfig) -> list[tuple[Stream, int]]:

@@ -13,16 +13,13 @@ there both placements put a modality's prompts at the front of its tower.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...backbones import BackboneInterface, insert_blocks, insert_tokens, remove_blocks
-from ...context import ForwardContext, current_context
-from ..base import MissingMethodLayer, _pop_mask
+from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, visible_keys
 from .config import MemPromptConfig
 
 KAIMING_A = math.sqrt(5)  # the released code's nn.init.kaiming_normal_(..., a=sqrt(5)) for prompts and keys
@@ -67,7 +64,7 @@ def _bottleneck(shared_dim: int, hidden: int, width: int) -> nn.Sequential:
     return net
 
 
-class MemPromptBank(nn.Module):
+class MemPromptBank(PooledTensors):
     """All of one adapter's trained MemPrompt tensors, for K modalities of any widths.
 
     ``memories[m][i]``: modality ``m``'s prompt memory at layer ``i`` (eq. 4). ``shared[i]``: ``[K, L, D_s]``,
@@ -131,6 +128,14 @@ class MemPromptBank(nn.Module):
         divided by ``log K``: 1 when every entry was picked equally often, 0 when one entry took all picks."""
         return {key: normalized_entropy(counts) for key, counts in self.usage.items()}
 
+    def diagnostics(self) -> dict[str, float]:
+        """Each memory's :meth:`usage_entropy` and their mean."""
+        entropies = self.usage_entropy()
+        values = {f"usage_entropy/{k}": v for k, v in entropies.items()}
+        if entropies:
+            values["usage_entropy"] = sum(entropies.values()) / len(entropies)
+        return values
+
 
 def normalized_entropy(counts: torch.Tensor) -> float:
     """Entropy of the distribution ``counts / counts.sum()``, divided by ``log(len(counts))`` (0 for K = 1)."""
@@ -139,20 +144,6 @@ def normalized_entropy(counts: torch.Tensor) -> float:
     p = counts.double() / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return float(entropy / math.log(len(counts)))
-
-
-def token_validity(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
-    """``[B, L]`` True for the keys a layer's attention mask lets the last query see (False for padding).
-
-    Accepts what encoder layers receive: ``None`` (nothing masked), a 0/1 or boolean ``[B, L]`` mask, or a 4-D
-    ``[B, 1, Lq, L]`` mask, boolean (True = attend) or additive (0 = attend). The last query row of a causal
-    mask sees every non-padding token of a right-padded sequence.
-    """
-    if mask is None:
-        return torch.ones(batch, length, dtype=torch.bool, device=device)
-    row = mask if mask.dim() == 2 else mask[:, 0, -1, :]
-    valid = row.bool() if mask.dim() == 2 or row.dtype == torch.bool else row == 0
-    return valid.expand(batch, length)
 
 
 def pooled_query(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -171,113 +162,41 @@ def squared_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)).pow(2).mean()
 
 
-@dataclass
-class MemPromptRun:
-    """What one forward carries between MemPrompt layers: the active adapter, its config and bank, and each
-    stream's accumulated blocks."""
-
-    adapter: str
-    config: MemPromptConfig
-    bank: MemPromptBank
-    carried: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-
-
 class MemPromptLayer(MissingMethodLayer):
-    """Wraps every encoder layer of every stream. The first layer of the first stream owns the adapter's
-    :class:`MemPromptBank`; each layer builds its modalities' new blocks (prompted layers only), puts them
-    with the blocks carried from earlier layers next to the tokens, runs the base layer and strips them."""
+    """Wraps every encoder layer of every stream. Each layer builds its modalities' new blocks from the adapter's
+    :class:`MemPromptBank` (in the model's pool; prompted layers only) and inserts them, with the blocks carried from
+    earlier layers, next to each modality's tokens."""
 
-    adapter_layer_names = ("memprompt_bank",)
+    causal_fix = "pass placement='pre-appended' (all prompts at the front), or "
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.memprompt_bank = nn.ModuleDict()
-        self.memprompt_config: dict[str, MemPromptConfig] = {}
+    def blocks(self, run: MethodRun, hidden: torch.Tensor, mask: torch.Tensor | None,
+               carried: dict[str, torch.Tensor]) -> list[Block]:
+        """Per modality ``[p_s,m^i, p_g,m^i, <blocks of earlier layers>]`` (eq. 2): before the modality's tokens
+        ("distributed"), or at the front of the stream ("pre-appended")."""
+        spans, config = run.ctx.spans[self.stream.name], run.config
+        blocks = []
+        for m in sorted(self.stream.modalities, key=lambda m: spans[m].start or 0):
+            parts = self._new_prompts(run, m, hidden, mask) if self.index in config.prompt_layers else []
+            if m in carried:
+                parts.append(carried[m])
+            if parts:
+                before = m if config.placement == "distributed" else None
+                blocks.append(Block(m, torch.cat(parts, dim=1).to(hidden.dtype), before))
+        return blocks
 
-    @property
-    def is_owner(self) -> bool:
-        return self.stream.name == self.interface.streams[0].name and self.index == 0
-
-    def update_layer(self, adapter_name: str, config: MemPromptConfig) -> None:
-        self.memprompt_config[adapter_name] = config
-        if self.is_owner:
-            self.memprompt_bank[adapter_name] = MemPromptBank(modality_widths(self.interface), config)
-        self.set_adapter(self.active_adapters)
-
-    def _has_active(self) -> bool:
-        return not self.disable_adapters and any(a in self.memprompt_config for a in self.active_adapters)
-
-    def diagnostics(self) -> dict[str, float]:
-        values = {}
-        for adapter, bank in self.memprompt_bank.items():
-            entropies = bank.usage_entropy()
-            values.update({f"memprompt/{adapter}/usage_entropy/{k}": v for k, v in entropies.items()})
-            if entropies:
-                values[f"memprompt/{adapter}/usage_entropy"] = sum(entropies.values()) / len(entropies)
-        return values
-
-    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        ctx = current_context()
-        adapter = next(a for a in self.active_adapters if a in self.memprompt_config)
-        if self.is_owner:
-            ctx.extras[f"memprompt/{adapter}"] = MemPromptRun(adapter, self.memprompt_config[adapter],
-                                                              self.memprompt_bank[adapter])
-        run: MemPromptRun = ctx.extras[f"memprompt/{adapter}"]
-        args, kwargs, mask = _pop_mask(args, kwargs)
-        order = sorted(self.stream.modalities, key=lambda m: ctx.spans[self.stream.name][m].start or 0)
-        carried = run.carried.pop(self.stream.name, {})
-        blocks = {m: self._block(run, ctx, m, hidden_states, mask, carried.get(m)) for m in order}
-        blocks = {m: b for m, b in blocks.items() if b is not None}
-        if not blocks:
-            return self.base_layer(hidden_states, mask, *args, **kwargs)
-        hidden, mask, where = self._insert(hidden_states, mask, blocks, run.config, ctx)
-        out = self.base_layer(hidden, mask, *args, **kwargs)
-        slots, hidden = remove_blocks(out[0] if isinstance(out, tuple) else out, where)
-        run.carried[self.stream.name] = dict(zip(blocks, slots, strict=True))
-        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
-
-    def _block(self, run: MemPromptRun, ctx: ForwardContext, modality: str, hidden: torch.Tensor,
-               mask: torch.Tensor | None, carried: torch.Tensor | None) -> torch.Tensor | None:
-        """``[p_s,m^i, p_g,m^i, <blocks of earlier layers>]`` (eq. 2), or ``None`` when there is nothing."""
-        parts = self._new_prompts(run, ctx, modality, hidden, mask) if self.index in run.config.prompt_layers else []
-        if carried is not None:
-            parts.append(carried)
-        return torch.cat(parts, dim=1).to(hidden.dtype) if parts else None
-
-    def _new_prompts(self, run: MemPromptRun, ctx: ForwardContext, modality: str, hidden: torch.Tensor,
+    def _new_prompts(self, run: MethodRun, modality: str, hidden: torch.Tensor,
                      mask: torch.Tensor | None) -> list[torch.Tensor]:
         """This layer's ``[p_s,m^i, p_g,m^i]`` (eq. 7, eq. 4-6); adds their orthogonality term when asked."""
-        bank, parts = run.bank, []
+        bank, ctx, parts = run.shared, run.ctx, []
         if bank.has_shared:
             present = torch.stack([ctx.present_of(m) for m in bank.modalities], dim=1)
             parts.append(bank.shared_prompt(self.index, modality, present))
         if bank.has_generative:
             span = ctx.spans[self.stream.name][modality]
-            valid = token_validity(mask, hidden.shape[0], hidden.shape[1], hidden.device)[:, span]
+            valid = visible_keys(mask, hidden.shape[0], hidden.shape[1], hidden.device)[:, span]
             parts.append(bank.generative_prompt(self.index, modality, pooled_query(hidden[:, span], valid)))
         if run.config.ortho_weight > 0:
             name = f"memprompt_orthogonality/{run.adapter}"
             term = run.config.ortho_weight * squared_cosine(parts[0], parts[1])
             ctx.aux_losses[name] = ctx.aux_losses[name] + term if name in ctx.aux_losses else term
         return parts
-
-    def _insert(self, hidden: torch.Tensor, mask: torch.Tensor | None, blocks: dict[str, torch.Tensor],
-                config: MemPromptConfig, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None, list]:
-        """Distributed: each block before its modality's span (eq. 2). Pre-appended, or a causal stream: all
-        blocks at the front, in modality order."""
-        spans = ctx.spans[self.stream.name]
-        if config.placement == "distributed" and not self.stream.causal:
-            return insert_blocks(hidden, mask, [(spans[m].start or 0, b) for m, b in blocks.items()])
-        if config.placement == "distributed" and (len(blocks) != 1 or (spans[next(iter(blocks))].start or 0) != 0):
-            raise ValueError(f"MemPrompt places prompts in a causal stream only in front of a single modality, but "
-                             f"the {self.stream.name} stream holds {list(blocks)} (a prompt between them would be "
-                             "hidden from the tokens before it); use placement='pre-appended', or a backbone whose "
-                             "causal streams hold one modality each (CLIP) or a bidirectional joint stream.")
-        hidden, mask = insert_tokens(hidden, torch.cat(list(blocks.values()), dim=1), mask, self.stream.causal)
-        ends = torch.tensor([b.shape[1] for b in blocks.values()]).cumsum(0).tolist()
-        return hidden, mask, [slice(end - b.shape[1], end) for end, b in zip(ends, blocks.values(), strict=True)]
-
-
-def modality_widths(interface: BackboneInterface) -> dict[str, int]:
-    """Hidden size of the stream that holds each modality, in the backbone's modality order."""
-    return {m: interface.stream_of(m).hidden_size for m in interface.modalities}

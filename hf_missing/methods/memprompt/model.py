@@ -1,11 +1,12 @@
-"""MemPrompt tuner: wraps every encoder layer of every stream with :class:`MemPromptLayer`."""
+"""MemPrompt tuner: wraps every encoder layer of every stream with :class:`MemPromptLayer`; the adapter's memories
+and shared prompts go to the pool."""
 
 from __future__ import annotations
 
 from ...backbones import BackboneInterface, Stream
-from ..base import MissingMethodModel
+from ..base import MissingMethodModel, modality_widths
 from .config import MemPromptConfig
-from .layer import MemPromptLayer
+from .layer import MemPromptBank, MemPromptLayer
 
 
 class MemPromptModel(MissingMethodModel):
@@ -13,12 +14,15 @@ class MemPromptModel(MissingMethodModel):
     fused default: the joint stream, prompts next to each modality's tokens). Every layer is wrapped so that
     prompts inserted at a prompted layer flow through the later ones."""
 
-    tuner_layer_cls = MemPromptLayer
     layer_cls = MemPromptLayer
+    shared_name = "bank"
 
     def target_layers(self, interface: BackboneInterface, config: MemPromptConfig) -> list[tuple[Stream, int]]:
         check_depth(interface, config)
         return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
+
+    def shared_tensors(self, interface: BackboneInterface, config: MemPromptConfig) -> MemPromptBank:
+        return MemPromptBank(modality_widths(interface), config)
 
 
 def check_depth(interface: BackboneInterface, config: MemPromptConfig) -> None:

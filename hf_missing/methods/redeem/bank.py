@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,10 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from torch.nn import functional as F
 
+from ...cache import default_cache_dir
+from ...compat.peft import adapters_bypassed
 from ...context import maybe_context
-from ...data.emoji import default_cache_dir
+from ..base import visible_keys
 from ..options import is_signature
 
 BANK_FILE = "redeem_bank.safetensors"
@@ -362,30 +363,6 @@ def pool_tokens(tokens: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tens
     return torch.stack(pooled)
 
 
-def _visible(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
-    """``[B, L]`` keys the last query may attend to (padding and masked modalities excluded)."""
-    if mask is None:
-        return torch.ones(batch, length, dtype=torch.bool)
-    row = mask[:, 0, -1, :].expand(batch, length)
-    return row if row.dtype == torch.bool else row == 0
-
-
-@contextmanager
-def adapters_bypassed(model: torch.nn.Module) -> Any:
-    """Run ``model`` as the frozen backbone: every method layer forwards to its base layer."""
-    from ..base import MissingMethodLayer
-
-    layers = [m for m in model.modules() if isinstance(m, MissingMethodLayer)]
-    saved = [layer._disable_adapters for layer in layers]
-    for layer in layers:
-        layer._disable_adapters = True
-    try:
-        yield
-    finally:
-        for layer, flag in zip(layers, saved, strict=True):
-            layer._disable_adapters = flag
-
-
 @torch.no_grad()
 def embed_batch(model: Any, batch: dict[str, Any], available: dict[str, np.ndarray], num_tokens: int) -> Embedded:
     """Query vectors and pooled first-layer tokens of each available modality, each computed with that modality
@@ -438,7 +415,7 @@ def _split_modalities(interface: Any, captured: dict, rows: dict[str, np.ndarray
         span = stream["spans"][m]
         first, last = stream["input"][seg, span].float(), stream["output"][seg, span].float()
         batch, length = stream["input"].shape[:2]
-        valid = _visible(stream["mask"], batch, length)[seg, span].cpu()
+        valid = visible_keys(stream["mask"], batch, length, first.device)[seg, span].cpu()
         if len(idx) == 0:
             out.query[m] = torch.zeros(0, first.shape[-1])
             out.tokens[m] = torch.zeros(0, num_tokens, first.shape[-1])

@@ -1,8 +1,8 @@
 """REDEEM's trained modules (CMoE generator, eq. 2-4; SAIM prompter, eq. 5-6) and the encoder-layer wrapper.
 
-Every encoder layer of every stream is wrapped. The first layer of the first stream builds a
-:class:`RedeemRun` once per forward: it looks the retrieved neighbours up in the memory bank, generates the
-missing modality's embeddings and adds the reconstruction loss. Each layer then inserts, next to the tokens:
+Every encoder layer of every stream is wrapped. The first layer that runs builds a :class:`RedeemRun` once per
+forward: it looks the retrieved neighbours up in the memory bank, generates the missing modality's embeddings
+and adds the reconstruction loss. Each layer then inserts, next to the tokens:
 
 * before layer 0, in front of modality m's span, the generated block ``E_hat_m [n, D]`` for samples missing
   m; m's placeholder tokens are hidden from attention for them, and the block is hidden for samples that
@@ -15,7 +15,6 @@ and, as REP's slots, the inserted tokens flow forward through every later layer.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...backbones import BackboneInterface, Stream, insert_blocks, insert_tokens, remove_blocks
-from ...context import ForwardContext, current_context
-from ..base import MissingMethodLayer, _pop_mask
+from ...backbones import Stream
+from ...context import ForwardContext
+from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors
 from .config import RedeemConfig
 
 NEIGHBOURS, SELF, QUERY = "redeem_neighbors", "redeem_self", "redeem_query_"
@@ -78,7 +77,7 @@ def pool_prompt(tokens: torch.Tensor, length: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(tokens.transpose(1, 2), length).transpose(1, 2)
 
 
-class RedeemModules(nn.Module):
+class RedeemModules(PooledTensors):
     """All trained REDEEM tensors of one adapter, for a two-modality backbone.
 
     Args:
@@ -111,6 +110,10 @@ class RedeemModules(nn.Module):
             self.label_embeddings = nn.ParameterDict({s: nn.Parameter(torch.randn(classes, d) * INIT_STD)
                                                       for s, d in streams.items()})
         self.last_router_max: float | None = None
+
+    def diagnostics(self) -> dict[str, float]:
+        """The mean largest routing weight of the last forward (1: one expert takes all)."""
+        return {} if self.last_router_max is None else {"router_max_weight": self.last_router_max}
 
     def other(self, modality: str) -> str:
         return next(m for m in self.modalities if m != modality)
@@ -162,30 +165,29 @@ def num_label_classes(settings: dict[str, Any]) -> int:
     return num_labels if settings.get("problem_type") == "multi_label_classification" else max(num_labels, 2)
 
 
-@dataclass
-class RedeemRun:
-    """What one forward carries between REDEEM layers."""
+@dataclass(kw_only=True)
+class RedeemRun(MethodRun):
+    """One forward of a REDEEM adapter: the retrieved neighbours' tokens, the generated embeddings of missing
+    modalities, the neighbours' labels (RAGPT's label token) and the first-layer inputs (intra-modal prompts)."""
 
-    modules: RedeemModules
     retrieved: dict[str, torch.Tensor]
     generated: dict[str, torch.Tensor]
     labels: torch.Tensor | None
     first_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    carried: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
-    def prompt_block(self, stream: Stream, ctx: ForwardContext) -> torch.Tensor | None:
+    def prompt_block(self, stream: Stream) -> torch.Tensor | None:
         """``[label token | P_m ...]`` for the modalities of ``stream`` (eq. 7), or None without prompts."""
         parts = []
         if self.labels is not None:
-            parts.append(self.modules.label_token(stream.name, self.labels))
+            parts.append(self.shared.label_token(stream.name, self.labels))
         for m in stream.modalities:
-            prompt = self._prompt(m, ctx)
+            prompt = self._prompt(m)
             if prompt is not None:
                 parts.append(prompt)
         return torch.cat(parts, dim=1) if parts else None
 
-    def _prompt(self, modality: str, ctx: ForwardContext) -> torch.Tensor | None:
-        prompter, modules = self.modules.config.prompter, self.modules
+    def _prompt(self, modality: str) -> torch.Tensor | None:
+        prompter, modules, ctx = self.config.prompter, self.shared, self.ctx
         batch = ctx.missing_type.shape[0]
         if prompter == "saim":
             return modules.saim_prompt(modality, self.retrieved)
@@ -200,7 +202,7 @@ class RedeemRun:
         return None
 
 
-def start_run(modules: RedeemModules, config: RedeemConfig, ctx: ForwardContext, adapter: str) -> RedeemRun:
+def redeem_run(adapter: str, config: RedeemConfig, modules: RedeemModules, ctx: ForwardContext) -> RedeemRun:
     """Look the batch's neighbours up in the bank, generate what is missing (eq. 2-4) and add the
     reconstruction loss; the prompts come later (they may need the first-layer inputs)."""
     bank, batch = config.memory_bank, ctx.batch
@@ -224,7 +226,7 @@ def start_run(modules: RedeemModules, config: RedeemConfig, ctx: ForwardContext,
                 generated[m] = modules.generate(m, condition, experts[m], retrieved[m])
     _reconstruction_loss(generated, bank, batch.get(SELF), ctx, config, adapter)
     labels = bank.lookup("labels", neighbours) if config.label_token else None
-    return RedeemRun(modules, retrieved, generated, labels)
+    return RedeemRun(adapter, config, modules, ctx, retrieved=retrieved, generated=generated, labels=labels)
 
 
 def _noise_like(x: torch.Tensor) -> torch.Tensor:
@@ -249,127 +251,34 @@ def _reconstruction_loss(generated: dict[str, torch.Tensor], bank: Any, self_row
         ctx.aux_losses[f"redeem_reconstruction/{adapter}"] = config.recon_weight * torch.stack(terms).mean()
 
 
-@dataclass
-class Block:
-    """Tokens inserted before ``start`` (a position of the original sequence), hidden for some samples."""
-
-    name: str
-    start: int
-    tokens: torch.Tensor
-    hidden: torch.Tensor  # [B] bool
-
-
 class RedeemLayer(MissingMethodLayer):
-    """Wraps every encoder layer of every stream; the first layer of the first stream owns the trained
-    :class:`RedeemModules` of each adapter."""
+    """Wraps every encoder layer of every stream (REDEEM and RAGPT adapters); the first layer that runs retrieves
+    and generates with the adapter's :class:`RedeemModules` (in the model's pool)."""
 
-    adapter_layer_names = ("redeem_modules",)
+    def start_run(self, adapter: str, ctx: ForwardContext) -> RedeemRun:
+        return redeem_run(adapter, self.method_config[adapter], self.shared(adapter), ctx)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        setattr(self, self.adapter_layer_names[0], nn.ModuleDict())
-        self.redeem_config: dict[str, RedeemConfig] = {}
-
-    @property
-    def trained(self) -> nn.ModuleDict:
-        """The adapters' :class:`RedeemModules` (held under the method's prefix, which PEFT matches)."""
-        return getattr(self, self.adapter_layer_names[0])
-
-    @property
-    def is_owner(self) -> bool:
-        return self.stream.name == self.interface.streams[0].name and self.index == 0
-
-    def update_layer(self, adapter_name: str, config: RedeemConfig) -> None:
-        self.redeem_config[adapter_name] = config
-        if self.is_owner:
-            widths = modality_widths(self.interface)
-            streams = {s.name: s.hidden_size for s in self.interface.streams}
-            self.trained[adapter_name] = RedeemModules(widths, streams, config)
-        self.set_adapter(self.active_adapters)
-
-    def _has_active(self) -> bool:
-        return not self.disable_adapters and any(a in self.redeem_config for a in self.active_adapters)
-
-    def diagnostics(self) -> dict[str, float]:
-        return {f"redeem/{a}/router_max_weight": m.last_router_max for a, m in self.trained.items()
-                if m.last_router_max is not None}
-
-    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        ctx = current_context()
-        adapter = next(a for a in self.active_adapters if a in self.redeem_config)
-        config = self.redeem_config[adapter]
-        if self.is_owner:
-            ctx.extras[f"redeem/{adapter}"] = start_run(self.trained[adapter], config, ctx, adapter)
-        run: RedeemRun = ctx.extras[f"redeem/{adapter}"]
+    def blocks(self, run: RedeemRun, hidden: torch.Tensor, mask: torch.Tensor | None,
+               carried: dict[str, torch.Tensor]) -> list[Block]:
+        """Before layer 0, the generated block of each missing modality before its span (hidden for samples that
+        have it); before layer l, the prompt block at the front (eq. 7); both flow forward."""
+        spans, prompt_layer = run.ctx.spans[self.stream.name], run.config.prompt_layer
         if self.index == 0:
-            for m in self.stream.modalities:
-                run.first_inputs[m] = hidden_states[:, ctx.spans[self.stream.name][m]]
-        blocks = self._blocks(run, config, ctx)
-        if not blocks:
-            return self.base_layer(hidden_states, *args, **kwargs)
-        args, kwargs, mask = _pop_mask(args, kwargs)
-        hidden, mask, where = self._insert(hidden_states, mask, blocks, run, ctx)
-        out = self.base_layer(hidden, mask, *args, **kwargs)
-        outputs, hidden = remove_blocks(out[0] if isinstance(out, tuple) else out, where)
-        run.carried[self.stream.name] = {b.name: o for b, o in zip(blocks, outputs, strict=True)}
-        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
-
-    def _blocks(self, run: RedeemRun, config: RedeemConfig, ctx: ForwardContext) -> list[Block]:
-        carried = run.carried.pop(self.stream.name, {})
-        spans = ctx.spans[self.stream.name]
+            run.first_inputs.update({m: hidden[:, spans[m]] for m in self.stream.modalities})
         blocks = []
-        if self.index >= config.prompt_layer:
-            tokens = run.prompt_block(self.stream, ctx) if self.index == config.prompt_layer else carried.get("prompt")
+        if self.index >= prompt_layer:
+            tokens = run.prompt_block(self.stream) if self.index == prompt_layer else carried.get("prompt")
             if tokens is not None:
-                blocks.append(Block("prompt", 0, tokens, torch.zeros_like(ctx.missing_type, dtype=torch.bool)))
+                blocks.append(Block("prompt", tokens))
         for m in sorted(run.generated.keys() & set(self.stream.modalities), key=lambda m: spans[m].start or 0):
             tokens = run.generated[m] if self.index == 0 else carried[m]
-            blocks.append(Block(m, spans[m].start or 0, tokens, ctx.present_of(m)))
+            blocks.append(Block(m, tokens, before=m, hidden=run.ctx.present_of(m)))
         return blocks
 
-    def _insert(self, hidden: torch.Tensor, mask: torch.Tensor | None, blocks: list[Block], run: RedeemRun,
-                ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None, list[slice]]:
-        """Insert the blocks and hide, per sample, the unused generated blocks and the placeholders they replace."""
+    def hidden_tokens(self, run: RedeemRun, hidden: torch.Tensor) -> torch.Tensor:
+        """The placeholder tokens of each generated modality, for the samples that miss it (their generated block
+        stands in for them)."""
         placeholder = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         for m in run.generated.keys() & set(self.stream.modalities):
-            placeholder[:, ctx.spans[self.stream.name][m]] |= ~ctx.present_of(m)[:, None]
-        flags = [b.hidden[:, None].expand(-1, b.tokens.shape[1]) for b in blocks]
-        if self.stream.causal:
-            if any(b.start != 0 for b in blocks):
-                raise ValueError(f"REDEEM inserts tokens into a causal stream only at its front, but the "
-                                 f"{self.stream.name} stream holds {self.stream.modalities}; use a backbone whose "
-                                 "causal streams hold one modality each (CLIP) or a bidirectional joint stream.")
-            prefix = torch.cat([b.tokens for b in blocks], dim=1)
-            hidden, mask = insert_tokens(hidden, prefix, mask, causal=True)
-            bounds = torch.tensor([0, *(b.tokens.shape[1] for b in blocks)]).cumsum(0).tolist()
-            where = [slice(a, b) for a, b in itertools.pairwise(bounds)]
-            hide = torch.cat([*flags, placeholder], dim=1)
-        else:
-            hidden, mask, where = insert_blocks(hidden, mask, [(b.start, b.tokens) for b in blocks])
-            joined, _, _ = insert_blocks(placeholder[..., None].float(), None,
-                                         [(b.start, f[..., None].float()) for b, f in zip(blocks, flags, strict=True)])
-            hide = joined[..., 0] > 0
-        return hidden, hide_keys(mask, hide, hidden.dtype), where
-
-
-class RagptLayer(RedeemLayer):
-    """The same wrapper for RAGPT adapters (their tensors live under the ``ragpt_`` prefix)."""
-
-    adapter_layer_names = ("ragpt_modules",)
-
-
-def hide_keys(mask: torch.Tensor | None, hide: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """``mask`` with the keys ``hide [B, L]`` made invisible to every query (additive or boolean 4-D masks)."""
-    if not hide.any():
-        return mask
-    if mask is None:
-        mask = torch.zeros(hide.shape[0], 1, 1, hide.shape[1], dtype=dtype, device=hide.device)
-    mask = mask.expand(hide.shape[0], *mask.shape[1:])
-    if mask.dtype == torch.bool:
-        return mask & ~hide[:, None, None, :]
-    return mask.masked_fill(hide[:, None, None, :], torch.finfo(mask.dtype).min)
-
-
-def modality_widths(interface: BackboneInterface) -> dict[str, int]:
-    """Hidden size of the stream that holds each modality, in the backbone's modality order."""
-    return {m: interface.stream_of(m).hidden_size for m in interface.modalities}
+            placeholder[:, run.ctx.spans[self.stream.name][m]] |= ~run.ctx.present_of(m)[:, None]
+        return placeholder

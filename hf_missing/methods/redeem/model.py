@@ -7,27 +7,29 @@ bank row of the sample itself, query vectors) reach the layers through the forwa
 from __future__ import annotations
 
 from ...backbones import BackboneInterface, Stream
-from ..base import MissingMethodModel
+from ..base import MissingMethodModel, modality_widths
 from .config import RedeemConfig
-from .layer import RagptLayer, RedeemLayer
+from .layer import RedeemLayer, RedeemModules
 
 
 class RedeemModel(MissingMethodModel):
     """REDEEM / RAGPT on every stream (CLIP: both towers; ViLT and the fused default: the joint stream)."""
 
-    tuner_layer_cls = RedeemLayer
     layer_cls = RedeemLayer
+    shared_name = "modules"
 
     def target_layers(self, interface: BackboneInterface, config: RedeemConfig) -> list[tuple[Stream, int]]:
         check_fits(interface, config)
         return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
 
+    def shared_tensors(self, interface: BackboneInterface, config: RedeemConfig) -> RedeemModules:
+        streams = {s.name: s.hidden_size for s in interface.streams}
+        return RedeemModules(modality_widths(interface), streams, config)
+
 
 class RagptModel(RedeemModel):
-    """RAGPT adapters: :class:`RedeemModel` with its own tensor prefix."""
-
-    tuner_layer_cls = RagptLayer
-    layer_cls = RagptLayer
+    """RAGPT adapters: :class:`RedeemModel` registered under its own name, so its tensors carry the ``ragpt_``
+    prefix."""
 
 
 def check_fits(interface: BackboneInterface, config: RedeemConfig) -> None:

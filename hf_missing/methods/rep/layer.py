@@ -5,22 +5,21 @@ and, for ``j = 1 .. d-1``, ``F[j]`` is the residual-bypass update of ``F[j-1]`` 
 the buffer slots before layer ``j`` (eq. 9). The slots of modality ``m`` sit directly before ``m``'s
 tokens in the stream that holds them (CLIP: front of each tower; single-stream backbones: before each
 modality's span) as ``[Theta_m(F_s) | F_p^m | E_m]`` and flow forward through every later layer, as in
-the released code.
+the released code. An adapter's :class:`RepBuffers` live in the model's method pool, shared by its layers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...backbones import BackboneInterface, insert_blocks, insert_tokens, remove_blocks
-from ...context import ForwardContext, current_context
+from ...backbones import BackboneInterface
+from ...context import ForwardContext
 from ...missingness import ModalityPattern
-from ..base import MissingMethodLayer, _pop_mask
+from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors
 from .config import RepConfig
 
 GATE_INIT = 0.5  # alpha_m and eps_s; the released code's single alpha starts at 0.5
@@ -55,7 +54,7 @@ class BufferStates:
     projected: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
-class RepBuffers(nn.Module):
+class RepBuffers(PooledTensors):
     """All of one adapter's trained REP tensors, for K modalities of any widths.
 
     Args:
@@ -159,7 +158,7 @@ class RepBuffers(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def gates(self) -> dict[str, float]:
+    def diagnostics(self) -> dict[str, float]:
         """Current values of the learned gates (alpha_m, eps_s, beta_p, beta_s)."""
         if not self.replay:
             return {}
@@ -192,93 +191,39 @@ def _shared_init(patterns: int, length: int, width: int, config: RepConfig) -> t
     return unit_noise((patterns, length, width), config.noise_type)
 
 
-@dataclass
-class RepRun:
-    """What one forward carries between REP layers: the buffer states and each stream's slot tokens."""
+@dataclass(kw_only=True)
+class RepRun(MethodRun):
+    """One forward of a REP adapter: its buffer states ``F[0] .. F[n-1]`` (eq. 7-8, computed once per forward)."""
 
-    buffers: RepBuffers
     states: BufferStates
-    carried: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 class RepLayer(MissingMethodLayer):
-    """Wraps every encoder layer of every stream. The first layer of the first stream owns the adapter's
-    :class:`RepBuffers`, computes the buffer chain once per forward and adds the orthogonality loss;
-    every layer inserts its stream's slots (layer 0: eq. 5; layers 1..d-1: replay, eq. 9; later layers:
-    the slots flow forward), runs the base layer and strips them again."""
+    """Wraps every encoder layer of every stream. The first layer that runs computes the buffer chain of the
+    adapter's :class:`RepBuffers` (in the model's pool) and adds the orthogonality loss; every layer inserts its
+    stream's slots before each modality's tokens (layer 0: eq. 5; layers 1..d-1: replay, eq. 9; later layers: the
+    slots flow forward)."""
 
-    adapter_layer_names = ("rep_buffers",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.rep_buffers = nn.ModuleDict()
-        self.rep_ortho_weight: dict[str, float] = {}
-
-    @property
-    def is_owner(self) -> bool:
-        return self.stream.name == self.interface.streams[0].name and self.index == 0
-
-    def update_layer(self, adapter_name: str, config: RepConfig) -> None:
-        self.rep_ortho_weight[adapter_name] = config.ortho_weight
-        if self.is_owner:
-            self.rep_buffers[adapter_name] = RepBuffers(modality_widths(self.interface), config,
-                                                        init_embeddings(self.interface) if config.dynamic_init
-                                                        else None)
-        self.set_adapter(self.active_adapters)
-
-    def _has_active(self) -> bool:
-        return not self.disable_adapters and any(a in self.rep_ortho_weight for a in self.active_adapters)
-
-    def diagnostics(self) -> dict[str, float]:
-        return {f"rep/{a}/{k}": v for a, buffers in self.rep_buffers.items() for k, v in buffers.gates().items()}
-
-    def adapted_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        ctx = current_context()
-        adapter = next(a for a in self.active_adapters if a in self.rep_ortho_weight)
-        if self.is_owner:
-            ctx.extras[f"rep/{adapter}"] = self._start(adapter, ctx)
-        run: RepRun = ctx.extras[f"rep/{adapter}"]
-        order = sorted(self.stream.modalities, key=lambda m: ctx.spans[self.stream.name][m].start or 0)
-        carried = run.carried.pop(self.stream.name, {})
-        blocks = [self._slots(run, m, carried.get(m), ctx.missing_type) for m in order]
-        args, kwargs, mask = _pop_mask(args, kwargs)
-        hidden, mask, where = self._insert(hidden_states, mask, order, blocks, ctx)
-        out = self.base_layer(hidden, mask, *args, **kwargs)
-        slots, hidden = remove_blocks(out[0] if isinstance(out, tuple) else out, where)
-        run.carried[self.stream.name] = dict(zip(order, slots, strict=True))
-        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
-
-    def _start(self, adapter: str, ctx: ForwardContext) -> RepRun:
-        buffers = self.rep_buffers[adapter]
+    def start_run(self, adapter: str, ctx: ForwardContext) -> RepRun:
+        buffers, config = self.shared(adapter), self.method_config[adapter]
         states = buffers.states()
-        weight = self.rep_ortho_weight[adapter]
-        if weight > 0:
-            ctx.aux_losses[f"rep_orthogonality/{adapter}"] = weight * buffers.orthogonality_loss(states)
-        return RepRun(buffers, states)
+        if config.ortho_weight > 0:
+            ctx.aux_losses[f"rep_orthogonality/{adapter}"] = config.ortho_weight * buffers.orthogonality_loss(states)
+        return RepRun(adapter, config, buffers, ctx, states=states)
 
-    def _slots(self, run: RepRun, modality: str, carried: torch.Tensor | None, codes: torch.Tensor) -> torch.Tensor:
+    def blocks(self, run: RepRun, hidden: torch.Tensor, mask: torch.Tensor | None,
+               carried: dict[str, torch.Tensor]) -> list[Block]:
+        spans = run.ctx.spans[self.stream.name]
+        order = sorted(self.stream.modalities, key=lambda m: spans[m].start or 0)
+        return [Block(m, self._slots(run, m, carried.get(m)), before=m) for m in order]
+
+    def _slots(self, run: RepRun, modality: str, carried: torch.Tensor | None) -> torch.Tensor:
+        buffers, codes = run.shared, run.ctx.missing_type
         if self.index == 0:
-            return run.buffers.initial_slots(run.states, modality, codes)
-        if self.index < run.buffers.num_states:
-            return carried + run.buffers.replayed(run.states, modality, self.index, codes)
+            return buffers.initial_slots(run.states, modality, codes)
+        if self.index < buffers.num_states:
+            return carried + buffers.replayed(run.states, modality, self.index, codes)
         return carried
-
-    def _insert(self, hidden: torch.Tensor, mask: torch.Tensor | None, order: list[str],
-                blocks: list[torch.Tensor], ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None, list]:
-        if not self.stream.causal:
-            starts = [ctx.spans[self.stream.name][m].start or 0 for m in order]
-            return insert_blocks(hidden, mask, list(zip(starts, blocks, strict=True)))
-        if len(blocks) != 1 or (ctx.spans[self.stream.name][order[0]].start or 0) != 0:
-            raise ValueError(f"REP places slots in a causal stream only in front of a single modality, but the "
-                             f"{self.stream.name} stream holds {order}; use a backbone whose causal streams hold one "
-                             "modality each (CLIP) or a bidirectional joint stream (ViLT, the fused default).")
-        hidden, mask = insert_tokens(hidden, blocks[0], mask, causal=True)
-        return hidden, mask, [slice(0, blocks[0].shape[1])]
-
-
-def modality_widths(interface: BackboneInterface) -> dict[str, int]:
-    """Hidden size of the stream that holds each modality, in the backbone's modality order."""
-    return {m: interface.stream_of(m).hidden_size for m in interface.modalities}
 
 
 def init_embeddings(interface: BackboneInterface) -> dict[str, torch.Tensor]:

@@ -1,23 +1,27 @@
-"""REP tuner: wraps every encoder layer of every stream with :class:`RepLayer`."""
+"""REP tuner: wraps every encoder layer of every stream with :class:`RepLayer`; the adapter's buffers go to the pool."""
 
 from __future__ import annotations
 
 from ...backbones import BackboneInterface, Stream
-from ..base import MissingMethodModel
+from ..base import MissingMethodModel, modality_widths
 from .config import RepConfig
-from .layer import RepLayer
+from .layer import RepBuffers, RepLayer, init_embeddings
 
 
 class RepModel(MissingMethodModel):
     """Buffer replay prompting on every stream (CLIP: both towers; ViLT and the fused default: the joint
     stream, slots next to each modality's tokens). Every layer is wrapped so that the slots flow forward."""
 
-    tuner_layer_cls = RepLayer
     layer_cls = RepLayer
+    shared_name = "buffers"
 
     def target_layers(self, interface: BackboneInterface, config: RepConfig) -> list[tuple[Stream, int]]:
         check_fits(interface, config)
         return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
+
+    def shared_tensors(self, interface: BackboneInterface, config: RepConfig) -> RepBuffers:
+        init = init_embeddings(interface) if config.dynamic_init else None
+        return RepBuffers(modality_widths(interface), config, init)
 
 
 def check_fits(interface: BackboneInterface, config: RepConfig) -> None:

@@ -8,32 +8,29 @@ whose ``peft_type`` is ``HFM_<method>``) goes to ``MissingModalityForClassificat
 validates everything (:mod:`hf_missing.loading`); so does a call that names a method with ``adapter=``
 (``AutoModel.from_pretrained("openai/clip-vit-base-patch16", adapter="rep", num_labels=23)``, which stock
 transformers rejects). Every other call reaches transformers unchanged. The hook wraps
-the ``from_pretrained`` that each subclass of transformers' private ``_BaseAutoModelClass`` holds, so it is
-installed only for the transformers minor versions it was checked against (:data:`CHECKED_TRANSFORMERS`).
+the ``from_pretrained`` that each subclass of transformers' private ``_BaseAutoModelClass`` holds, which is why
+importing this module checks the versions (:func:`hf_missing.compat.check_versions`).
 
 ``PeftModel.from_pretrained(wrapper, <adapter>)`` and ``PeftModel.load_adapter(<adapter>, name)`` would build the
 adapter from every key of ``adapter_config.json`` (its ``modules_to_save`` included) and load the weights file
 non-strictly. For an hf_missing adapter on the wrapper, both first run ``wrapper.checked_adapter`` and then hand
 peft the checked config and the local folder whose files were checked; ``from_pretrained`` also loads the
-method's files (REDEEM's bank) as the wrapper's own loader does (peft minor versions :data:`CHECKED_PEFT`).
+method's files (REDEEM's bank) as the wrapper's own loader does.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-import peft
-import transformers
 from peft import PeftModel
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from transformers.utils.peft_utils import find_adapter_config_file
 
-from .loading import (
+from ..loading import (
     ADAPTER_CONFIG_NAME,
     CONFIG_NAME,
     DOWNLOAD_KWARGS,
@@ -41,12 +38,12 @@ from .loading import (
     read_json_file,
     resolve_adapter_dir,
 )
-from .methods import load_method_files
-from .modeling import MissingModalityConfig, MissingModalityForClassification
+from ..methods import load_method_files
+from ..modeling import MissingModalityConfig, MissingModalityForClassification
+from . import check_versions
 
-logger = logging.getLogger(__name__)
-CHECKED_TRANSFORMERS = ("5.23.",)
-CHECKED_PEFT = ("0.21.",)
+check_versions()
+
 MODEL_TYPE = MissingModalityConfig.model_type
 METHOD_PREFIX = "HFM_"  # an hf_missing adapter config names its peft_type HFM_<METHOD>
 _CHECKED_FOLDER: ContextVar[Any] = ContextVar("hf_missing_checked_folder", default=None)
@@ -148,17 +145,9 @@ def _peft_load_adapter(original: Callable[..., Any]) -> Callable[..., Any]:
     return load_adapter
 
 
-def install() -> bool:
+def install() -> None:
     """Route hf_missing adapters in every Auto model class (each holds its own copy of ``from_pretrained``) and in
-    ``PeftModel``; False, with a warning, on versions the hooks were not checked against."""
-    versions = {"transformers": (transformers.__version__, CHECKED_TRANSFORMERS),
-                "peft": (peft.__version__, CHECKED_PEFT)}
-    unchecked = {name: version for name, (version, checked) in versions.items() if not version.startswith(checked)}
-    if unchecked:
-        logger.warning("hf_missing's loader hooks were checked on transformers %s and peft %s, not on %s: not "
-                       "installed; load adapters with MissingModalityForClassification.from_pretrained.",
-                       CHECKED_TRANSFORMERS, CHECKED_PEFT, unchecked)
-        return False
+    ``PeftModel`` (idempotent)."""
     for cls in _auto_classes():
         method = cls.__dict__.get("from_pretrained")
         if isinstance(method, classmethod) and not getattr(method.__func__, "__hf_missing_routed__", False):
@@ -167,7 +156,6 @@ def install() -> bool:
         PeftModel.from_pretrained = classmethod(_peft_from_pretrained(PeftModel.__dict__["from_pretrained"].__func__))
         PeftModel.load_adapter = _peft_load_adapter(PeftModel.load_adapter)
         PeftModel.load_adapter.__hf_missing_routed__ = True
-    return True
 
 
 def _auto_classes() -> list[type]:
