@@ -28,7 +28,6 @@ class ForwardContext:
         modalities: the K modality names, in order.
         policy: how absent modalities were filled ("dummy", "mask" or "zero").
         spans: per stream, the ``slice`` each modality's tokens occupy, as set by the backbone.
-        carried: per stream, tokens that injected layers keep in the sequence across layers.
         extras: free slots for methods (running buffers and the like), emptied with the context.
         aux_losses: named auxiliary loss terms (already weighted) that method layers add; the wrapper adds
             their sum to the task loss.
@@ -43,7 +42,6 @@ class ForwardContext:
     modalities: tuple[str, ...]
     policy: str = "dummy"
     spans: dict[str, dict[str, slice]] = field(default_factory=dict)
-    carried: dict[str, torch.Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     feature_hooks: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)

@@ -33,6 +33,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from .atomic import atomic_folder
 from .backbones import BACKBONES, BackboneInterface, backbone_interface_for
+from .compat.peft import active_adapter_names, adapters_injected, enable_saved_modules
 from .context import POLICIES, ForwardContext, forward_context
 from .data.modalities import ModalityInputs
 from .loading import (
@@ -339,25 +340,15 @@ class MissingModalityForClassification(PreTrainedModel):
     def active_adapters(self) -> list[str]:
         """transformers reads the active adapters off the first tuner layer; head-only methods (baseline)
         inject none, so their ``modules_to_save`` wrappers answer instead."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        if getattr(self, "_hf_peft_config_loaded", False):
-            for module in self.modules():
-                if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper):
-                    return list(module.active_adapters)
-        return super().active_adapters()
+        names = active_adapter_names(self) if adapters_injected(self) else None
+        return names if names is not None else super().active_adapters()
 
     def enable_adapters(self) -> None:
         """Re-enable the injected adapters after :meth:`disable_adapters`. transformers' version turns the tuner
         layers back on but leaves the head and pooler copies (``modules_to_save``) disabled and frozen, so the model
         would run, and train, the original head; they are re-enabled here too."""
-        from peft.utils import ModulesToSaveWrapper
-
         super().enable_adapters()
-        for module in self.modules():
-            if isinstance(module, ModulesToSaveWrapper):
-                module.enable_adapters(True)
+        enable_saved_modules(self)
 
     def diagnostics(self) -> dict[str, float]:
         """Scalars the injected method exposes for logging (e.g. REP's gates alpha, beta, eps)."""
@@ -378,7 +369,7 @@ class MissingModalityForClassification(PreTrainedModel):
         """
         if not kwargs.get("is_main_process", True):
             return
-        injected = getattr(self, "_hf_peft_config_loaded", False)
+        injected = adapters_injected(self)
         if injected:
             _refuse_full_checkpoint(save_directory)
         with atomic_folder(save_directory, replaces=_written_by_save) as staging:
@@ -399,7 +390,7 @@ class MissingModalityForClassification(PreTrainedModel):
     def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> Any:
         """With an adapter injected: upload the adapter and a model card (:func:`hf_missing.hub.push_adapter`,
         which also takes ``results=``, ``plot=``, ``missing=`` and ``dataset=``); else the full checkpoint."""
-        if not getattr(self, "_hf_peft_config_loaded", False):
+        if not adapters_injected(self):
             return super().push_to_hub(repo_id, *args, **kwargs)
         from .hub import push_adapter
 

@@ -23,9 +23,9 @@ from transformers import AutoModel
 import hf_missing
 from hf_missing import MissingModalityCollator, MissingModalityForClassification
 from hf_missing.data.synthetic import tiny_backbone, tiny_processor
-from hf_missing.hub import method_paper, results_by_pattern
+from hf_missing.hub import results_by_pattern
 from hf_missing.loading import AdapterLoadError
-from hf_missing.methods import prepare_for_training
+from hf_missing.methods import METHODS, prepare_for_training
 from tests.conftest import make_batch, perturbed
 
 # Small options per method on the tiny 2-layer backbones; a method missing here runs with its defaults.
@@ -165,7 +165,7 @@ def test_push_uploads_adapter_card_and_plot(hub, shapes_missing, tmp_path):
                     ("missing_image", "accuracy"): 0.48}
     assert {r.dataset_name for r in card.data.eval_results} == {"shapes"}
     text = card.text
-    assert method_paper("map").paper in text and "lee2023multimodal" in text
+    assert METHODS["map"].paper in text and "lee2023multimodal" in text
     assert f"{len(files['adapter_model.safetensors'])} bytes" in text
     assert "| rate | `0.7` |" in text and "| protocol | `map` |" in text and "| seed | `0` |" in text
     assert "| policy | `dummy` |" in text and "| pattern | `both` |" in text

@@ -2,7 +2,7 @@
 
 import torch
 
-from hf_missing.backbones import extend_attention_mask, insert_tokens, strip_tokens
+from hf_missing.backbones import extend_attention_mask, insert_tokens
 from hf_missing.backbones.base import causal_mask, prepend_kv
 from hf_missing.methods.map.layer import initial_prompts
 from tests.conftest import make_model
@@ -40,11 +40,10 @@ def test_boolean_masks_stay_boolean():
     assert out.dtype == torch.bool and out[:, ..., 0].all() and not out[1, 0, 0, 3]
 
 
-def test_insert_then_strip_is_identity():
+def test_insert_puts_tokens_in_front():
     hidden, tokens = torch.randn(2, 5, 4), torch.randn(2, 3, 4)
     joined, mask = insert_tokens(hidden, tokens, None, causal=False)
-    kept, rest = strip_tokens(joined, 3)
-    assert mask is None and torch.equal(kept, tokens) and torch.equal(rest, hidden)
+    assert mask is None and torch.equal(joined[:, :3], tokens) and torch.equal(joined[:, 3:], hidden)
 
 
 def test_prepend_kv_extends_keys_values_and_causal_mask():

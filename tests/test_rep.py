@@ -1,5 +1,7 @@
 """REP (buffer replay prompting): each equation on small tensors, the ablation switches, training, round trips."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -7,9 +9,9 @@ from torch.nn import functional as F
 from transformers import AutoModel
 
 import hf_missing
-from hf_missing.backbones import BackboneInterface, ClipBackbone, insert_blocks, remove_blocks
+from hf_missing.backbones import ClipBackbone, insert_blocks, remove_blocks
 from hf_missing.methods.rep import RepBuffers, RepConfig
-from hf_missing.methods.rep.layer import squared_cosine
+from hf_missing.methods.rep.layer import init_embeddings, squared_cosine
 from tests.conftest import BACKBONES, make_batch, make_model
 
 TINY = {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4}
@@ -239,10 +241,19 @@ def test_too_long_buffer_overflows_the_text_position_budget():
 
 
 def test_missing_init_source_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(ClipBackbone, "pretrained_token_embedding", BackboneInterface.pretrained_token_embedding)
+    """Catches REP reaching for an embedding the backbone cannot give (an AttributeError deep in injection) instead
+    of naming the missing capability and the dynamic_init=False fix."""
+    def refuse(self, modality):
+        raise ValueError(f"clip has no pretrained embedding for {modality!r}.")
+
+    monkeypatch.setattr(ClipBackbone, "pretrained_token_embedding", refuse)
     with pytest.raises(ValueError, match=r"no pretrained embedding for 'text'.*dynamic_init=False"):
         make_model("clip", "rep", **TINY)
     assert make_model("clip", "rep", **TINY, dynamic_init=False) is not None
+    toy = SimpleNamespace(model_type="toy", modalities=("text", "image"))  # a backbone without the mixin
+    with pytest.raises(ValueError, match=r"REP's dynamic initialisation \(eq. 10\) needs PretrainedTokens .*toy.*"
+                                         r"dynamic_init=False"):
+        init_embeddings(toy)
 
 
 def test_contradictory_switches_are_rejected():

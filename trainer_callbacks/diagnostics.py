@@ -26,7 +26,7 @@ def find_diagnostics_model(model: nn.Module) -> Any:
 
 class MethodDiagnosticsCallback(TrainerCallback):
     """Adds ``model.diagnostics()`` (REP: ``rep/<adapter>/alpha_text``, ``beta_p``, ``eps_s``, ...; whatever a
-    method's layers return from ``MissingMethodLayer.diagnostics``) to every training log.
+    method's pooled tensors return from ``PooledTensors.diagnostics``) to every training log.
 
     The values go into the ``logs`` dict and into the ``trainer_state.json`` entry Trainer has just
     appended for that log. Trainer calls callbacks in order and puts its reporting integrations

@@ -13,7 +13,6 @@ from .base import (
     insert_tokens,
     register_backbone,
     remove_blocks,
-    strip_tokens,
 )
 from .clip import ClipBackbone
 from .fused import FusedBackbone, FusedConfig, FusedModel, FusedProcessor, build_fused_backbone
@@ -39,5 +38,4 @@ __all__ = [
     "insert_tokens",
     "register_backbone",
     "remove_blocks",
-    "strip_tokens",
 ]

@@ -294,11 +294,6 @@ def insert_tokens(hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
     return torch.cat([tokens.to(hidden.dtype), hidden], dim=1), mask
 
 
-def strip_tokens(hidden: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``hidden`` into its first ``n`` tokens and the rest (the inverse of :func:`insert_tokens`)."""
-    return hidden[:, :n], hidden[:, n:]
-
-
 def insert_blocks(hidden: torch.Tensor, mask: torch.Tensor | None,
                   blocks: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None, list[slice]]:
     """Insert ``tokens [B, n, H]`` before position ``start`` of a bidirectional sequence, for each

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from . import check_versions, incompatible
@@ -26,8 +28,8 @@ except ImportError as err:
 
 check_versions()
 
-__all__ = ["DUMMY_TARGET_MODULES", "MethodType", "PrefixedKeyTuner", "adapters_bypassed", "adapters_injected",
-           "register_peft_type"]
+__all__ = ["DUMMY_TARGET_MODULES", "MethodType", "PrefixedKeyTuner", "active_adapter_names", "adapters_bypassed",
+           "adapters_injected", "enable_saved_modules", "register_peft_type"]
 
 
 class MethodType(str):
@@ -83,3 +85,20 @@ def adapters_injected(model: nn.Module) -> bool:
     """Whether transformers' adapter integration has injected an adapter into ``model`` (``add_adapter`` /
     ``load_adapter``; its private ``_hf_peft_config_loaded`` flag)."""
     return bool(getattr(model, "_hf_peft_config_loaded", False))
+
+
+def active_adapter_names(model: nn.Module) -> list[str] | None:
+    """The active adapters as the first tuner layer or ``modules_to_save`` wrapper of ``model`` records them (a
+    head-only method injects no tuner layer), or None when there is neither."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper):
+            return list(module.active_adapters)
+    return None
+
+
+def enable_saved_modules(model: nn.Module) -> None:
+    """Re-enable (and make trainable again) the ``modules_to_save`` copies that transformers' ``disable_adapters``
+    switched off: its ``enable_adapters`` re-enables tuner layers only."""
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            module.enable_adapters(True)

@@ -33,18 +33,14 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_from_disk
 from PIL import Image as PILImage
 
+from ..cache import CACHE_ENV, default_cache_dir
+
 NPM_PACKAGE = "emoji-datasource-google@16.0.0"
 TARBALL = "emoji-datasource-google-16.0.0.tgz"
 IMAGE_DIR = "img/google/64"
-CACHE_ENV = "HF_MISSING_CACHE"
 MIN_PER_CATEGORY = 20
 SPLITS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 DATASET_VERSION = 2
-
-
-def default_cache_dir() -> Path:
-    """``$HF_MISSING_CACHE`` or ``~/.cache/hf_missing``, the root of every hf_missing cache."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hf_missing")
 
 
 def emoji_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

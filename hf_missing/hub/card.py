@@ -25,7 +25,6 @@ from ..loading import (
     read_json_file,
 )
 from ..methods import METHODS
-from .papers import method_paper
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "adapter_card.md"
 SKIPPED_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "count")
@@ -63,10 +62,10 @@ def adapter_card(
         metrics=sorted({m for metrics in by_pattern.values() for m in metrics}) or None,
         eval_results=_eval_results(by_pattern, dataset, split) or None,
     )
-    paper = method_paper(method)
+    spec = METHODS[method]
     return ModelCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE), repo_id=repo_id, title=repo_id, method=method, backbone=backbone,
-        backbone_type=backbone_type, summary=METHODS[method].summary, paper=paper.paper, citation=paper.citation,
+        backbone_type=backbone_type, summary=spec.summary, paper=spec.paper, citation=spec.citation,
         options=method_options(adapter_config, method), settings=adapter_config["model_settings"],
         adapter_bytes=(folder / ADAPTER_WEIGHTS_NAME).stat().st_size,
         adapter_params=_count_parameters(folder / ADAPTER_WEIGHTS_NAME),

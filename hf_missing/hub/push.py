@@ -23,6 +23,7 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, HfApi
 
+from ..compat.peft import adapters_injected
 from ..loading import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -108,7 +109,7 @@ def _stage(model_or_folder: Any, folder: Path) -> Path:
             if (source / name).is_file():
                 shutil.copyfile(source / name, folder / name)
     else:
-        if not _has_adapter(model_or_folder):
+        if not adapters_injected(model_or_folder):
             raise ValueError("The model has no adapter injected; inject a method first (adapter='map' in "
                              "from_pretrained, or model.add_adapter(hf_missing.get_method_config(...))).")
         model_or_folder.save_pretrained(folder)
@@ -119,11 +120,6 @@ def _stage(model_or_folder: Any, folder: Path) -> Path:
                          "MissingModalityForClassification.save_pretrained with an adapter injected.")
     validate_adapter_config(read_json_file(folder / ADAPTER_CONFIG_NAME), str(model_or_folder))
     return folder
-
-
-def _has_adapter(model: Any) -> bool:
-    """Whether an adapter is injected in ``model``: transformers' private PEFT-integration flag, read here only."""
-    return bool(getattr(model, "_hf_peft_config_loaded", False))
 
 
 def _point_at_repo(folder: Path, repo_id: str, backbone_name_or_path: str | None) -> str:

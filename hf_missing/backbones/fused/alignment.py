@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...data.emoji import default_cache_dir, load_emoji_dataset
+from ...cache import default_cache_dir
+from ...data.emoji import load_emoji_dataset
 from .configuration import CHECKPOINT_VERSION, DEFAULT_IMAGE_SIZE
 from .modeling import FusedModel
 from .processing import FusedProcessor

@@ -29,7 +29,7 @@ from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 from torch.nn import functional as F
 
-from ...backbones import BackboneInterface, Stream
+from ...backbones import BackboneInterface, PretrainedTokens, Stream, capability
 from ...context import ForwardContext
 from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, allowed_attention
 from .config import CmptConfig
@@ -376,9 +376,10 @@ def proxy_embedding(interface: BackboneInterface, stream: Stream, modality: str)
     """A pretrained ``[H]`` token of ``stream``'s input space to start the proxy for ``modality`` from: the
     modality's own embedding where the stream holds it (single-stream), else the host modality's."""
     source = modality if modality in stream.modalities else stream.modalities[0]
+    fix = "pass proxy_init='random'."
     try:
-        return interface.pretrained_token_embedding(source).detach().float().reshape(-1)
+        pretrained = capability(interface, PretrainedTokens, "CMPT's proxy_init='pretrained'", fix)
+        return pretrained.pretrained_token_embedding(source).detach().float().reshape(-1)
     except ValueError as err:
         raise ValueError(f"CMPT's proxy_init='pretrained' needs a pretrained {source!r} embedding of the "
-                         f"{interface.model_type} backbone, which it does not offer; pass "
-                         "proxy_init='random'.") from err
+                         f"{interface.model_type} backbone, which it does not offer; {fix}") from err

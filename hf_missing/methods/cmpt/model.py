@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...backbones import BackboneInterface, Stream
+from ...backbones import BackboneInterface, ClassTokens, Stream, capability
 from ..base import MissingMethodModel
 from .config import CmptConfig
 from .layer import CmptLayer, CmptTensors, proxied_modalities, resolve_lora_paths
@@ -20,8 +20,8 @@ class CmptModel(MissingMethodModel):
     def target_layers(self, interface: BackboneInterface, config: CmptConfig) -> list[tuple[Stream, int]]:
         """Every layer of every stream, after checking the options against the backbone (clear errors before
         anything is injected)."""
-        if interface.class_token_width < 1:  # raises a clear error where the backbone has no class tokens
-            raise ValueError(f"The {interface.model_type} backbone reports empty class tokens.")
+        capability(interface, ClassTokens, "CMPT's proxies and gated fusion",
+                   "add the ClassTokens mixin (class_token_width, readout, class_tokens) to its backbone interface.")
         proxied_modalities(interface, config)
         for stream in interface.streams:
             resolve_lora_paths(interface.layers(stream.name)[0], config.lora_targets, interface)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...backbones import BackboneInterface
+from ...backbones import BackboneInterface, PretrainedTokens, capability
 from ...context import ForwardContext
 from ...missingness import ModalityPattern
 from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors
@@ -228,4 +228,10 @@ class RepLayer(MissingMethodLayer):
 
 def init_embeddings(interface: BackboneInterface) -> dict[str, torch.Tensor]:
     """``E_m`` of eq. 10 for each modality, from the backbone's pretrained weights."""
-    return {m: interface.pretrained_token_embedding(m) for m in interface.modalities}
+    source = capability(interface, PretrainedTokens, "REP's dynamic initialisation (eq. 10)",
+                        "pass dynamic_init=False, or add the PretrainedTokens mixin to its backbone interface.")
+    try:
+        return {m: source.pretrained_token_embedding(m) for m in interface.modalities}
+    except ValueError as err:
+        raise ValueError(f"{err} REP's dynamic initialisation (eq. 10) starts from one per modality; pass "
+                         "dynamic_init=False or extend pretrained_token_embedding in its backbone interface.") from err
