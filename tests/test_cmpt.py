@@ -409,16 +409,6 @@ def test_save_load_bit_identical(shapes_missing, backbone, tmp_path):
     assert torch.equal(_forward(through_peft, batch).logits, _forward(loaded, batch).logits)
 
 
-def test_fused_backbone_round_trip(shapes_missing, tmp_path):
-    from tests.test_fused import batch, tiny_config, tiny_processor
-
-    AutoModel.from_config(tiny_config()).save_pretrained(tmp_path / "fused")
-    model = hf_missing.MissingModalityForClassification.from_pretrained(tmp_path / "fused", adapter="cmpt",
-                                                                        num_labels=4)
-    _perturb_trainable(model)
-    _round_trip(model, batch(shapes_missing["train"], tiny_processor(), n=8), tmp_path / "adapter")
-
-
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_disable_adapter_restores_the_backbone(shapes_missing, backbone):
     from tests.test_training import _features

@@ -7,7 +7,6 @@ import pytest
 import torch
 from peft import get_peft_model
 from torch.nn import functional as F
-from transformers import AutoModel
 
 import hf_missing
 from hf_missing.context import ForwardContext
@@ -310,36 +309,6 @@ def _perturb(model) -> None:
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
-
-
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_save_load_bit_identical(shapes_missing, backbone, tmp_path):
-    make_model(backbone, None).save_pretrained(tmp_path / "base")
-    model = AutoModel.from_pretrained(tmp_path / "base", adapter="memprompt", num_labels=4,
-                                      adapter_options=TINY).eval()
-    _perturb(model)
-    batch = make_batch(shapes_missing["train"], backbone, n=12)
-    torch.manual_seed(1)
-    logits = model(**batch).logits
-    model.save_pretrained(tmp_path / "adapter")
-    loaded = AutoModel.from_pretrained(tmp_path / "adapter").eval()
-    assert loaded.peft_config["default"].prompt_layers == [0, 1]
-    torch.manual_seed(1)
-    assert torch.equal(loaded(**batch).logits, logits)
-
-
-def test_fused_backbone_round_trip(shapes_missing, tmp_path):
-    from tests.test_fused import batch, tiny_config, tiny_processor
-
-    AutoModel.from_config(tiny_config()).save_pretrained(tmp_path / "fused")
-    model = hf_missing.MissingModalityForClassification.from_pretrained(tmp_path / "fused", adapter="memprompt",
-                                                                        adapter_options=TINY, num_labels=4)
-    _perturb(model)
-    inputs = batch(shapes_missing["train"], tiny_processor(), n=8)
-    logits = model.eval()(**inputs).logits
-    model.save_pretrained(tmp_path / "adapter")
-    loaded = AutoModel.from_pretrained(tmp_path / "adapter").eval()
-    assert torch.equal(loaded(**inputs).logits, logits)
 
 
 def test_disable_adapter_restores_the_backbone(shapes_missing):

@@ -6,7 +6,6 @@ import pytest
 import torch
 from peft import get_peft_model
 from torch.nn import functional as F
-from transformers import AutoModel
 
 import hf_missing
 from hf_missing.backbones import ClipBackbone, insert_blocks, remove_blocks
@@ -193,25 +192,6 @@ def test_slots_replayed_before_layer_one_are_carried_plus_buffers(shapes_missing
     assert in1.shape[1] == out0.shape[1] == text_len + 16 + (batch["pixel_values"].shape[-1] // 6) ** 2 + 1
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_save_load_bit_identical_and_disable_adapter(shapes_missing, backbone, tmp_path):
-    base = make_model(backbone, None)
-    base.save_pretrained(tmp_path / "base")
-    model = AutoModel.from_pretrained(tmp_path / "base", adapter="rep", num_labels=4,
-                                      adapter_options={**TINY}).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    batch = make_batch(shapes_missing["train"], backbone, n=12)
-    torch.manual_seed(1)
-    logits = model(**batch).logits
-    model.save_pretrained(tmp_path / "adapter")
-    loaded = AutoModel.from_pretrained(tmp_path / "adapter").eval()
-    torch.manual_seed(1)
-    assert torch.equal(loaded(**batch).logits, logits)
-
-
 def test_disable_adapter_restores_the_backbone(shapes_missing):
     base = make_model("clip", None).eval()
     batch = make_batch(shapes_missing["train"], "clip", n=8)
@@ -261,21 +241,3 @@ def test_contradictory_switches_are_rejected():
         RepConfig(dual_buffers=False, use_private_buffer=False)
     with pytest.raises(ValueError, match="noise_type must be one of"):
         RepConfig(noise_type="pink")
-
-
-def test_fused_backbone_round_trip(shapes_missing, tmp_path):
-    from tests.test_fused import batch, tiny_config, tiny_processor
-
-    AutoModel.from_config(tiny_config()).save_pretrained(tmp_path / "fused")
-    model = hf_missing.MissingModalityForClassification.from_pretrained(tmp_path / "fused", adapter="rep",
-                                                                        adapter_options=TINY, num_labels=4)
-    assert isinstance(model, hf_missing.MissingModalityForClassification)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    inputs = batch(shapes_missing["train"], tiny_processor(), n=8)
-    logits = model.eval()(**inputs).logits
-    model.save_pretrained(tmp_path / "adapter")
-    loaded = AutoModel.from_pretrained(tmp_path / "adapter").eval()
-    assert torch.equal(loaded(**inputs).logits, logits)
