@@ -99,6 +99,16 @@ def hub_backbones(hub, folders):  # noqa: F811
     return {kind: f"common/{kind}" for kind in TINY_BACKBONES}
 
 
+@pytest.mark.parametrize(("method", "kind"), CASES)
+def test_auto_model_injects_the_method_into_a_raw_checkpoint(method, kind, folders):
+    """Catches ``AutoModel.from_pretrained(<raw backbone>, adapter=...)`` returning the bare backbone (or raising
+    transformers' unexpected-keyword error): it must be the wrapper with the method injected, on every backbone."""
+    model = AutoModel.from_pretrained(folders[kind], adapter=method, adapter_options=OPTIONS[method], num_labels=3)
+    assert isinstance(model, MissingModalityForClassification) and model.config.num_labels == 3
+    assert model.peft_config["default"].method_name == method
+    assert model.interface.modalities == (AUDIO_MODALITIES if kind == "fused_audio" else ("text", "image"))
+
+
 # ---- helpers ----------------------------------------------------------------------------------------------
 def _wrapper(source: str) -> MissingModalityForClassification:
     return MissingModalityForClassification.from_pretrained(source, num_labels=4)
