@@ -139,3 +139,19 @@ def test_three_modality_collator_fills_each_placeholder():
     assert batch["audio_mask"][0].sum() == len(rows[0]["audio"]) == batch["audio_features"].shape[1]
     assert batch["audio_mask"][1:].sum(dim=1).tolist() == [1, 1, 1]
     assert interface.modality("audio").is_placeholder(batch).tolist() == [False, True, True, True]
+
+
+def test_feature_frames_are_checked_before_collation():
+    """Catches a collator that pads whatever it gets: frames of the wrong width, empty or non-finite sequences
+    raise naming the sample and the column, instead of becoming a silently wrong tensor."""
+    from hf_missing.data.modalities import FeatureInputs
+
+    audio = FeatureInputs("audio", width=8)
+    with pytest.raises(ValueError, match=r"Sample 3: 'covarep' has shape \(2, 5\), expected \[T, 8\]"):
+        audio.check_value([[0.0] * 5] * 2, 3, "covarep")
+    with pytest.raises(ValueError, match="mark an absent audio missing"):
+        audio.check_value(np.zeros((0, 8)), 0, "audio")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        audio.check_value([[float("nan")] * 8], 0, "audio")
+    batch = audio.collate([np.ones((2, 8), np.float32), None], processor=None)
+    assert batch["audio_mask"].tolist() == [[1, 1], [1, 0]] and audio.is_placeholder(batch).tolist() == [False, True]

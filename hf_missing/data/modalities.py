@@ -143,8 +143,8 @@ class FeatureInputs(ModalityInputs):
         values_name / mask_name: the model inputs (default ``<name>_features`` and ``<name>_mask``).
     """
 
-    name: str = "audio"
-    width: int = 1
+    name: str
+    width: int
     values_name: str = ""
     mask_name: str = ""
     ambiguous: ClassVar[bool] = True  # a silent recording or a dead sensor can be all zeros
