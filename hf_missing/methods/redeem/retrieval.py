@@ -124,14 +124,21 @@ def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[
 
 def _nearest(bank: MemoryBank, queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str],
              k: int, self_rows: np.ndarray) -> np.ndarray:
-    """``[B, P, K]`` neighbours: one search per missing pattern p with the blocks of the modalities p lacks zeroed,
-    so that each bank entry scores the sum of its cosines to the sample over the modalities p keeps (eq. 1)."""
+    """``[B, P, K]`` neighbours: the top K of each missing pattern's eq. 1 scores (:func:`pattern_queries`)."""
     batch, patterns = len(self_rows), present.shape[0]
-    stacked = np.concatenate([np.concatenate([queries[m] * present[p, j] for j, m in enumerate(modalities)], axis=1)
-                              for p in range(patterns)])
-    _, ids = bank.search(stacked, min(k + 1, len(bank)))
+    _, ids = bank.search(pattern_queries(queries, present, modalities), min(k + 1, len(bank)))
     ids = ids.reshape(patterns, batch, -1).transpose(1, 0, 2)
     return np.stack([[_drop_self(row, self_rows[b], k) for row in ids[b]] for b in range(batch)])
+
+
+def pattern_queries(queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
+    """The search vectors ``[P B, sum_m D_m]`` (pattern-major) of a batch's L2-normalised query vectors
+    ``queries[m] [B, D_m]`` under each missing pattern p (``present [P, K]``): the modalities' queries side by
+    side with the blocks of the modalities p lacks zeroed. Against the bank's vectors (its normalised queries
+    side by side) the inner product is eq. 1 generalised to K modalities, ``sum over m available under p of
+    cos(q_m, q_m(b))``: the paper's two-modality sum for a complete sample, one cosine when one modality is left."""
+    return np.concatenate([np.concatenate([queries[m] * present[p, j] for j, m in enumerate(modalities)], axis=1)
+                           for p in range(present.shape[0])])
 
 
 def _drop_self(ids: np.ndarray, self_row: int, k: int) -> np.ndarray:
