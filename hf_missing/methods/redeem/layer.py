@@ -66,8 +66,8 @@ class CrossAttention(nn.Module):
         self.f_q, self.f_k, self.f_v = nn.Linear(query_width, width), nn.Linear(width, width), nn.Linear(width, width)
 
     def forward(self, query: torch.Tensor, kv: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``key_mask [B, L]``: the keys of ``kv [B, L, D]`` that may be attended to (None: all); a query with none
-        gets zeros."""
+        """``key_mask [B, L]``: the keys of ``kv [B, L, D]`` that may be attended to (None: all); the queries of a
+        sample with no such key get zeros."""
         scores = self.f_q(query) @ self.f_k(kv).transpose(-1, -2) / math.sqrt(kv.shape[-1])
         if key_mask is None:
             return scores.softmax(dim=-1) @ self.f_v(kv)
@@ -106,8 +106,8 @@ class RedeemModules(PooledTensors):
 
     def __init__(self, widths: dict[str, int], streams: dict[str, int], config: RedeemConfig) -> None:
         super().__init__()
-        self.modalities, self.widths, self.config = tuple(widths), dict(widths), config
-        others = {m: sum(widths[o] for o in self.others(m)) for m in widths}
+        self.modalities, self.config = tuple(widths), config
+        others = {m: sum(widths[o] for o in self.others(m)) for m in widths}  # eq. 2 condition / eq. 5 query widths
         if config.generator in ("cmoe", "mean"):
             self.experts = nn.ModuleDict({m: nn.ModuleList(Expert(d) for _ in range(config.num_retrieved))
                                           for m, d in widths.items()})
