@@ -299,6 +299,21 @@ def test_fused_audio_generates_every_modality_a_sample_misses_and_only_there(tri
             assert ((changed - reference).abs().amax(-1)[~present[:, j]] > 1e-4).all(), m
 
 
+@pytest.mark.parametrize("options", [
+    {"generator": "cross_modal"}, {"generator": "mean", "prompter": "intra", "label_token": True},
+    {"prompter": "static"}, {"retrieval": "none", "prompter": "none"},
+])
+def test_table3_switches_run_and_train_on_three_modalities(triple, cache, options):
+    """The Table 3 variants on the text + image + audio backbone, with every missing pattern in one batch. Catches a
+    variant still written for two modalities (a cross-modal generator sized for one other modality fails on the
+    condition's width, eq. 2) and one whose tensors get no gradient under three modalities."""
+    model, train, collator = _prepared_audio(triple, cache, **options)
+    out = model(**collator(_one_per_pattern(train)))
+    out.loss.backward()
+    trained = [p for n, p in model.named_parameters() if "redeem_modules" in n]
+    assert trained and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+
 def test_generated_tokens_do_not_depend_on_the_missing_inputs_placeholder(triple, cache):
     """Eq. 2-4 read only the available modalities: the tokens generated for a missing modality stay bit-identical
     when the missing slots of the batch (inputs and query vectors) hold real content instead of the placeholder and
