@@ -1,21 +1,21 @@
 """REDEEM's memory bank: frozen-backbone embeddings of the training (and validation) samples, and its faiss index.
 
-Per modality ``m`` and bank entry the bank stores, as float16:
+Per modality ``m`` (of the backbone's K >= 2) and bank entry the bank stores, as float16:
 
 * ``query.m [N, D_m]``: the search vector, the L2-normalised mean of the backbone's last-layer states over
-  m's tokens when the backbone sees m alone (the other modality masked out of attention), standing in for
+  m's tokens when the backbone sees m alone (the other modalities masked out of attention), standing in for
   the paper's separate CLIP encoders Psi_t / Psi_v of eq. 1;
 * ``tokens.m [N, n, D_m]``: m's first-layer input embeddings (what the CMoE generator and the SAIM prompter
   consume), adaptively average-pooled over m's valid tokens to ``n = bank_tokens`` tokens;
 
 plus ``labels [N, C]`` (one-/multi-hot, for RAGPT's label token) and ``content_hash [N]`` (a hash of each
-sample's raw text and image, which identifies a training sample for self-exclusion and the reconstruction
-target without relying on row order). One file, ``redeem_bank.safetensors`` (memory-mapped on load, its
-header, shapes, dtypes and values checked: it comes from untrusted repos). The faiss index over
-``[query.text ; query.image]`` is rebuilt from the stored query vectors on every load and never read from a
-file: faiss's reader was not written for untrusted input (a crafted IVF file maps arbitrary files). The inner
-product of two such vectors is the sum of the two cosine similarities of eq. 1, and zeroing a missing
-modality's half turns it into the within-modal retrieval of an incomplete sample.
+sample's raw values of every modality, which identifies a training sample for self-exclusion and the
+reconstruction target without relying on row order). One file, ``redeem_bank.safetensors`` (memory-mapped on
+load, its header, shapes, dtypes and values checked: it comes from untrusted repos). The faiss index over
+``[query.m for each modality m]`` side by side is rebuilt from the stored query vectors on every load and never
+read from a file: faiss's reader was not written for untrusted input (a crafted IVF file maps arbitrary files).
+The inner product of two such vectors is the sum of the K cosine similarities (eq. 1, generalised from two
+modalities), and zeroing the blocks of the modalities a sample lacks leaves the sum over its available ones.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import faiss
 import numpy as np
 import torch
 from datasets import Dataset
+from PIL import Image
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from torch.nn import functional as F
@@ -366,9 +367,10 @@ def pool_tokens(tokens: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tens
 @torch.no_grad()
 def embed_batch(model: Any, batch: dict[str, Any], available: dict[str, np.ndarray], num_tokens: int) -> Embedded:
     """Query vectors and pooled first-layer tokens of each available modality, each computed with that modality
-    alone (the others masked out of attention; one forward over the stacked unimodal copies of the batch)."""
+    alone (the others masked out of attention; one forward over the stacked unimodal copies of the batch). The
+    model inputs taken from ``batch`` are those the backbone declares (``model.interface.inputs``)."""
     interface, patterns = model.interface, model.patterns
-    keys = ("input_ids", "attention_mask", "pixel_values", "token_type_ids", "pixel_mask")
+    keys = [name for spec in interface.inputs for name in spec.input_names]
     rows = {m: np.flatnonzero(available[m]) for m in patterns.modalities}
     order = np.concatenate([rows[m] for m in patterns.modalities])
     codes = torch.tensor([patterns.code(tuple(o for o in patterns.modalities if o != m))
@@ -428,17 +430,44 @@ def _split_modalities(interface: Any, captured: dict, rows: dict[str, np.ndarray
 
 
 # ---- content identity -------------------------------------------------------------------------------
-def content_hashes(texts: Sequence[str | None], images: Sequence[Any]) -> np.ndarray:
-    """A 63-bit hash of each sample's raw text and image pixels (-1 when either is missing)."""
-    out = np.full(len(texts), -1, dtype=np.int64)
-    for i, (text, image) in enumerate(zip(texts, images, strict=True)):
-        if text is None or image is None:
+def content_hashes(values: dict[str, Sequence[Any]]) -> np.ndarray:
+    """A 63-bit hash of each sample's raw values of every modality, in order (-1 when any is missing): text as its
+    UTF-8 bytes, an image as its mode, size and pixels, feature frames as their float32 shape and bytes."""
+    columns = list(values.values())
+    out = np.full(len(columns[0]), -1, dtype=np.int64)
+    for i, sample in enumerate(zip(*columns, strict=True)):
+        if any(value is None for value in sample):
             continue
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8)
-        digest.update(f"{image.mode}{image.size}".encode())
-        digest.update(image.tobytes())
+        digest = hashlib.blake2b(digest_size=8)
+        for value in sample:
+            _digest(digest, value)
         out[i] = int.from_bytes(digest.digest(), "little") >> 1
     return out
+
+
+def _digest(digest: Any, value: Any) -> None:
+    if isinstance(value, str):
+        digest.update(value.encode("utf-8"))
+    elif isinstance(value, Image.Image):
+        digest.update(f"{value.mode}{value.size}".encode())
+        digest.update(value.tobytes())
+    else:
+        frames = np.ascontiguousarray(value, dtype=np.float32)
+        digest.update(f"{frames.shape}".encode())
+        digest.update(frames.tobytes())
+
+
+def raw_values(features: list[dict[str, Any]], collator: Any, modalities: Sequence[str]) -> dict[str, list]:
+    """Each modality's raw value per sample (None where absent), read from the collator's column for it."""
+    return {m: [f.get(_column(collator, m)) for f in features] for m in modalities}
+
+
+def _column(collator: Any, modality: str) -> str:
+    """The dataset column of ``modality``: ``collator.column(m)`` (MissingModalityCollator), else its
+    ``<m>_column`` attribute, else the modality's name."""
+    if callable(getattr(collator, "column", None)):
+        return collator.column(modality)
+    return getattr(collator, f"{modality}_column", modality)
 
 
 # ---- building ---------------------------------------------------------------------------------------
@@ -449,7 +478,7 @@ def build_memory_bank(model: Any, datasets: Dataset | Sequence[Dataset], collato
     and index them (a ``datasets`` map with a progress bar); cached under ``<cache>/redeem-banks/<fingerprint>``
     and reused.
 
-    Every sample must hold both modalities (the bank stores complete (text, image) pairs; a simulated
+    Every sample must hold every modality (the bank stores complete samples; a simulated
     ``missing_type`` column is ignored: the training set is fully available, as in the paper). A split named
     ``test*`` is refused: the bank must not see test data.
     """
@@ -503,17 +532,19 @@ def _embed_dataset(model: Any, dataset: Dataset, collator: Any, num_tokens: int,
 
     def embed(batch: dict[str, list]) -> dict[str, np.ndarray]:
         features = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        texts, images = _raw(features, collator)
-        if any(t is None for t in texts) or any(im is None for im in images):
-            raise BankError("Memory-bank samples must hold both text and image (the bank stores complete pairs); "
-                            "drop the incomplete ones from the bank's dataset.")
+        raw = raw_values(features, collator, modalities)
+        absent = [m for m, values in raw.items() if any(v is None for v in values)]
+        if absent:
+            raise BankError(f"Memory-bank samples must hold every modality {list(modalities)} (the bank stores "
+                            f"complete samples), but some lack {absent}; drop the incomplete ones from the bank's "
+                            "dataset.")
         complete = [{**f, "missing_type": 0} for f in features]
         collated = collator(complete)
         available = {m: np.ones(len(features), dtype=bool) for m in modalities}
         out = embed_batch(model, collated, available, num_tokens)
         result = {f"query.{m}": out.query[m].half().numpy() for m in modalities}
         result.update({f"tokens.{m}": out.tokens[m].half().numpy() for m in modalities})
-        result["content_hash"] = content_hashes(texts, images)
+        result["content_hash"] = content_hashes(raw)
         if "labels" in collated:
             result["labels"] = _one_hot(collated["labels"], num_labels)
         return result
@@ -530,12 +561,6 @@ def _array(values: Any, name: str) -> np.ndarray:
     if name == "content_hash":
         return array.astype(np.int64)
     return array.astype(np.float16)
-
-
-def _raw(features: list[dict[str, Any]], collator: Any) -> tuple[list, list]:
-    text_column = getattr(collator, "text_column", "text")
-    image_column = getattr(collator, "image_column", "image")
-    return [f.get(text_column) for f in features], [f.get(image_column) for f in features]
 
 
 def _one_hot(labels: torch.Tensor, num_labels: int) -> np.ndarray:

@@ -47,15 +47,16 @@ class RedeemConfig(MissingMethodConfig):
     generator: str = field(
         default="cmoe",
         metadata={"help": f"One of {list(GENERATORS)}: 'cmoe' = eq. 2-4; 'mean' = uniform weights, no router (Table 3 "
-                          "'w/o Router', RAGPT); 'cross_modal' = an encoder-decoder from the available modality "
+                          "'w/o Router', RAGPT); 'cross_modal' = an encoder-decoder from the available modalities "
                           "(Table 3 'Cross-modal'); 'none' = the missing modality keeps its placeholder (Table 3 "
                           "'w/o Generator')."},
     )
     prompter: str = field(
         default="saim",
-        metadata={"help": f"One of {list(PROMPTERS)}: 'saim' = eq. 5-6 (inter-modal); 'intra' = the target's own "
-                          "modality attends to the retrieved one (Table 3 'Intra-modal', RAGPT); 'static' = learned "
-                          "prompts (Table 3 'Static Prompt'); 'none' = no prompts (Table 3 'w/o Prompter')."},
+        metadata={"help": f"One of {list(PROMPTERS)}: 'saim' = eq. 5-6 (inter-modal); 'intra' = the retrieved tokens "
+                          "of a modality attend to the target's own, padding masked (Table 3 'Intra-modal', RAGPT's "
+                          "CAP with the roles swapped: RedeemModules.intra_prompt); 'static' = learned prompts "
+                          "(Table 3 'Static Prompt'); 'none' = no prompts (Table 3 'w/o Prompter')."},
     )
     label_token: bool = field(
         default=False,

@@ -1,5 +1,15 @@
 """REDEEM's trained modules (CMoE generator, eq. 2-4; SAIM prompter, eq. 5-6) and the encoder-layer wrapper.
 
+The paper's equations name two modalities (text and image); here they hold for any K >= 2 (text + image + audio,
+...), reducing exactly to the paper's maths, bit for bit, when K = 2:
+
+* eq. 1 (retrieval, :mod:`~hf_missing.methods.redeem.retrieval`): the sum of the cosines over the sample's
+  available modalities;
+* eq. 2-4 (generation of each missing modality m): the router's condition is the mean over the sample's available
+  modalities o != m of their own projections ``W_1^(o) E~^o`` (:meth:`RedeemModules.condition`);
+* eq. 5 (SAIM prompt of m): the retrieved tokens of every other modality, each through its own query projection,
+  attend to the retrieved tokens of m (:meth:`RedeemModules.saim_prompt`).
+
 Every encoder layer of every stream is wrapped. The first layer that runs builds a :class:`RedeemRun` once per
 forward: it looks the retrieved neighbours up in the memory bank, generates the missing modality's embeddings
 and adds the reconstruction loss. Each layer then inserts, next to the tokens:
@@ -25,7 +35,7 @@ from torch.nn import functional as F
 
 from ...backbones import Stream
 from ...context import ForwardContext
-from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors
+from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, visible_keys
 from .config import RedeemConfig
 
 NEIGHBOURS, SELF, QUERY = "redeem_neighbors", "redeem_self", "redeem_query_"
@@ -47,20 +57,28 @@ class Expert(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Eq. 5-6: ``Softmax(f_Q(q) f_K(kv)^T / sqrt(d)) f_V(kv)`` (one head; output width = ``kv``'s)."""
+    """Eq. 5-6: ``Softmax(f_Q(q) f_K(kv)^T / sqrt(d)) f_V(kv)`` (one head; output width = ``kv``'s). For SAIM with
+    K > 2 modalities ``q`` holds the tokens of several modalities, each in its own block of features (zeros
+    elsewhere, :meth:`RedeemModules.saim_queries`), so that ``f_Q`` is one query projection per modality."""
 
     def __init__(self, query_width: int, width: int) -> None:
         super().__init__()
         self.f_q, self.f_k, self.f_v = nn.Linear(query_width, width), nn.Linear(width, width), nn.Linear(width, width)
 
-    def forward(self, query: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, kv: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_mask [B, L]``: the keys of ``kv [B, L, D]`` that may be attended to (None: all); the queries of a
+        sample with no such key get zeros."""
         scores = self.f_q(query) @ self.f_k(kv).transpose(-1, -2) / math.sqrt(kv.shape[-1])
-        return scores.softmax(dim=-1) @ self.f_v(kv)
+        if key_mask is None:
+            return scores.softmax(dim=-1) @ self.f_v(kv)
+        keys = key_mask[:, None, :]
+        probs = scores.masked_fill(~keys, torch.finfo(scores.dtype).min).softmax(dim=-1) * keys
+        return probs @ self.f_v(kv)
 
 
 class CrossModalGenerator(nn.Module):
-    """Table 3 "Cross-modal": an encoder of the available modality's query vector and a decoder of ``n`` learned
-    token queries, with no retrieved data."""
+    """Table 3 "Cross-modal": an encoder of the available modalities' condition (:meth:`RedeemModules.condition`)
+    and a decoder of ``n`` learned token queries, with no retrieved data."""
 
     def __init__(self, query_width: int, width: int, num_tokens: int) -> None:
         super().__init__()
@@ -78,7 +96,7 @@ def pool_prompt(tokens: torch.Tensor, length: int) -> torch.Tensor:
 
 
 class RedeemModules(PooledTensors):
-    """All trained REDEEM tensors of one adapter, for a two-modality backbone.
+    """All trained REDEEM tensors of one adapter, for K >= 2 modalities.
 
     Args:
         widths: hidden size of the stream holding each modality (= its bank query and token width).
@@ -89,18 +107,18 @@ class RedeemModules(PooledTensors):
     def __init__(self, widths: dict[str, int], streams: dict[str, int], config: RedeemConfig) -> None:
         super().__init__()
         self.modalities, self.config = tuple(widths), config
-        other = {m: widths[self.other(m)] for m in widths}
+        others = {m: sum(widths[o] for o in self.others(m)) for m in widths}  # eq. 2 condition / eq. 5 query widths
         if config.generator in ("cmoe", "mean"):
             self.experts = nn.ModuleDict({m: nn.ModuleList(Expert(d) for _ in range(config.num_retrieved))
                                           for m, d in widths.items()})
         if config.generator == "cmoe":
-            self.w1 = nn.ModuleDict({m: nn.Linear(other[m], d, bias=False) for m, d in widths.items()})
+            self.w1 = nn.ModuleDict({m: nn.Linear(others[m], d, bias=False) for m, d in widths.items()})
             self.w2 = nn.ModuleDict({m: nn.Linear(d, d, bias=False) for m, d in widths.items()})
         if config.generator == "cross_modal":
-            self.cross = nn.ModuleDict({m: CrossModalGenerator(other[m], d, config.bank_tokens)
+            self.cross = nn.ModuleDict({m: CrossModalGenerator(others[m], d, config.bank_tokens)
                                         for m, d in widths.items()})
         if config.prompter in ("saim", "intra"):
-            self.attention = nn.ModuleDict({m: CrossAttention(other[m] if config.prompter == "saim" else d, d)
+            self.attention = nn.ModuleDict({m: CrossAttention(others[m] if config.prompter == "saim" else d, d)
                                             for m, d in widths.items()})
         if config.prompter == "static":
             self.static = nn.ParameterDict({m: nn.Parameter(torch.randn(config.prompt_length, d) * INIT_STD)
@@ -115,13 +133,30 @@ class RedeemModules(PooledTensors):
         """The mean largest routing weight of the last forward (1: one expert takes all)."""
         return {} if self.last_router_max is None else {"router_max_weight": self.last_router_max}
 
-    def other(self, modality: str) -> str:
-        return next(m for m in self.modalities if m != modality)
+    def others(self, modality: str) -> tuple[str, ...]:
+        """The modalities other than ``modality``, in modality order."""
+        return tuple(m for m in self.modalities if m != modality)
 
     # ---- eq. 2-4 --------------------------------------------------------------------------------------
+    def condition(self, modality: str, queries: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        """Eq. 2's condition ``E~`` for generating ``modality``, for K modalities: the other modalities' query
+        vectors ``queries[o] [B, D_o]`` side by side, each zeroed where the sample lacks it (``present [B, K]``),
+        divided by how many of them the sample holds; ``[B, sum_o D_o]``.
+
+        Deviation (the paper has one remaining modality): ``W_1`` of eq. 2 acting on this vector is the mean over
+        the sample's available modalities o of their own projections ``W_1^(o) E~^o``. The mean, not the sum,
+        keeps the router's scores on one scale whether one or several modalities remain, and nothing of a missing
+        modality (its placeholder's query) enters. With K = 2 exactly one modality remains and this is the
+        paper's ``E~`` itself.
+        """
+        others = self.others(modality)
+        held = present[:, [self.modalities.index(o) for o in others]].to(queries[others[0]].dtype)
+        parts = [queries[o] * held[:, j, None] for j, o in enumerate(others)]
+        return torch.cat(parts, dim=-1) / held.sum(dim=1, keepdim=True).clamp(min=1.0)
+
     def route(self, modality: str, condition: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """Eq. 2-3: routing weights ``[B, K]`` of the K retrieved ``experts [B, K, D]`` (pooled) given the
-        available modality's pooled ``condition [B, D']``."""
+        available modalities' ``condition [B, sum_o D_o]`` (:meth:`condition`)."""
         if self.config.generator == "mean":
             return torch.full(experts.shape[:2], 1 / experts.shape[1], device=experts.device)
         query, keys = self.w1[modality](condition), self.w2[modality](experts)
@@ -130,25 +165,58 @@ class RedeemModules(PooledTensors):
 
     def generate(self, modality: str, condition: torch.Tensor, experts: torch.Tensor,
                  retrieved: torch.Tensor) -> torch.Tensor:
-        """Eq. 4: ``E_hat = sum_k w_k FFN_k(E_r_k)`` from ``retrieved [B, K, n, D]``; ``[B, n, D]``."""
+        """Eq. 4: ``E_hat = sum_k w_k FFN_k(E_r_k)`` from ``retrieved [B, K, n, D]``; ``[B, n, D]``. Each expert
+        reads a contiguous copy of its neighbour's tokens: on a strided slice torch picks its matmul kernel by
+        whether the weights require grad, and a reloaded adapter would differ from the trained one in the last
+        bits."""
         if self.config.generator == "cross_modal":
             return self.cross[modality](condition)
         weights = self.route(modality, condition, experts)
         self.last_router_max = float(weights.detach().max(dim=-1).values.mean())
-        outputs = torch.stack([ffn(retrieved[:, k]) for k, ffn in enumerate(self.experts[modality])], dim=1)
+        outputs = torch.stack([ffn(retrieved[:, k].contiguous()) for k, ffn in enumerate(self.experts[modality])],
+                              dim=1)
         return (weights[..., None, None] * outputs).sum(dim=1)
 
     # ---- eq. 5-6 --------------------------------------------------------------------------------------
+    def saim_queries(self, modality: str, retrieved: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Eq. 5's queries for ``modality``'s prompt: the retrieved tokens ``[B, K, n, D_o]`` of every other
+        modality o, one after another along the tokens, each in its own block of ``sum_o D_o`` features (zeros
+        elsewhere); ``[B, K, (M - 1) n, sum_o D_o]`` for M modalities, the other modality's tokens when M = 2."""
+        others = self.others(modality)
+        total, start, blocks = sum(retrieved[o].shape[-1] for o in others), 0, []
+        for o in others:
+            width = retrieved[o].shape[-1]
+            blocks.append(F.pad(retrieved[o], (start, total - start - width)))
+            start += width
+        return torch.cat(blocks, dim=-2)
+
     def saim_prompt(self, modality: str, retrieved: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Eq. 5: each neighbour's other-modality tokens attend to its ``modality`` tokens; the K n outputs
-        are pooled to ``[B, b, D]``."""
-        values = self.attention[modality](retrieved[self.other(modality)], retrieved[modality])
+        """Eq. 5 for K modalities: in each neighbour, the tokens of every other modality (each through its own
+        query projection, :meth:`saim_queries`) attend to its ``modality`` tokens; all outputs are pooled to
+        ``[B, b, D]``.
+
+        Deviation (the paper has one other modality): the other modalities' tokens are all queries, side by side,
+        rather than one of them; the retrieved neighbours are complete, so every other modality is there whatever
+        the sample lacks. With K = 2 this is eq. 5 itself.
+        """
+        values = self.attention[modality](self.saim_queries(modality, retrieved), retrieved[modality])
         return pool_prompt(values.flatten(1, 2), self.config.prompt_length)
 
-    def intra_prompt(self, modality: str, target: torch.Tensor, retrieved: torch.Tensor) -> torch.Tensor:
-        """Table 3 "Intra-modal" (RAGPT's CAP): the target's own ``modality`` tokens attend to the retrieved
-        ones of the same modality; pooled to ``[B, b, D]``."""
-        values = self.attention[modality](target, retrieved.flatten(1, 2))
+    def intra_prompt(self, modality: str, target: torch.Tensor, retrieved: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Table 3 "Intra-modal" (RAGPT's CAP): the retrieved ``modality`` tokens ``[B, K, n, D]`` attend to the
+        target's own ones ``target [B, L, D]`` (only its ``valid [B, L]`` ones: padding is no key; None: all);
+        the K n outputs are pooled to ``[B, b, D]``.
+
+        Deviation: RAGPT's CAP lets the target's tokens attend to the retrieved ones and pools the outputs along
+        the target's tokens. That pooling mixes padding in (text, ViLT's padded patches) and follows the target's
+        token order, which ViLT draws at random on every forward (it samples its patches with torch.multinomial),
+        so a sample's prompt changed with its batch and from one forward to the next. With the retrieved tokens as
+        the queries the outputs come in the bank's fixed order and the target's tokens are only keys, where
+        padding is masked out. REDEEM's Table 3 describes the variant as attention "between" the retrieved and
+        the target's modality, without a direction.
+        """
+        values = self.attention[modality](retrieved.flatten(1, 2), target, valid)
         return pool_prompt(values, self.config.prompt_length)
 
     def label_token(self, stream: str, labels: torch.Tensor) -> torch.Tensor:
@@ -168,12 +236,14 @@ def num_label_classes(settings: dict[str, Any]) -> int:
 @dataclass(kw_only=True)
 class RedeemRun(MethodRun):
     """One forward of a REDEEM adapter: the retrieved neighbours' tokens, the generated embeddings of missing
-    modalities, the neighbours' labels (RAGPT's label token) and the first-layer inputs (intra-modal prompts)."""
+    modalities, the neighbours' labels (RAGPT's label token) and the first-layer inputs with their non-padding
+    tokens (intra-modal prompts)."""
 
     retrieved: dict[str, torch.Tensor]
     generated: dict[str, torch.Tensor]
     labels: torch.Tensor | None
     first_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    first_valid: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def prompt_block(self, stream: Stream) -> torch.Tensor | None:
         """``[label token | P_m ...]`` for the modalities of ``stream`` (eq. 7), or None without prompts."""
@@ -194,7 +264,8 @@ class RedeemRun(MethodRun):
         if prompter == "static":
             return modules.static[modality].expand(batch, -1, -1)
         if prompter == "intra":
-            real = modules.intra_prompt(modality, self.first_inputs[modality], self.retrieved[modality])
+            real = modules.intra_prompt(modality, self.first_inputs[modality], self.retrieved[modality],
+                                        self.first_valid[modality])
             if modality not in self.generated:
                 return real
             generated = modules.intra_prompt(modality, self.generated[modality], self.retrieved[modality])
@@ -220,9 +291,10 @@ def redeem_run(adapter: str, config: RedeemConfig, modules: RedeemModules, ctx: 
         experts = {m: _noise_like(x) for m, x in experts.items()}
     generated = {}
     if config.generator != "none":
+        queries = {m: batch[QUERY + m].to(neighbours.device).float() for m in modules.modalities}
         for m in modules.modalities:
             if not ctx.present_of(m).all():
-                condition = batch[QUERY + modules.other(m)].to(neighbours.device).float()
+                condition = modules.condition(m, queries, ctx.present)
                 generated[m] = modules.generate(m, condition, experts[m], retrieved[m])
     _reconstruction_loss(generated, bank, batch.get(SELF), ctx, config, adapter)
     labels = bank.lookup("labels", neighbours) if config.label_token else None
@@ -264,7 +336,9 @@ class RedeemLayer(MissingMethodLayer):
         have it); before layer l, the prompt block at the front (eq. 7); both flow forward."""
         spans, prompt_layer = run.ctx.spans[self.stream.name], run.config.prompt_layer
         if self.index == 0:
+            valid = visible_keys(mask, *hidden.shape[:2], hidden.device)
             run.first_inputs.update({m: hidden[:, spans[m]] for m in self.stream.modalities})
+            run.first_valid.update({m: valid[:, spans[m]] for m in self.stream.modalities})
         blocks = []
         if self.index >= prompt_layer:
             tokens = run.prompt_block(self.stream) if self.index == prompt_layer else carried.get("prompt")

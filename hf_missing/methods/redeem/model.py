@@ -13,7 +13,8 @@ from .layer import RedeemLayer, RedeemModules
 
 
 class RedeemModel(MissingMethodModel):
-    """REDEEM / RAGPT on every stream (CLIP: both towers; ViLT and the fused default: the joint stream)."""
+    """REDEEM / RAGPT on every stream (CLIP: both towers; ViLT and the fused default: the joint stream), for any
+    number K >= 2 of modalities (each missing one is generated from the available ones)."""
 
     layer_cls = RedeemLayer
     shared_name = "modules"
@@ -33,10 +34,7 @@ class RagptModel(RedeemModel):
 
 
 def check_fits(interface: BackboneInterface, config: RedeemConfig) -> None:
-    """Clear errors for backbones REDEEM cannot adapt and a prompt layer beyond a stream's depth."""
-    if len(interface.modalities) != 2:
-        raise ValueError(f"REDEEM generates one modality from the other and needs exactly two modalities; the "
-                         f"{interface.model_type} backbone has {list(interface.modalities)}.")
+    """A clear error for a prompt layer beyond a stream's depth."""
     for stream in interface.streams:
         if config.prompt_layer >= stream.num_layers:
             raise ValueError(f"REDEEM prompt_layer={config.prompt_layer} is beyond the {stream.num_layers} layers of "

@@ -3,11 +3,12 @@ one call that prepares a model and its training data.
 
 :func:`add_neighbors` runs once over a dataset and adds three kinds of columns:
 
-* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns
-  (row 0 complete: text + image cosines summed, eq. 1; "missing_text": image-only; "missing_image":
-  text-only), so that evaluating a sample under any pattern needs no new search;
-* ``redeem_self``: the bank row of the sample itself (found by a hash of its raw text and image; -1 when it
-  is not in the bank). It is excluded from its own neighbours, and it is where the reconstruction target of a
+* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns, each
+  scored by the sum of the cosines over the modalities that pattern keeps (eq. 1, generalised from two
+  modalities: two modalities give row 0 complete, text + image cosines summed; "missing_text": image-only;
+  "missing_image": text-only), so that evaluating a sample under any pattern needs no new search;
+* ``redeem_self``: the bank row of the sample itself (found by a hash of its raw values of every modality; -1
+  when it is not in the bank). It is excluded from its own neighbours, and it is where the reconstruction target of a
   dropped modality is looked up;
 * ``redeem_query_<m>``: the sample's query vector per modality (the router's condition, eq. 2).
 
@@ -28,7 +29,7 @@ import torch
 from datasets import Dataset
 
 from ...missingness import MISSING_TYPE_COLUMN
-from .bank import BANK_FILE, BankError, MemoryBank, build_memory_bank, content_hashes, embed_batch
+from .bank import BANK_FILE, BankError, MemoryBank, build_memory_bank, content_hashes, embed_batch, raw_values
 from .config import RedeemConfig
 from .layer import NEIGHBOURS, QUERY, SELF
 
@@ -87,10 +88,9 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
 
     def retrieve(batch: dict[str, list], indices: list[int]) -> dict[str, np.ndarray]:
         features = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        texts, images = _raw(features, collator)
-        available = {"text": np.array([t is not None for t in texts]),
-                     "image": np.array([i is not None for i in images])}
-        self_rows = bank.rows_of(content_hashes(texts, images))
+        raw = raw_values(features, collator, modalities)
+        available = {m: np.array([v is not None for v in values]) for m, values in raw.items()}
+        self_rows = bank.rows_of(content_hashes(raw))
         queries = _queries(wrapper, bank, collator, features, available, self_rows, config.bank_tokens)
         if config.retrieval == "random":
             neighbours = _random(len(bank), k, self_rows, indices, seed, present.shape[0])
@@ -103,12 +103,6 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
                        remove_columns=[c for c in (NEIGHBOURS, SELF, *(QUERY + m for m in modalities))
                                        if c in dataset.column_names],
                        new_fingerprint=key.hexdigest()[:32], desc="REDEEM retrieval")
-
-
-def _raw(features: list[dict[str, Any]], collator: Any) -> tuple[list, list]:
-    text_column = getattr(collator, "text_column", "text")
-    image_column = getattr(collator, "image_column", "image")
-    return [f.get(text_column) for f in features], [f.get(image_column) for f in features]
 
 
 def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[str, Any]],
@@ -130,13 +124,21 @@ def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[
 
 def _nearest(bank: MemoryBank, queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str],
              k: int, self_rows: np.ndarray) -> np.ndarray:
-    """``[B, P, K]`` neighbours: one search per missing pattern with the missing modalities' halves zeroed."""
+    """``[B, P, K]`` neighbours: the top K of each missing pattern's eq. 1 scores (:func:`pattern_queries`)."""
     batch, patterns = len(self_rows), present.shape[0]
-    stacked = np.concatenate([np.concatenate([queries[m] * present[p, j] for j, m in enumerate(modalities)], axis=1)
-                              for p in range(patterns)])
-    _, ids = bank.search(stacked, min(k + 1, len(bank)))
+    _, ids = bank.search(pattern_queries(queries, present, modalities), min(k + 1, len(bank)))
     ids = ids.reshape(patterns, batch, -1).transpose(1, 0, 2)
     return np.stack([[_drop_self(row, self_rows[b], k) for row in ids[b]] for b in range(batch)])
+
+
+def pattern_queries(queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
+    """The search vectors ``[P B, sum_m D_m]`` (pattern-major) of a batch's L2-normalised query vectors
+    ``queries[m] [B, D_m]`` under each missing pattern p (``present [P, K]``): the modalities' queries side by
+    side with the blocks of the modalities p lacks zeroed. Against the bank's vectors (its normalised queries
+    side by side) the inner product is eq. 1 generalised to K modalities, ``sum over m available under p of
+    cos(q_m, q_m(b))``: the paper's two-modality sum for a complete sample, one cosine when one modality is left."""
+    return np.concatenate([np.concatenate([queries[m] * present[p, j] for j, m in enumerate(modalities)], axis=1)
+                           for p in range(present.shape[0])])
 
 
 def _drop_self(ids: np.ndarray, self_row: int, k: int) -> np.ndarray:
