@@ -351,6 +351,11 @@ def hide_keys(mask: torch.Tensor | None, hide: torch.Tensor, dtype: torch.dtype)
     return mask.masked_fill(hide[:, None, None, :], torch.finfo(mask.dtype).min)
 
 
+def every_layer(interface: BackboneInterface) -> list[tuple[Stream, int]]:
+    """(stream, layer index) of every encoder layer: the targets of methods that insert or carry tokens throughout."""
+    return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
+
+
 def modality_widths(interface: BackboneInterface) -> dict[str, int]:
     """Hidden size of the stream that holds each modality, in the backbone's modality order."""
     return {m: interface.stream_of(m).hidden_size for m in interface.modalities}

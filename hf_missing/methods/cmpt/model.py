@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...backbones import BackboneInterface, ClassTokens, Stream, capability
-from ..base import MissingMethodModel
+from ..base import MissingMethodModel, every_layer
 from .config import CmptConfig
 from .layer import CmptLayer, CmptTensors, proxied_modalities, resolve_lora_paths
 
@@ -25,7 +25,7 @@ class CmptModel(MissingMethodModel):
         proxied_modalities(interface, config)
         for stream in interface.streams:
             resolve_lora_paths(interface.layers(stream.name)[0], config.lora_targets, interface)
-        return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
+        return every_layer(interface)
 
     def shared_tensors(self, interface: BackboneInterface, config: CmptConfig) -> CmptTensors:
         return CmptTensors(interface, config)

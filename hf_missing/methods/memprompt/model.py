@@ -4,7 +4,7 @@ and shared prompts go to the pool."""
 from __future__ import annotations
 
 from ...backbones import BackboneInterface, Stream
-from ..base import MissingMethodModel, modality_widths
+from ..base import MissingMethodModel, every_layer, modality_widths
 from .config import MemPromptConfig
 from .layer import MemPromptBank, MemPromptLayer
 
@@ -19,7 +19,7 @@ class MemPromptModel(MissingMethodModel):
 
     def target_layers(self, interface: BackboneInterface, config: MemPromptConfig) -> list[tuple[Stream, int]]:
         check_depth(interface, config)
-        return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
+        return every_layer(interface)
 
     def shared_tensors(self, interface: BackboneInterface, config: MemPromptConfig) -> MemPromptBank:
         return MemPromptBank(modality_widths(interface), config)

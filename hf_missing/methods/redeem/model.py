@@ -7,7 +7,7 @@ bank row of the sample itself, query vectors) reach the layers through the forwa
 from __future__ import annotations
 
 from ...backbones import BackboneInterface, Stream
-from ..base import MissingMethodModel, modality_widths
+from ..base import MissingMethodModel, every_layer, modality_widths
 from .config import RedeemConfig
 from .layer import RedeemLayer, RedeemModules
 
@@ -21,7 +21,7 @@ class RedeemModel(MissingMethodModel):
 
     def target_layers(self, interface: BackboneInterface, config: RedeemConfig) -> list[tuple[Stream, int]]:
         check_fits(interface, config)
-        return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
+        return every_layer(interface)
 
     def shared_tensors(self, interface: BackboneInterface, config: RedeemConfig) -> RedeemModules:
         streams = {s.name: s.hidden_size for s in interface.streams}

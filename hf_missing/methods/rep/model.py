@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...backbones import BackboneInterface, Stream
-from ..base import MissingMethodModel, modality_widths
+from ..base import MissingMethodModel, every_layer, modality_widths
 from .config import RepConfig
 from .layer import RepBuffers, RepLayer, init_embeddings
 
@@ -17,7 +17,7 @@ class RepModel(MissingMethodModel):
 
     def target_layers(self, interface: BackboneInterface, config: RepConfig) -> list[tuple[Stream, int]]:
         check_fits(interface, config)
-        return [(stream, i) for stream in interface.streams for i in range(stream.num_layers)]
+        return every_layer(interface)
 
     def shared_tensors(self, interface: BackboneInterface, config: RepConfig) -> RepBuffers:
         init = init_embeddings(interface) if config.dynamic_init else None
