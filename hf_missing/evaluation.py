@@ -25,7 +25,7 @@ from .data.simulate import missing_table, pattern_counts, pattern_shares, split_
 from .metrics import classification_metrics
 from .missingness import MISSING_TYPE_COLUMN, ModalityPattern
 
-TEST_PATTERNS = ("text", "image", "both")
+TEST_PATTERNS = ("text", "image", "both")  # the demo's (text + image) training and test patterns
 TEST_RATES = tuple(i / 10 for i in range(11))  # the test missing rates of robustness curves
 
 
@@ -114,11 +114,18 @@ def _predict(model: torch.nn.Module, dataset: Dataset, collator: Any, code: int,
     return np.concatenate(outputs), np.concatenate(targets)
 
 
+def grid_patterns(modalities: Sequence[str]) -> tuple[str, ...]:
+    """The test patterns of grids and curves: each modality missing alone, and "both" (every incomplete pattern)."""
+    return (*modalities, "both")
+
+
 def missing_grid(predictions: Mapping[str, PatternPredictions], rate: float = 0.7,
-                 test_patterns: Sequence[str] = TEST_PATTERNS, **protocol: Any) -> dict[str, dict[str, dict]]:
+                 patterns: Sequence[str] | None = None, **protocol: Any) -> dict[str, dict[str, dict]]:
     """MemPrompt's Table 1: for models trained under each pattern (keys of ``predictions``), the metrics
-    under each test pattern at ``rate``: ``grid[train][test] -> metrics``."""
-    return {train: {test: p.at(rate, test, **protocol) for test in test_patterns} for train, p in predictions.items()}
+    under each test pattern at ``rate`` (default :func:`grid_patterns` of the model's modalities):
+    ``grid[train][test] -> metrics``."""
+    return {train: {test: p.at(rate, test, **protocol) for test in patterns or grid_patterns(p.patterns.modalities)}
+            for train, p in predictions.items()}
 
 
 def plot_metric_curves(curves: dict[str, list[dict[str, float]]], path: Path, metric: str, xlabel: str,

@@ -25,9 +25,9 @@ from .backbones.fused import FusedProcessor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
 from .evaluation import (
-    TEST_PATTERNS,
     TEST_RATES,
     PatternPredictions,
+    grid_patterns,
     missing_grid,
     plot_metric_curves,
     predict_patterns,
@@ -200,7 +200,8 @@ def summarise(predictions: PatternPredictions, train: dict[str, Any], rates: Seq
     train_pattern = pattern if isinstance(pattern, str) else json.dumps(pattern, sort_keys=True)
     grid = missing_grid({train_pattern: predictions}, rate=train.get("rate", 0.7), **protocol)
     return {"train_missing": train, "per_pattern": predictions.per_pattern(), "grid": grid,
-            "curves": {p: predictions.curve(rates, p, **protocol) for p in TEST_PATTERNS}}
+            "curves": {p: predictions.curve(rates, p, **protocol)
+                       for p in grid_patterns(predictions.patterns.modalities)}}
 
 
 def pattern_table(per_pattern: dict[str, dict[str, float]], metric_names: Sequence[str]) -> str:

@@ -61,3 +61,19 @@ def test_bad_protocol_and_rate_are_clear_errors(predictions):
         preds.codes_at(0.5, protocol="ragpt")
     with pytest.raises(ValueError, match=r"rate must lie in \[0, 1\]"):
         preds.at(1.5)
+
+
+def test_three_modality_grids_cover_every_modality():
+    """Catches grids and curves fixed to text and image: a text+image+audio model's grid has an 'audio' column,
+    and its 'both' test pattern draws the six incomplete patterns."""
+    from hf_missing import ModalityPattern
+    from hf_missing.evaluation import PatternPredictions, grid_patterns
+
+    patterns = ModalityPattern(("text", "image", "audio"))
+    rng = np.random.default_rng(0)
+    logits = {name: rng.normal(size=(60, 3)) for name in patterns.names}
+    preds = PatternPredictions(logits, rng.integers(0, 3, 60), "single_label", patterns)
+    assert grid_patterns(patterns.modalities) == ("text", "image", "audio", "both")
+    grid = missing_grid({"both": preds}, rate=0.9)
+    assert set(grid["both"]) == {"text", "image", "audio", "both"}
+    assert set(preds.codes_at(0.9, "both").tolist()) == set(range(7))
