@@ -1,7 +1,7 @@
 """hf_missing: make frozen multimodal transformers robust to missing modalities.
 
 Importing the package registers the wrapper with the ``Auto*`` classes and every method with peft, and routes
-hf_missing adapters given to the ``Auto*`` classes through the wrapper's safe loading (:mod:`hf_missing.compat`).
+hf_missing adapters given to the ``Auto*`` classes through the wrapper's safe loading (:mod:`hf_missing.compat.auto`).
 """
 
 import importlib

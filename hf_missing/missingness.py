@@ -124,6 +124,3 @@ class ModalityPattern:
         raise ValueError(f"missing_type of sample {sample} is {value!r}; it must be an integer code or a pattern "
                          f"name ({dict(enumerate(self.names))}); a non-integral number would be truncated to the "
                          "wrong pattern.")
-
-    def incomplete_codes(self) -> list[int]:
-        return list(range(1, self.num_patterns))

@@ -164,6 +164,7 @@ class MissingModalityForClassification(PreTrainedModel):
         super().__init__(config)
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         self.interface: BackboneInterface = backbone_interface_for(self.backbone)
+        self.main_input_name = self.interface.inputs[0].input_names[0]  # input_ids for text-first backbones
         if config.max_text_len and hasattr(self.interface, "extend_text_positions"):
             self.interface.extend_text_positions(config.max_text_len)
         config.modalities = config.modalities or list(self.interface.modalities)

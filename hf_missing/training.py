@@ -113,8 +113,9 @@ def build_training(preset: Preset, data_dir: str | Path, output_dir: str | Path,
         overrides: ``TrainingArguments`` fields that win over the preset's (``fp16=False``, ``max_steps=2``).
     """
     backbone = backbone or preset.backbone
-    data = simulate_missing(load_dataset_for(preset, data_dir), **preset.data.missing.simulate_kwargs())
-    model = build_model(preset, backbone, label_names(data["train"], preset.data.num_labels))
+    raw = load_dataset_for(preset, data_dir)
+    model = build_model(preset, backbone, label_names(raw["train"], preset.data.num_labels))
+    data = simulate_missing(raw, **preset.data.missing.simulate_kwargs(), modalities=model.interface.modalities)
     collator = MissingModalityCollator(load_processor(backbone), max_length=preset.max_text_len,
                                        modalities=model.interface.inputs)
     train, collator = prepare_for_training(model, data["train"], collator)

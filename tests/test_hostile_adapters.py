@@ -51,6 +51,7 @@ from transformers import AutoModel, Trainer, TrainingArguments
 
 import hf_missing
 from hf_missing import AdapterLoadError, MissingModalityCollator, MissingModalityForClassification
+from hf_missing.compat.peft import adapters_injected
 from hf_missing.data.synthetic import tiny_backbone, tiny_processor
 from hf_missing.methods.redeem import BankError, build_index, prepare_for_training
 from hf_missing.methods.redeem.bank import BANK_FILE
@@ -837,6 +838,6 @@ def test_trainer_save_model_output_loads_the_adapter(lab, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", disable_tqdm=True)
     Trainer(model=model, args=args).save_model(str(tmp_path / "saved"))
     loaded = AutoModel.from_pretrained(str(tmp_path / "saved"))
-    assert isinstance(loaded, M) and loaded._hf_peft_config_loaded
+    assert isinstance(loaded, M) and adapters_injected(loaded)
     assert torch.equal(logits_of(loaded, lab.batch), lab.logits["map"])
 

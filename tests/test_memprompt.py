@@ -28,7 +28,7 @@ def _layers(model) -> list[MemPromptLayer]:
     return [m for m in model.modules() if isinstance(m, MemPromptLayer)]
 
 
-def _owner_bank(model) -> MemPromptBank:
+def _pooled_bank(model) -> MemPromptBank:
     return model.method_pool.memprompt_bank["default"]
 
 
@@ -169,7 +169,7 @@ def test_vilt_prompts_sit_where_the_placement_says(shapes_missing, placement):
     valid = visible_keys(mask, 6, n, hidden.device)
     assert valid[:, :text_len].equal(batch["attention_mask"].bool())
     present = model.patterns.present(batch["missing_type"])
-    bank = _owner_bank(model)
+    bank = _pooled_bank(model)
     with torch.no_grad():
         text = _expected_block(bank, 0, "text", hidden[:, :text_len], valid[:, :text_len], present)
         image = _expected_block(bank, 0, "image", hidden[:, text_len:], valid[:, text_len:], present)
@@ -204,7 +204,7 @@ def test_clip_prompts_go_in_front_of_each_tower(shapes_missing):
     with torch.no_grad():
         model(**batch)
     present = model.patterns.present(batch["missing_type"])
-    bank = _owner_bank(model)
+    bank = _pooled_bank(model)
     for seen, modality in ((text_seen, "text"), (vision_seen, "image")):
         hidden, mask = seen["wrapper"][0], seen["wrapper"][1]
         valid = visible_keys(mask, 6, hidden.shape[1], hidden.device)
@@ -235,7 +235,7 @@ def test_gradients_reach_keys_prompts_shared_and_bottleneck(shapes_missing, back
     out = model(**batch)
     assert out.aux_loss is None
     out.loss.backward()
-    bank = _owner_bank(model)
+    bank = _pooled_bank(model)
     for layer in ("0", "1"):
         for m in WIDTHS:
             for name in (f"memories.{m}.{layer}.keys", f"memories.{m}.{layer}.prompts", f"shared.{layer}",

@@ -94,14 +94,14 @@ def _one_per_pattern(train) -> list[dict]:
 
 def _capture_generated(model) -> dict:
     """The generated tokens of each modality in the model's forwards (the last forward's, by modality)."""
-    owner, captured = model.method_pool.redeem_modules["default"], {}
-    original = owner.generate
+    modules, captured = model.method_pool.redeem_modules["default"], {}
+    original = modules.generate
 
     def generate(modality, *args):
         captured[modality] = original(modality, *args)
         return captured[modality]
 
-    owner.generate = generate
+    modules.generate = generate
     return captured
 
 
@@ -286,11 +286,11 @@ def test_fused_audio_generates_every_modality_a_sample_misses_and_only_there(tri
     model.eval()
     batch = collator(_one_per_pattern(train))
     present = model.patterns.present(batch["missing_type"])
-    owner = model.method_pool.redeem_modules["default"]
+    modules = model.method_pool.redeem_modules["default"]
     with torch.no_grad():
         reference = model(**batch).logits
         for j, m in enumerate(model.patterns.modalities):
-            bias = owner.experts[m][0].out.bias
+            bias = modules.experts[m][0].out.bias
             saved = bias.clone()
             bias.add_(torch.randn_like(bias))
             changed = model(**batch).logits
@@ -421,9 +421,9 @@ def test_reconstruction_term_is_the_mse_against_the_dropped_modality(shapes_miss
     model, train, collator = _prepared("vilt", shapes_missing, cache)
     batch = collator([train[i] for i in range(12)])
     captured = {}
-    owner = model.method_pool.redeem_modules["default"]
-    original = owner.generate
-    owner.generate = lambda m, *a: captured.setdefault(m, original(m, *a))
+    modules = model.method_pool.redeem_modules["default"]
+    original = modules.generate
+    modules.generate = lambda m, *a: captured.setdefault(m, original(m, *a))
     out = model(**batch)
     bank, codes, rows = memory_bank_of(model), batch["missing_type"], batch["redeem_self"]
     terms = [F.mse_loss(captured[m][codes == c], bank.lookup(f"tokens.{m}", rows[codes == c]))
@@ -440,9 +440,9 @@ def test_generated_block_replaces_only_missing_samples_placeholders(shapes_missi
     batch = collator([train[i] for i in range(12)])
     torch.manual_seed(1)
     reference = model(**batch).logits
-    owner = model.method_pool.redeem_modules["default"]
+    modules = model.method_pool.redeem_modules["default"]
     with torch.no_grad():
-        owner.experts["text"][0].out.bias.add_(torch.randn(32))  # changes the generated text only
+        modules.experts["text"][0].out.bias.add_(torch.randn(32))  # changes the generated text only
     torch.manual_seed(1)
     changed = model(**batch).logits
     has_text = batch["missing_type"] != 1

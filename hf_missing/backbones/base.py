@@ -1,9 +1,9 @@
 """The backbone interface: what a method may know about a multimodal transformer.
 
 Methods never reach into ``vision_model.encoder.layers[3]``; they ask the interface for its streams
-(ordered encoder layers, hidden size, causality), the token span of each modality, the dummy inputs
-the papers use, and the pooled features the head reads. Adding a backbone is one file that subclasses
-:class:`BackboneInterface` and calls :func:`register_backbone`.
+(ordered encoder layers, hidden size, causality), the token span of each modality, its modalities' declared
+inputs and placeholders (:mod:`hf_missing.data.modalities`), and the pooled features the head reads. Adding a
+backbone is one file that subclasses :class:`BackboneInterface` and calls :func:`register_backbone`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,19 @@ class BackboneInterface(ABC):
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
+        self._check_declaration()
         self._install_policy_hooks()
+
+    def _check_declaration(self) -> None:
+        """Modality names and model inputs must be distinct: a shared input name would make the placeholder checks
+        and the collator read one modality's tensor as another's."""
+        names = [n for spec in self.inputs for n in spec.input_names]
+        shared = sorted({n for n in names if names.count(n) > 1})
+        if shared or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"The {self.model_type} backbone declares modalities {list(self.modalities)} whose inputs "
+                             f"{shared or 'names'} repeat; give each modality its own name and inputs (a feature "
+                             "modality 'x' reads x_features and x_mask, so 'attention' or 'pixel' clash with text "
+                             "and image).")
 
     # ---- structure -------------------------------------------------------------------------------
     @property
@@ -84,11 +96,6 @@ class BackboneInterface(ABC):
 
     def layers(self, stream: str) -> nn.ModuleList:
         return self.model.get_submodule(self.stream(stream).layers_path)
-
-    def layer_names(self, stream: str, prefix: str = "") -> list[str]:
-        """Full module names of the stream's encoder layers (``prefix`` = the backbone's name)."""
-        base = f"{prefix}.{self.stream(stream).layers_path}" if prefix else self.stream(stream).layers_path
-        return [f"{base}.{i}" for i in range(self.stream(stream).num_layers)]
 
     def signature(self) -> dict[str, Any]:
         """What an adapter must match: backbone type and each stream's width and depth."""

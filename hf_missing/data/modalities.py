@@ -59,9 +59,6 @@ class ModalityInputs(ABC):
         """Raise a clear error on a raw value this modality cannot take; return it."""
         return value
 
-    def batch_size(self, inputs: dict[str, torch.Tensor]) -> int:
-        return inputs[self.input_names[0]].shape[0]
-
 
 @dataclass(frozen=True)
 class TextInputs(ModalityInputs):

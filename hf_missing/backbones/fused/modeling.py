@@ -232,7 +232,8 @@ class FusedPreTrainedModel(PreTrainedModel):
 
 
 class FusedModel(FusedPreTrainedModel):
-    """Single-stream text+image transformer; ``forward`` returns the joint sequence and the pooled output."""
+    """Single-stream transformer over text, image and feature-modality tokens; ``forward`` returns the joint sequence
+    and the pooled output."""
 
     def __init__(self, config: FusedConfig) -> None:
         super().__init__(config)

@@ -512,12 +512,14 @@ def _check_source(dataset: Dataset) -> None:
 
 
 def bank_fingerprint(model: Any, datasets: Sequence[Dataset], collator: Any, num_tokens: int, index_type: str) -> str:
-    """Cache key: the datasets' fingerprints, the backbone (signature and weights), the collator's settings."""
+    """Cache key: the datasets' fingerprints, the backbone (signature and weights), the collator's settings (its
+    modalities' declarations, text truncation included, and their columns)."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": BANK_VERSION, "signature": model.interface.signature(),
                               "datasets": [ds._fingerprint for ds in datasets], "tokens": num_tokens,
                               "index": index_type, "collator": [type(collator).__name__,
-                                                                getattr(collator, "max_length", None)]},
+                                                                repr(getattr(collator, "inputs", None)),
+                                                                getattr(collator, "columns", None)]},
                              sort_keys=True).encode())
     for name, tensor in model.backbone.state_dict().items():
         digest.update(name.encode())
