@@ -54,6 +54,7 @@ class BackboneInterface(ABC):
     """Wraps one pretrained multimodal model; a method talks to the backbone only through this."""
 
     model_type: ClassVar[str]
+    display_name: ClassVar[str] = ""  # how errors name the backbone (CLIP, ViLT, ...); default: model_type
     # Modules of the backbone that every method trains (the papers' "pooler"), relative to the backbone.
     pooler_modules: ClassVar[tuple[str, ...]] = ()
 
@@ -132,6 +133,21 @@ class BackboneInterface(ABC):
     @abstractmethod
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         """Raise a clear error on inputs this backbone cannot take (wrong image size, too long text)."""
+
+    def check_pixels(self, inputs: dict[str, torch.Tensor], size: int | None, fix: str) -> None:
+        """``pixel_values`` must be RGB ``[B, 3, H, W]``, with H = W = ``size`` when the backbone takes one size."""
+        pixels = inputs["pixel_values"]
+        shape = f"[B, 3, {size}, {size}]" if size else "[B, 3, H, W]"
+        if pixels.dim() != 4 or pixels.shape[1] != 3 or (size and tuple(pixels.shape[-2:]) != (size, size)):
+            raise ValueError(f"{self.display_name or self.model_type} expects pixel_values of shape {shape}, got "
+                             f"{tuple(pixels.shape)}; {fix}")
+
+    def check_text_length(self, inputs: dict[str, torch.Tensor], max_len: int, fix: str) -> None:
+        """At most ``max_len`` text tokens (the backbone's positions)."""
+        length = inputs["input_ids"].shape[1]
+        if length > max_len:
+            raise ValueError(f"{self.display_name or self.model_type} takes at most {max_len} text tokens, got "
+                             f"{length}; {fix}")
 
     @abstractmethod
     def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:

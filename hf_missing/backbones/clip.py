@@ -51,6 +51,7 @@ class ClipBackbone(ClassTokens, PretrainedTokens, BackboneInterface):
     ``[image_embeds; text_embeds]`` after the projections (DCP/REP's classifier input)."""
 
     model_type = "clip"
+    display_name = "CLIP"
     lora_roles: ClassVar[dict[str, str]] = {
         "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
         "mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2"}
@@ -102,19 +103,10 @@ class ClipBackbone(ClassTokens, PretrainedTokens, BackboneInterface):
         return self.model.config.text_config.max_position_embeddings
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
-        size = self.model.config.vision_config.image_size
-        pixels = inputs["pixel_values"]
-        if pixels.dim() != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"CLIP expects pixel_values of shape [B, 3, {size}, {size}], got {tuple(pixels.shape)}; "
-                "preprocess images with the model's CLIP image processor (it resizes and centre-crops)."
-            )
+        self.check_pixels(inputs, self.model.config.vision_config.image_size,
+                          "preprocess images with the model's CLIP image processor (it resizes and centre-crops).")
         max_len = self.model.config.text_config.max_position_embeddings
-        if inputs["input_ids"].shape[1] > max_len:
-            raise ValueError(
-                f"CLIP takes at most {max_len} text tokens, got {inputs['input_ids'].shape[1]}; tokenize "
-                f"with truncation=True, max_length={max_len}."
-            )
+        self.check_text_length(inputs, max_len, f"tokenize with truncation=True, max_length={max_len}.")
 
     def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
         ctx.spans = {"text": {"text": slice(0, inputs["input_ids"].shape[1])},

@@ -44,6 +44,7 @@ class ViltBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     """ViLT: the fused feature is the pooler output at the text [CLS] token (MAP's classifier input)."""
 
     model_type = "vilt"
+    display_name = "ViLT"
     lora_roles: ClassVar[dict[str, str]] = {
         "q": "attention.attention.query", "k": "attention.attention.key", "v": "attention.attention.value",
         "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"}
@@ -108,18 +109,10 @@ class ViltBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
         return self.model.config.max_position_embeddings
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
-        pixels = inputs["pixel_values"]
-        if pixels.dim() != 4 or pixels.shape[1] != 3:
-            raise ValueError(
-                f"ViLT expects pixel_values of shape [B, 3, H, W], got {tuple(pixels.shape)}; preprocess RGB "
-                "images with the model's ViLT image processor."
-            )
-        max_len = self.model.config.max_position_embeddings
-        if inputs["input_ids"].shape[1] > max_len:
-            raise ValueError(
-                f"This ViLT has {max_len} text positions but got {inputs['input_ids'].shape[1]} tokens; load it "
-                f"with max_text_len={inputs['input_ids'].shape[1]} (interpolated positions) or truncate the text."
-            )
+        self.check_pixels(inputs, None, "preprocess RGB images with the model's ViLT image processor.")
+        self.check_text_length(inputs, self.model.config.max_position_embeddings,
+                               f"load it with max_text_len={inputs['input_ids'].shape[1]} (interpolated positions) "
+                               "or truncate the text.")
 
     def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
         text_len = inputs["input_ids"].shape[1]

@@ -45,6 +45,7 @@ class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     each feature modality (``FusedConfig.feature_modalities``), in that order."""
 
     model_type = MODEL_TYPE
+    display_name = "The fused backbone"
     prefixed_attention = _prefixed_bert_self_attention
     lora_roles: ClassVar[dict[str, str]] = {
         "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
@@ -72,17 +73,10 @@ class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         config = self.model.config
-        pixels = inputs["pixel_values"]
-        if pixels.dim() != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[-2:]) != (config.image_size,) * 2:
-            raise ValueError(
-                f"The fused backbone expects pixel_values of shape [B, 3, {config.image_size}, {config.image_size}], "
-                f"got {tuple(pixels.shape)}; preprocess RGB images with "
-                "FusedProcessor.from_pretrained(<fused checkpoint>).image_processor."
-            )
+        self.check_pixels(inputs, config.image_size, "preprocess RGB images with "
+                          "FusedProcessor.from_pretrained(<fused checkpoint>).image_processor.")
         max_len = config.text_config.max_position_embeddings
-        if inputs["input_ids"].shape[1] > max_len:
-            raise ValueError(f"The fused backbone takes at most {max_len} text tokens, got "
-                             f"{inputs['input_ids'].shape[1]}; tokenize with truncation=True, max_length={max_len}.")
+        self.check_text_length(inputs, max_len, f"tokenize with truncation=True, max_length={max_len}.")
         for spec in self.inputs[2:]:
             self._check_frames(spec, inputs)
 
