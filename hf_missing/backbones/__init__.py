@@ -3,17 +3,15 @@
 from .base import (
     BACKBONES,
     BackboneInterface,
-    ClassTokens,
-    PretrainedTokens,
     Stream,
     backbone_interface_for,
-    capability,
     extend_attention_mask,
     insert_blocks,
     insert_tokens,
     register_backbone,
     remove_blocks,
 )
+from .capabilities import ClassTokens, PretrainedTokens, capability
 from .clip import ClipBackbone
 from .fused import FusedBackbone, FusedConfig, FusedModel, FusedProcessor, build_fused_backbone
 from .vilt import ViltBackbone

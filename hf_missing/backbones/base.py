@@ -8,12 +8,13 @@ backbone is one file that subclasses :class:`BackboneInterface` and calls :func:
 
 from __future__ import annotations
 
+import functools
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,7 +24,6 @@ from ..context import ForwardContext, maybe_context
 from ..data.modalities import ImageInputs, ModalityInputs, TextInputs
 
 KV_PREFIX_ATTR = "_hf_missing_kv_prefix"
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -181,56 +181,6 @@ class BackboneInterface(ABC):
             setattr(attention, KV_PREFIX_ATTR, None)
 
 
-# ---- optional capabilities: small mixins a backbone adds when it can ----------------------------------
-class ClassTokens(ABC):
-    """Per-modality class tokens and the fusion that composes them (CMPT's proxies, its gated fusion)."""
-
-    # How the fused feature is laid out from per-modality class tokens: concatenated in this order, or (None)
-    # one vector, their sum.
-    class_token_order: ClassVar[tuple[str, ...] | None] = None
-
-    @property
-    @abstractmethod
-    def class_token_width(self) -> int:
-        """Width of one modality's class token."""
-
-    @abstractmethod
-    def readout(self, stream: str, tokens: torch.Tensor) -> torch.Tensor:
-        """The final norm and projection that turn ``stream``'s last-layer tokens ``[B, n, H]`` into class-token
-        space ``[B, n, class_token_width]``."""
-
-    @abstractmethod
-    def class_tokens(self, features: torch.Tensor, final: dict[str, torch.Tensor],
-                     ctx: ForwardContext) -> dict[str, torch.Tensor]:
-        """Each modality's real class token ``[B, class_token_width]`` from ``encode``'s ``features`` and the
-        streams' ``final`` last-layer hidden states (method tokens stripped)."""
-
-    def compose(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The fused feature ``[B, pooled_size]`` from per-modality tokens weighted to sum to 1 across modalities;
-        concatenating backbones scale by K, so uniform weights give back ``encode``'s own layout."""
-        if self.class_token_order is None:
-            return torch.stack(list(tokens.values())).sum(0)
-        return torch.cat([len(tokens) * tokens[m] for m in self.class_token_order], dim=-1)
-
-
-class PretrainedTokens(ABC):
-    """Pretrained embeddings that stand for each modality (REP's task-aware initialisation, eq. 10; CMPT's
-    proxy initialisation)."""
-
-    @abstractmethod
-    def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
-        """A ``[hidden]`` embedding of ``modality``'s stream input space (CLIP: the end-of-text token for text, the
-        class embedding for images); ValueError for a modality it has none for."""
-
-
-def capability(interface: BackboneInterface, kind: type[T], needed_by: str, fix: str) -> T:
-    """``interface`` as the optional capability ``kind``, or a ValueError that names what is missing and ``fix``."""
-    if not isinstance(interface, kind):
-        raise ValueError(f"{needed_by} needs {kind.__name__} ({kind.__doc__.splitlines()[0]}), which the "
-                         f"{interface.model_type} backbone interface does not offer; {fix}")
-    return interface
-
-
 class JointStreamBackbone(BackboneInterface):
     """A single joint stream whose ``model.embeddings`` returns ``(embeddings, attention mask)`` (ViLT, the fused
     default): the "zero" / "mask" policies and attention-level prefixes, shared by such backbones.
@@ -374,6 +324,25 @@ def prepend_kv(keys: torch.Tensor, values: torch.Tensor, prefix: tuple[torch.Ten
         cols = torch.full((*mask.shape[:3], n), _visible(mask), dtype=mask.dtype, device=mask.device)
         mask = torch.cat([cols, mask.expand(*mask.shape[:3], length)], dim=-1)
     return torch.cat([split_heads(prefix_k), keys], 2), torch.cat([split_heads(prefix_v), values], 2), mask
+
+
+def kv_prefixed(original: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate ``prefixed(self, hidden_states, attention_mask, prefix, ...)``, a self-attention forward that prepends
+    the key/value ``prefix``, into a forward that runs it only while :meth:`BackboneInterface.kv_prefix` has set a
+    prefix on the module, and the module's ``original`` forward otherwise."""
+
+    def decorate(prefixed: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(prefixed)
+        def forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    *args: Any, **kwargs: Any) -> Any:
+            prefix = getattr(self, KV_PREFIX_ATTR, None)
+            if prefix is None:
+                return original(self, hidden_states, attention_mask, *args, **kwargs)
+            return prefixed(self, hidden_states, attention_mask, prefix, *args, **kwargs)
+
+        return forward
+
+    return decorate
 
 
 def prefixed_projections(hidden_states: torch.Tensor, projections: tuple[nn.Module, nn.Module, nn.Module],

@@ -12,23 +12,20 @@ from transformers.models.clip.modeling_clip import CLIPAttention, eager_attentio
 
 from ..context import ForwardContext
 from .base import (
-    KV_PREFIX_ATTR,
     BackboneInterface,
-    ClassTokens,
-    PretrainedTokens,
     Stream,
+    kv_prefixed,
     policy_context,
     prefixed_projections,
     register_backbone,
 )
+from .capabilities import ClassTokens, PretrainedTokens
 
 
-def _prefixed_clip_attention(self: CLIPAttention, hidden_states: torch.Tensor,
-                             attention_mask: torch.Tensor | None = None, **kwargs: Any):
-    """CLIPAttention.forward with optional key/value prefixes (read from the module, see kv_prefix)."""
-    prefix = getattr(self, KV_PREFIX_ATTR, None)
-    if prefix is None:
-        return CLIPAttention.forward(self, hidden_states, attention_mask, **kwargs)
+@kv_prefixed(CLIPAttention.forward)
+def _prefixed_clip_attention(self: CLIPAttention, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
+                             prefix: tuple[torch.Tensor, torch.Tensor], **kwargs: Any):
+    """CLIPAttention.forward with key/value prefixes (prefix tuning, MAP's attention-level prompts)."""
     input_shape = hidden_states.shape[:-1]
     queries, keys, values, attention_mask = prefixed_projections(
         hidden_states, (self.q_proj, self.k_proj, self.v_proj), self.head_dim, prefix, attention_mask,

@@ -13,22 +13,20 @@ from transformers.models.vilt.modeling_vilt import ViltSelfAttention
 
 from ..context import ForwardContext
 from .base import (
-    KV_PREFIX_ATTR,
-    ClassTokens,
     JointStreamBackbone,
-    PretrainedTokens,
     Stream,
+    kv_prefixed,
     prefixed_projections,
     register_backbone,
 )
+from .capabilities import ClassTokens, PretrainedTokens
 
 
+@kv_prefixed(ViltSelfAttention.forward)
 def _prefixed_vilt_self_attention(self: ViltSelfAttention, hidden_states: torch.Tensor,
-                                  attention_mask: torch.Tensor | None = None, output_attentions: bool = False):
-    """ViltSelfAttention.forward with optional key/value prefixes (read from the module, see kv_prefix)."""
-    prefix = getattr(self, KV_PREFIX_ATTR, None)
-    if prefix is None:
-        return ViltSelfAttention.forward(self, hidden_states, attention_mask, output_attentions)
+                                  attention_mask: torch.Tensor | None, prefix: tuple[torch.Tensor, torch.Tensor],
+                                  output_attentions: bool = False):
+    """ViltSelfAttention.forward with key/value prefixes (prefix tuning, MAP's attention-level prompts)."""
     query, key, value, attention_mask = prefixed_projections(hidden_states, (self.query, self.key, self.value),
                                                              self.attention_head_size, prefix, attention_mask, False)
     scores = query @ key.transpose(-1, -2) / math.sqrt(self.attention_head_size)

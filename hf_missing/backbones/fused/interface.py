@@ -11,24 +11,22 @@ from transformers.models.bert.modeling_bert import BertSelfAttention, eager_atte
 from ...context import ForwardContext
 from ...data.modalities import FeatureInputs, ImageInputs, ModalityInputs, TextInputs
 from ..base import (
-    KV_PREFIX_ATTR,
-    ClassTokens,
     JointStreamBackbone,
-    PretrainedTokens,
     Stream,
+    kv_prefixed,
     prefixed_projections,
     register_backbone,
 )
+from ..capabilities import ClassTokens, PretrainedTokens
 from .configuration import MODEL_TYPE
 from .modeling import FusedModel
 
 
+@kv_prefixed(BertSelfAttention.forward)
 def _prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.Tensor,
-                                  attention_mask: torch.Tensor | None = None, **kwargs: Any):
-    """BertSelfAttention.forward with optional key/value prefixes (read from the module, see kv_prefix)."""
-    prefix = getattr(self, KV_PREFIX_ATTR, None)
-    if prefix is None:
-        return BertSelfAttention.forward(self, hidden_states, attention_mask, **kwargs)
+                                  attention_mask: torch.Tensor | None, prefix: tuple[torch.Tensor, torch.Tensor],
+                                  **kwargs: Any):
+    """BertSelfAttention.forward with key/value prefixes (prefix tuning, MAP's attention-level prompts)."""
     kwargs.pop("past_key_values", None)
     input_shape = hidden_states.shape[:-1]
     query, key, value, attention_mask = prefixed_projections(hidden_states, (self.query, self.key, self.value),
