@@ -10,7 +10,7 @@ from torch.nn import functional as F
 import hf_missing
 from hf_missing.backbones import ClipBackbone, insert_blocks, remove_blocks
 from hf_missing.methods.rep import RepBuffers, RepConfig
-from hf_missing.methods.rep.layer import init_embeddings, squared_cosine
+from hf_missing.methods.rep.layer import init_embeddings, init_noise, squared_cosine
 from tests.conftest import BACKBONES, make_batch, make_model
 
 TINY = {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4}
@@ -82,16 +82,32 @@ def test_private_rows_follow_presence_for_three_modalities():
 
 @pytest.mark.parametrize("noise_type", ["gaussian", "uniform", "laplace"])
 def test_eq10_11_dynamic_initialisation(noise_type):
+    """Eq. 10-11: private buffers start at E_m plus eps_n-scaled noise, the shared buffer at the noise itself;
+    catches a missing E_m, a missing eps_n or identical present/missing rows."""
     torch.manual_seed(0)
-    config = RepConfig(**TINY, noise_type=noise_type, noise_scale=0.2)
+    config = RepConfig(**{**TINY, "prompt_length": 64}, noise_type=noise_type, noise_scale=0.2)
     init = {m: torch.randn(d) for m, d in WIDTHS.items()}
     buffers = RepBuffers(WIDTHS, config, init)
     for m in WIDTHS:
         offsets = (buffers.private[m] - init[m]).norm(dim=-1)
-        assert torch.allclose(offsets, torch.full_like(offsets, 0.2), atol=1e-5)
+        assert offsets.pow(2).mean().sqrt().item() == pytest.approx(0.2, rel=0.1)
         assert not torch.equal(buffers.private[m][0], buffers.private[m][1])
-    norms = buffers.shared.norm(dim=-1)
-    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert buffers.shared.norm(dim=-1).pow(2).mean().item() == pytest.approx(1.0, rel=0.1)
+
+
+def test_noise_types_differ_in_distribution_at_the_same_variance():
+    """Table 4: Gaussian, uniform and Laplace noise have the same variance (1/D per component) but different
+    shapes; catches noise that is normalised to unit vectors (types differing in direction only) or types at
+    different scales. Excess kurtosis: uniform -1.2, Gaussian 0, Laplace 3."""
+    torch.manual_seed(0)
+    kurtosis = {}
+    for kind in ("uniform", "gaussian", "laplace"):
+        noise = init_noise((200, 50, 64), kind)
+        assert noise.var().item() == pytest.approx(1 / 64, rel=0.05)
+        z = noise.flatten() / noise.std()
+        kurtosis[kind] = (z.pow(4).mean() - 3).item()
+    assert kurtosis["uniform"] == pytest.approx(-1.2, abs=0.15) and abs(kurtosis["gaussian"]) < 0.15
+    assert kurtosis["laplace"] == pytest.approx(3.0, abs=0.5)
 
 
 def test_static_initialisation_is_small_random():
@@ -100,14 +116,18 @@ def test_static_initialisation_is_small_random():
 
 
 def test_clip_init_sources_are_eot_and_class_embeddings():
+    """Eq. 10: each private buffer starts at its modality's pretrained token plus noise of scale noise_scale."""
     model = make_model("clip", "rep", **TINY)
     clip = model.backbone
     private = _pooled(model).private
     eot = clip.text_model.embeddings.token_embedding.weight[clip.config.text_config.eos_token_id]
-    cls = clip.vision_model.embeddings.class_embedding
+    vision = clip.vision_model
+    with torch.no_grad():
+        cls = vision.pre_layrnorm(vision.embeddings.class_embedding + vision.embeddings.position_embedding.weight[0])
     for m, source in (("text", eot), ("image", cls)):
         offsets = (private[m] - source).norm(dim=-1)
-        assert torch.allclose(offsets, torch.full_like(offsets, 0.2), atol=1e-5)
+        assert offsets.pow(2).mean().sqrt().item() == pytest.approx(0.2, rel=0.35)  # 2 x 4 tokens of 32 components
+        assert (private[m] - source).abs().max() < 0.2
 
 
 def test_eq6_orthogonality_on_small_tensors():
@@ -216,8 +236,10 @@ def test_too_deep_buffer_is_a_clear_error():
 
 
 def test_too_long_buffer_overflows_the_text_position_budget():
-    with pytest.raises(ValueError, match=r"prompt_length=20 is longer than the 16 text positions"):
-        make_model("clip", "rep", prompt_length=20, prompt_depth=2)
+    with pytest.raises(ValueError, match=r"REP inserts 20 slots next to each modality \(prompt_length=10 for each of "
+                                         r"its 2 buffers\), more than the 16 text positions.*prompt_length <= 8"):
+        make_model("clip", "rep", prompt_length=10, prompt_depth=2)
+    assert make_model("clip", "rep", prompt_length=8, prompt_depth=2) is not None
 
 
 def test_missing_init_source_is_a_clear_error(monkeypatch):
@@ -241,3 +263,31 @@ def test_contradictory_switches_are_rejected():
         RepConfig(dual_buffers=False, use_private_buffer=False)
     with pytest.raises(ValueError, match="noise_type must be one of"):
         RepConfig(noise_type="pink")
+
+
+def test_clip_image_init_is_the_class_token_entering_the_encoder():
+    """Catches E_image (eq. 10) taken from the raw class embedding: it must equal the class token as the vision
+    encoder receives it (plus its position embedding, through pre_layrnorm), whatever the image."""
+    model = make_model("clip", None)
+    vision = model.backbone.vision_model
+    with torch.no_grad():
+        entering = vision.pre_layrnorm(vision.embeddings(torch.randn(2, 3, 30, 30)))[:, 0]
+    expected = model.interface.pretrained_token_embedding("image")
+    torch.testing.assert_close(entering, expected.expand(2, -1))
+
+
+def test_orthogonality_without_a_shared_buffer_on_different_widths_warns(caplog):
+    """Catches the silent zero: without the shared buffer, private buffers of
+    different widths cannot be compared, and the user must be told the loss is 0 rather than find out later."""
+    from hf_missing.methods.rep.model import check_fits
+
+    config = RepConfig(dual_buffers=False, prompt_length=2, prompt_depth=2)
+    interface = SimpleNamespace(streams=(), max_text_positions=lambda: None, model_type="toy",
+                                modalities=("text", "image"),
+                                stream_of=lambda m: SimpleNamespace(hidden_size=32 if m == "text" else 48))
+    with caplog.at_level("WARNING"):
+        check_fits(interface, config)
+    assert "the loss is 0" in caplog.text
+    caplog.clear()
+    check_fits(interface, RepConfig(dual_buffers=False, prompt_length=2, prompt_depth=2, ortho_weight=0.0))
+    assert "the loss is 0" not in caplog.text

@@ -88,12 +88,17 @@ class ClipBackbone(ClassTokens, PretrainedTokens, BackboneInterface):
         return {"image": features[:, :width], "text": features[:, width:]}
 
     def pretrained_token_embedding(self, modality: str) -> torch.Tensor:
-        """Text: the end-of-text token's embedding (id 49407 in OpenAI CLIP); image: the class embedding."""
+        """Text: the end-of-text token's embedding (id 49407 in OpenAI CLIP); image: the class token as it enters the
+        vision encoder (class embedding + its position embedding, through ``pre_layrnorm``), on the scale of the
+        stream's tokens (the raw class embedding is not, and REP's buffers started off-scale from it)."""
         if modality == "text":
             eos = self.model.config.text_config.eos_token_id
             return self.model.text_model.embeddings.token_embedding.weight[eos].detach().clone()
         if modality == "image":
-            return self.model.vision_model.embeddings.class_embedding.detach().clone()
+            vision = self.model.vision_model
+            with torch.no_grad():
+                token = vision.embeddings.class_embedding + vision.embeddings.position_embedding.weight[0]
+                return vision.pre_layrnorm(token).clone()
         raise ValueError(f"{self.model_type} has no pretrained embedding for {modality!r}.")
 
     def max_text_positions(self) -> int | None:

@@ -51,7 +51,9 @@ class RepConfig(MissingMethodConfig):
     ortho_weight: float = field(
         default=0.1,
         metadata={"help": "Weight of the orthogonality loss (eq. 6) added to the task loss; 0 turns it off (the "
-                          "released code never adds it)."},
+                          "released code never adds it). Private buffers of streams of different widths (CLIP 512/768) "
+                          "are compared through the shared buffer's projections, so without dual_buffers the term is "
+                          "0 there (a warning says so)."},
     )
     shared_dim: int = field(
         default=128,

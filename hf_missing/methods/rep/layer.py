@@ -10,6 +10,7 @@ the released code. An adapter's :class:`RepBuffers` live in the model's method p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,15 +29,19 @@ RANDOM_INIT_STD = 0.02  # MAP/DCP-style initialisation when dynamic_init=False
 PRESENT, MISSING = 0, 1  # rows of a private buffer: the modality present ("complete") or missing
 
 
-def unit_noise(shape: tuple[int, ...], kind: str, device: torch.device | None = None) -> torch.Tensor:
-    """Noise vectors of unit L2 norm along the last dimension, drawn from ``kind`` (eq. 10-11)."""
+def init_noise(shape: tuple[int, ...], kind: str, device: torch.device | None = None) -> torch.Tensor:
+    """The noise ``zeta`` of eq. 10-11: i.i.d. components of variance ``1/D`` (D = the last dimension) from ``kind``'s
+    own distribution (Gaussian; uniform on [-sqrt 3, sqrt 3]; Laplace of scale 1/sqrt 2; each of unit variance
+    before the ``1/sqrt(D)`` scale). The expected squared norm is 1, the scale of the released code's unit vectors
+    (raw N(0, I) noise, of norm sqrt(D), would swamp E_m), and the types differ in distribution at the same
+    variance, as Table 4 compares them, not only in direction as normalised vectors would."""
     if kind == "gaussian":
         noise = torch.randn(shape, device=device)
     elif kind == "uniform":
-        noise = torch.rand(shape, device=device) * 2 - 1
+        noise = (torch.rand(shape, device=device) * 2 - 1) * math.sqrt(3)
     else:
-        noise = torch.distributions.Laplace(0.0, 1.0).sample(shape).to(device)
-    return F.normalize(noise, dim=-1)
+        noise = torch.distributions.Laplace(0.0, 1 / math.sqrt(2)).sample(shape).to(device)
+    return noise / math.sqrt(shape[-1])
 
 
 def squared_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -176,19 +181,19 @@ def _mlp(width: int, hidden: int) -> nn.Sequential:
 
 
 def _private_init(width: int, length: int, config: RepConfig, embedding: torch.Tensor | None) -> torch.Tensor:
-    """Eq. 10: ``E_m + eps_n * zeta`` for the present and the missing row (unit-norm noise vectors, as the
-    released code; raw N(0, I) noise of norm eps_n * sqrt(D) would swamp E_m)."""
+    """Eq. 10: ``E_m + eps_n * zeta`` for the present and the missing row (``zeta`` of expected norm 1:
+    :func:`init_noise`)."""
     if not config.dynamic_init:
         return torch.randn(2, length, width) * RANDOM_INIT_STD
-    noise = unit_noise((2, length, width), config.noise_type, embedding.device)
+    noise = init_noise((2, length, width), config.noise_type, embedding.device)
     return embedding.detach().float().expand(2, length, width) + config.noise_scale * noise
 
 
 def _shared_init(patterns: int, length: int, width: int, config: RepConfig) -> torch.Tensor:
-    """Eq. 11: normalised noise vectors, one buffer per missing pattern."""
+    """Eq. 11: noise of expected norm 1 per token (:func:`init_noise`), one buffer per missing pattern."""
     if not config.dynamic_init:
         return torch.randn(patterns, length, width) * RANDOM_INIT_STD
-    return unit_noise((patterns, length, width), config.noise_type)
+    return init_noise((patterns, length, width), config.noise_type)
 
 
 @dataclass(kw_only=True)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from ...backbones import BackboneInterface, Stream
 from ..base import MissingMethodModel, every_layer, modality_widths
 from .config import RepConfig
 from .layer import RepBuffers, RepLayer, init_embeddings
+
+logger = logging.getLogger(__name__)
 
 
 class RepModel(MissingMethodModel):
@@ -25,17 +29,26 @@ class RepModel(MissingMethodModel):
 
 
 def check_fits(interface: BackboneInterface, config: RepConfig) -> None:
-    """Clear errors for a buffer deeper than a stream or wider than the text position budget."""
+    """Clear errors for a buffer deeper than a stream or wider than the text position budget; a warning when the
+    orthogonality loss (eq. 6) has nothing it can compare."""
     for stream in interface.streams:
         if config.prompt_depth > stream.num_layers:
             raise ValueError(
                 f"REP prompt_depth={config.prompt_depth} exceeds the {stream.num_layers} layers of the "
                 f"{interface.model_type} {stream.name} stream; pass prompt_depth <= {stream.num_layers}."
             )
-    budget = interface.max_text_positions()
-    if budget is not None and config.prompt_length > budget:
+    buffers = int(config.use_private_buffer) + int(config.dual_buffers)
+    slots, budget = buffers * config.prompt_length, interface.max_text_positions()
+    if budget is not None and slots > budget:
         raise ValueError(
-            f"REP prompt_length={config.prompt_length} is longer than the {budget} text positions of this "
-            f"{interface.model_type} backbone; a buffer wider than the text context it sits beside drowns the "
-            f"text. Pass prompt_length <= {budget} (or load the backbone with a larger max_text_len)."
+            f"REP inserts {slots} slots next to each modality (prompt_length={config.prompt_length} for each of its "
+            f"{buffers} buffers), more than the {budget} text positions of this {interface.model_type} backbone; "
+            f"buffers wider than the text context they sit beside drown the text. Pass prompt_length <= "
+            f"{budget // buffers} (or load the backbone with a larger max_text_len)."
         )
+    widths = set(modality_widths(interface).values())
+    if config.ortho_weight > 0 and config.use_private_buffer and not config.dual_buffers and len(widths) > 1:
+        logger.warning("REP's orthogonality loss (eq. 6) compares private buffers through the shared buffer's "
+                       "projections; without a shared buffer the %s backbone's widths %s differ, so the loss is 0. "
+                       "Pass ortho_weight=0 to say so, or keep dual_buffers=True.", interface.model_type,
+                       sorted(widths))
