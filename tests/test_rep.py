@@ -291,3 +291,44 @@ def test_orthogonality_without_a_shared_buffer_on_different_widths_warns(caplog)
     caplog.clear()
     check_fits(interface, RepConfig(dual_buffers=False, prompt_length=2, prompt_depth=2, ortho_weight=0.0))
     assert "the loss is 0" not in caplog.text
+
+
+def _deep_vilt_rep(**options) -> hf_missing.MissingModalityForClassification:
+    """REP on a tiny 4-layer ViLT (the shared tiny backbones have 2 layers: too shallow to see replay stop at d)."""
+    from transformers import ViltConfig, ViltModel
+
+    from hf_missing.data.synthetic import IMAGE_SIZE, tiny_tokenizer
+
+    torch.manual_seed(0)
+    config = ViltConfig(vocab_size=len(tiny_tokenizer()), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=37, image_size=IMAGE_SIZE, patch_size=6, max_position_embeddings=16,
+                        initializer_range=0.2)
+    model = hf_missing.MissingModalityForClassification.from_backbone(ViltModel(config), num_labels=4)
+    model.add_adapter(hf_missing.get_method_config("rep", **{**TINY, **options}))
+    return model.eval()
+
+
+def _layer_io(model, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    seen = []
+    for layer in model.backbone.encoder.layer:
+        layer.base_layer.register_forward_hook(lambda _m, args, out: seen.append((args[0], out[0])))
+    model(**batch)
+    return seen
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_replay_reaches_every_layer_below_d_and_no_further(shapes_missing, replay):
+    """Eq. 9 at every layer: before layer j (1 <= j < d) the slots are the previous layer's slot outputs plus the
+    replayed buffers; from d on (and everywhere with replay=False) they only flow forward. Catches replay at
+    layer 1 only, replay beyond d, and replay=False dropping the layer-0 buffers (eq. 5)."""
+    model = _deep_vilt_rep(prompt_depth=3, replay=replay)
+    batch = make_batch(shapes_missing["train"], "vilt", n=6)
+    seen = _layer_io(model, batch)
+    buffers, codes = _pooled(model), batch["missing_type"]
+    states, text_len, width = buffers.states(), batch["input_ids"].shape[1], 8
+    spans = {"text": slice(0, width), "image": slice(text_len + width, text_len + 2 * width)}
+    for modality, span in spans.items():
+        torch.testing.assert_close(seen[0][0][:, span], buffers.initial_slots(states, modality, codes))
+        for j in range(1, 4):
+            replayed = buffers.replayed(states, modality, j, codes) if replay and j < 3 else 0
+            torch.testing.assert_close(seen[j][0][:, span], seen[j - 1][1][:, span] + replayed)
