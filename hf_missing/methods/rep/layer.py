@@ -39,8 +39,9 @@ def init_noise(shape: tuple[int, ...], kind: str, device: torch.device | None = 
         noise = torch.randn(shape, device=device)
     elif kind == "uniform":
         noise = (torch.rand(shape, device=device) * 2 - 1) * math.sqrt(3)
-    else:
-        noise = torch.distributions.Laplace(0.0, 1 / math.sqrt(2)).sample(shape).to(device)
+    else:  # inverse CDF of Laplace(0, 1/sqrt 2); torch.distributions cannot sample on the meta device of dry runs
+        u = torch.rand(shape, device=device) - 0.5
+        noise = -torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7)) / math.sqrt(2)
     return noise / math.sqrt(shape[-1])
 
 
