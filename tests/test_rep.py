@@ -1,5 +1,6 @@
 """REP (buffer replay prompting): each equation on small tensors, the ablation switches, training, round trips."""
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -276,7 +277,7 @@ def test_clip_image_init_is_the_class_token_entering_the_encoder():
     torch.testing.assert_close(entering, expected.expand(2, -1))
 
 
-def test_orthogonality_without_a_shared_buffer_on_different_widths_warns(caplog):
+def test_orthogonality_without_a_shared_buffer_on_different_widths_warns():
     """Catches the silent zero: without the shared buffer, private buffers of
     different widths cannot be compared, and the user must be told the loss is 0 rather than find out later."""
     from hf_missing.methods.rep.model import check_fits
@@ -285,12 +286,11 @@ def test_orthogonality_without_a_shared_buffer_on_different_widths_warns(caplog)
     interface = SimpleNamespace(streams=(), max_text_positions=lambda: None, model_type="toy",
                                 modalities=("text", "image"),
                                 stream_of=lambda m: SimpleNamespace(hidden_size=32 if m == "text" else 48))
-    with caplog.at_level("WARNING"):
+    with pytest.warns(UserWarning, match="the loss is 0"):
         check_fits(interface, config)
-    assert "the loss is 0" in caplog.text
-    caplog.clear()
-    check_fits(interface, RepConfig(dual_buffers=False, prompt_length=2, prompt_depth=2, ortho_weight=0.0))
-    assert "the loss is 0" not in caplog.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_fits(interface, RepConfig(dual_buffers=False, prompt_length=2, prompt_depth=2, ortho_weight=0.0))
 
 
 def _deep_vilt_rep(**options) -> hf_missing.MissingModalityForClassification:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 
 from ...backbones import BackboneInterface, Stream
 from ..base import MissingMethodModel, every_layer, modality_widths
 from .config import RepConfig
 from .layer import RepBuffers, RepLayer, init_embeddings
-
-logger = logging.getLogger(__name__)
 
 
 class RepModel(MissingMethodModel):
@@ -48,7 +46,7 @@ def check_fits(interface: BackboneInterface, config: RepConfig) -> None:
         )
     widths = set(modality_widths(interface).values())
     if config.ortho_weight > 0 and config.use_private_buffer and not config.dual_buffers and len(widths) > 1:
-        logger.warning("REP's orthogonality loss (eq. 6) compares private buffers through the shared buffer's "
-                       "projections; without a shared buffer the %s backbone's widths %s differ, so the loss is 0. "
-                       "Pass ortho_weight=0 to say so, or keep dual_buffers=True.", interface.model_type,
-                       sorted(widths))
+        warnings.warn(f"REP's orthogonality loss (eq. 6) compares private buffers through the shared buffer's "
+                      f"projections; without a shared buffer the {interface.model_type} backbone's widths "
+                      f"{sorted(widths)} differ, so the loss is 0. Pass ortho_weight=0 to say so, or keep "
+                      "dual_buffers=True.", UserWarning, stacklevel=2)
