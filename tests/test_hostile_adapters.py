@@ -711,7 +711,7 @@ BUDGET = r"budget|bytes"
 HOSTILE_SIZES = [
     pytest.param("memprompt", option(memory_size=65536, prompt_length=65536), BUDGET, id="memprompt-65536"),
     pytest.param("rep", option(prompt_length=60000, shared_dim=60000), rf"{BUDGET}|prompt_length", id="rep-60000"),
-    pytest.param("vilt-rep", lambda c: (option(prompt_length=60000, shared_dim=60000)(c),
+    pytest.param("vilt-rep", lambda c: (option(prompt_length=30000, shared_dim=60000)(c),  # 2 x 30000 slots fit
                                         settings_of(max_text_len=60000)(c)), BUDGET, id="vilt-rep-60000"),
     pytest.param("map", settings_of(max_text_len=10**7), rf"{BUDGET}|max_text_len", id="max_text_len-1e7"),
     pytest.param("map", settings_of(head_hidden_ratio=10**6), rf"{BUDGET}|head_hidden_ratio",
