@@ -1,5 +1,6 @@
 """The shared token-insertion helper and MAP's equations, on small tensors."""
 
+import pytest
 import torch
 
 from hf_missing.backbones import extend_attention_mask, insert_tokens
@@ -89,3 +90,62 @@ def test_causal_prompts_do_not_see_later_tokens():
     h2, _ = insert_tokens(x2, prompts, None, causal=True)
     out2 = layer(h2, mask)
     assert torch.allclose(out[:, :5], out2[:, :5]) and not torch.allclose(out[:, 5:], out2[:, 5:])
+
+
+def _attention_module(kind: str):
+    """Layer 0's self-attention of a tiny backbone, with its query/key/value projections and its output map."""
+    model = make_model(kind, None).eval()
+    interface, stream = model.interface, model.interface.streams[-1]
+    interface.enable_kv_prefix()
+    layer = interface.layers(stream.name)[0]
+    attention = layer.get_submodule(stream.attention_path)
+    if kind == "clip":
+        return interface, layer, stream, attention, (attention.q_proj, attention.k_proj, attention.v_proj), \
+            attention.out_proj, attention.num_heads
+    heads = attention.num_attention_heads
+    return interface, layer, stream, attention, (attention.query, attention.key, attention.value), None, heads
+
+
+@pytest.mark.parametrize("kind", ["vilt", "clip"])
+def test_attention_prefix_goes_to_keys_and_values_unprojected(kind):
+    """MAP's attention-level prompts (prefix tuning): the first half of the prompt is prepended to the per-head keys,
+    the second half to the values, as they are (not through the key/value projections). Recomputes one attention by
+    hand; catches keys and values swapped and a prefix routed through W_k / W_v."""
+    interface, layer, stream, attention, (wq, wk, wv), out, heads = _attention_module(kind)
+    torch.manual_seed(0)
+    hidden, keys, values = torch.randn(2, 5, stream.hidden_size), torch.randn(2, 3, stream.hidden_size), \
+        torch.randn(2, 3, stream.hidden_size)
+
+    def split(x):
+        return x.view(2, x.shape[1], heads, -1).transpose(1, 2)
+
+    q, k, v = split(wq(hidden)), split(torch.cat([keys, wk(hidden)], 1)), split(torch.cat([values, wv(hidden)], 1))
+    expected = ((q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5).softmax(-1) @ v
+    expected = expected.transpose(1, 2).reshape(2, 5, -1)
+    expected = out(expected) if out is not None else expected
+    with torch.no_grad(), interface.kv_prefix(layer, stream.name, keys, values):
+        got = attention(hidden)[0]
+    torch.testing.assert_close(got, expected.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_map_attention_prompts_send_the_first_half_to_the_keys(shapes_missing):
+    """MAP attention mode: each sample's prompt P[m_b] is split in halves, the first prepended to the keys and the
+    second to the values; catches the halves swapped or another sample's prompt chosen."""
+    from tests.conftest import make_batch
+
+    model = make_model("vilt", "map", prompt_type="attention", prompt_length=4, prompt_depth=1).eval()
+    batch = make_batch(shapes_missing["train"], "vilt", n=6)
+    seen = []
+    original = model.interface.kv_prefix
+
+    def spy(layer, stream, keys, values):
+        seen.append((keys, values))
+        return original(layer, stream, keys, values)
+
+    model.interface.kv_prefix = spy
+    with torch.no_grad():
+        model(**batch)
+    prompts = model.backbone.encoder.layer[0].map_prompts["default"][batch["missing_type"]]
+    (keys, values), = seen
+    assert torch.equal(keys, prompts[:, :2]) and torch.equal(values, prompts[:, 2:])
+
