@@ -23,6 +23,7 @@ from hf_missing import MissingModalityCollator, MissingModalityForClassification
 from hf_missing.backbones.tiny import TINY_BACKBONES, tiny_backbone, tiny_processor
 from hf_missing.data.synthetic import shapes_dataset
 from hf_missing.methods import METHODS, prepare_for_evaluation, prepare_for_training
+from hf_missing.methods.base import MissingMethodLayer
 from tests.conftest import perturbed
 from tests.test_hub import hub  # noqa: F401  (the offline fake Hub fixture)
 
@@ -320,6 +321,7 @@ def test_two_adapters_switch_and_delete(folders, data, method, kind):
     left = [k for k in model.state_dict() if _mentions(k, "b")]
     left += [n for n, _ in model.named_modules() if _mentions(n, "b")]
     assert not left, left
+    assert not any("b" in layer.method_config for layer in model.modules() if isinstance(layer, MissingMethodLayer))
     assert set(model.state_dict()) == keys_a
     model.set_adapter("a")
     _same(_logits(model, batch), logits_a, "adapter 'a' after deleting 'b'")

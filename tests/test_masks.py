@@ -42,6 +42,7 @@ def test_boolean_masks_stay_boolean():
 
 
 def test_insert_puts_tokens_in_front():
+    """Catches tokens appended instead of prepended, or a mask invented where the stream had none."""
     hidden, tokens = torch.randn(2, 5, 4), torch.randn(2, 3, 4)
     joined, mask = insert_tokens(hidden, tokens, None, causal=False)
     assert mask is None and torch.equal(joined[:, :3], tokens) and torch.equal(joined[:, 3:], hidden)

@@ -91,6 +91,8 @@ def test_query_is_the_max_over_unpadded_tokens():
 
 
 def test_visible_keys_reads_every_mask_layout():
+    """The one mask reader every method uses: catches a reader that treats an additive mask as boolean (0 = hidden),
+    reads the first query row of a causal mask (which sees only the first token), or fails on a missing mask."""
     padding = torch.tensor([[1, 1, 0], [1, 1, 1]])
     additive = (1.0 - padding[:, None, None, :].float()) * torch.finfo(torch.float32).min
     assert visible_keys(additive, 2, 3, torch.device("cpu")).equal(padding.bool())

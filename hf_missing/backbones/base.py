@@ -106,13 +106,14 @@ class BackboneInterface(ABC):
         }
 
     # ---- modalities -----------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def inputs(self) -> tuple[ModalityInputs, ...]:
         """The backbone's modalities, in ``missing_type`` order, each with its model inputs, placeholder and how
-        to recognise it (:mod:`hf_missing.data.modalities`); text and image unless a backbone says otherwise."""
+        to recognise it (:mod:`hf_missing.data.modalities`); text and image unless a backbone says otherwise.
+        Fixed by the model's config, so built once (forward reads it on every call)."""
         return (TextInputs(), ImageInputs())
 
-    @property
+    @functools.cached_property
     def modalities(self) -> tuple[str, ...]:
         """The modality names, in ``missing_type`` order."""
         return tuple(m.name for m in self.inputs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ class MissingModalityCollator:
         if redraw_rate is not None and not 0.0 <= redraw_rate <= 1.0:
             raise ValueError(f"redraw_rate must lie in [0, 1], got {redraw_rate}.")
         self.processor, self.policy, self.label_column = processor, policy, label_column
-        self.inputs = tuple(TextInputs(m.name, max_length) if isinstance(m, TextInputs) and max_length else m
+        self.inputs = tuple(replace(m, max_length=max_length) if isinstance(m, TextInputs) and max_length else m
                             for m in resolve_inputs(modalities))
         self.patterns = ModalityPattern(tuple(m.name for m in self.inputs))
         unknown = sorted(set(columns or {}) - set(self.patterns.modalities))

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
 
 IMAGE_MODES = ("RGB",)
 
@@ -160,15 +161,10 @@ class FeatureInputs(ModalityInputs):
         return zero.all(dim=1)
 
     def collate(self, values: list[Any], processor: Any) -> dict[str, torch.Tensor]:
-        frames = [np.zeros((1, self.width), np.float32) if v is None else v for v in values]
-        length = max(f.shape[0] for f in frames)
-        out = torch.zeros(len(frames), length, self.width)
-        mask = torch.zeros(len(frames), length, dtype=torch.long)
-        for i, f in enumerate(frames):
-            out[i, :f.shape[0]] = torch.from_numpy(f)
-            mask[i, :f.shape[0]] = 1
+        frames = [torch.zeros(1, self.width) if v is None else torch.from_numpy(v) for v in values]
         values_name, mask_name = self.input_names
-        return {values_name: out, mask_name: mask}
+        return {values_name: pad_sequence(frames, batch_first=True),
+                mask_name: pad_sequence([torch.ones(len(f), dtype=torch.long) for f in frames], batch_first=True)}
 
     def check_value(self, value: Any, sample: int, column: str) -> np.ndarray:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -50,7 +51,7 @@ class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
         "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"}
     model: FusedModel
 
-    @property
+    @functools.cached_property
     def inputs(self) -> tuple[ModalityInputs, ...]:
         frames = self.model.config.feature_modalities
         return (TextInputs(), ImageInputs(), *(FeatureInputs(name, width) for name, width in frames.items()))
