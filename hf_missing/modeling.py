@@ -59,7 +59,7 @@ from .loading import (
     validate_adapter_config,
     validate_backbone,
 )
-from .methods.base import collect_diagnostics, get_method_config, load_method_files
+from .methods.base import collect_diagnostics, get_method_config, load_method_files, needs_lockstep
 from .missingness import ModalityPattern
 
 logger = logging.getLogger(__name__)
@@ -434,7 +434,8 @@ class MissingModalityForClassification(PreTrainedModel):
             raise ValueError(f"missing_policy must be one of {list(POLICIES)}, got {policy!r}.")
         missing_type = self._resolve_missing_type(inputs, missing_type, policy)
         ctx = ForwardContext(missing_type=missing_type, present=self.patterns.present(missing_type),
-                             modalities=self.patterns.modalities, policy=policy, batch=extras)
+                             modalities=self.patterns.modalities, policy=policy, batch=extras,
+                             lockstep=needs_lockstep(self.interface))
         with forward_context(ctx):
             features = self.interface.encode(inputs, ctx)
             for hook in ctx.feature_hooks:

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 import hf_missing
 from hf_missing.backbones import ClipBackbone, insert_blocks, remove_blocks
-from hf_missing.methods.rep import RepBuffers, RepConfig
+from hf_missing.methods.rep import RepBuffers, RepConfig, RepLayer
 from hf_missing.methods.rep.layer import init_embeddings, init_noise, squared_cosine
 from tests.conftest import BACKBONES, make_batch, make_model
 
@@ -28,9 +28,25 @@ def _pooled(model, adapter="default") -> RepBuffers:
     return model.method_pool.rep_buffers[adapter]
 
 
+def _capture_runs(monkeypatch) -> list:
+    """The run (buffer states included) of every REP forward from now on."""
+    runs, original = [], RepLayer.start_run
+
+    def start_run(self, adapter, ctx):
+        runs.append(original(self, adapter, ctx))
+        return runs[-1]
+
+    monkeypatch.setattr(RepLayer, "start_run", start_run)
+    return runs
+
+
+PATTERNS = torch.arange(3)  # one sample per missing pattern: complete, missing text, missing image
+
+
 def test_eq7_private_update_is_the_residual_bypass():
+    """Eq. 7 on the released chain (Z = the previous buffer); catches a missing LayerNorm, a swapped gate."""
     buffers = _buffers()
-    states = buffers.states()
+    states = buffers.chain(PATTERNS)
     for k, m in enumerate(buffers.modalities):
         rows = torch.where(buffers.presence[:, k], 0, 1)
         f0 = buffers.private[m][rows]
@@ -45,39 +61,41 @@ def test_eq7_private_update_is_the_residual_bypass():
 
 def test_eq8_shared_update_mixes_the_concatenated_private_buffers():
     buffers = _buffers()
-    states = buffers.states()
+    states = buffers.chain(PATTERNS)
     concat = torch.cat([states.private["text"][2], states.private["image"][2]], dim=-1)
     eps = buffers.eps_s
     expected = eps * F.gelu(concat @ buffers.H[0].weight.T + buffers.H[0].bias) + (1 - eps) * states.shared[1]
     assert torch.allclose(states.shared[2], expected, atol=1e-6)
     assert states.shared[0].shape == (3, 4, 8) and len(states.shared) == 3
-    assert torch.allclose(states.projected["image"][2], buffers.theta["image"](states.shared[2]))
+    assert torch.allclose(buffers.slots(states, "image", 2)[:, :4], buffers.beta_s * buffers.theta["image"](states.shared[2]))
 
 
 def test_eq9_replay_selects_each_samples_pattern():
+    """Eq. 5 and 9: each sample gets its own pattern's buffers, scaled by beta after layer 0; catches a shared
+    buffer that skips Theta_m, unscaled replay or one pattern's buffers for every sample."""
     buffers = _buffers()
-    states = buffers.states()
     codes = torch.tensor([0, 2, 1, 0])
-    out = buffers.replayed(states, "text", 1, codes)
+    states, by_pattern = buffers.chain(codes), buffers.chain(PATTERNS)
+    out = buffers.slots(states, "text", 1)
     assert out.shape == (4, 8, 8)
     for b, c in enumerate(codes):
-        assert torch.allclose(out[b, :4], buffers.beta_s * states.projected["text"][1][c])
-        assert torch.allclose(out[b, 4:], buffers.beta_p * states.private["text"][1][c])
-    first = buffers.initial_slots(states, "image", codes)  # eq. 5: [Theta_m(F_s) | F_p^m]
-    assert torch.equal(first[:, :4], states.projected["image"][0][codes])
-    assert torch.equal(first[:, 4:], states.private["image"][0][codes])
+        assert torch.allclose(out[b, :4], buffers.beta_s * buffers.theta["text"](by_pattern.shared[1][c]))
+        assert torch.allclose(out[b, 4:], buffers.beta_p * by_pattern.private["text"][1][c])
+    first = buffers.slots(states, "image", 0)  # eq. 5: [Theta_m(F_s) | F_p^m]
+    assert torch.equal(first[:, :4], buffers.theta["image"](buffers.shared[codes]))
+    assert torch.equal(first[:, 4:], buffers.private["image"][torch.where(codes == 2, 1, 0)])
 
 
 def test_private_rows_follow_presence_for_three_modalities():
     widths = {"text": 8, "image": 8, "audio": 6}
     buffers = _buffers(widths)
-    states = buffers.states()
+    states = buffers.chain(torch.arange(7))
     assert len(buffers.presence) == 7 and states.shared[0].shape == (7, 4, 8)
     for k, m in enumerate(widths):
         for p in range(7):
             row = 0 if buffers.presence[p, k] else 1
             assert torch.equal(states.private[m][0][p], buffers.private[m][row])
-    assert states.projected["audio"][2].shape == (7, 4, 6)
+    assert buffers.slots(states, "audio", 2).shape == (7, 8, 6)
     assert buffers.orthogonality_loss(states) > 0
 
 
@@ -133,11 +151,12 @@ def test_clip_init_sources_are_eot_and_class_embeddings():
 
 def test_eq6_orthogonality_on_small_tensors():
     buffers = _buffers()
-    states = buffers.states()
+    states = buffers.chain(PATTERNS)
     expected = 0.0
     for j in range(3):
         for m in WIDTHS:
-            shared, private = F.normalize(states.projected[m][j], dim=-1), F.normalize(states.private[m][j], dim=-1)
+            projected = buffers.theta[m](states.shared[j])
+            shared, private = F.normalize(projected, dim=-1), F.normalize(states.private[m][j], dim=-1)
             expected += (shared @ private.transpose(1, 2)).pow(2).mean()
         t = states.private["text"][j] @ buffers.theta["text"].weight
         i = states.private["image"][j] @ buffers.theta["image"].weight
@@ -146,13 +165,19 @@ def test_eq6_orthogonality_on_small_tensors():
     assert squared_cosine(torch.eye(3)[None], torch.eye(3)[None]) == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize("source", ["features", "parameters"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_orthogonality_term_is_in_the_loss_and_gradients_reach_every_tensor(shapes_missing, backbone):
-    model = make_model(backbone, "rep", **TINY, ortho_weight=0.5)
+def test_orthogonality_term_is_in_the_loss_and_gradients_reach_every_tensor(shapes_missing, backbone, source,
+                                                                               monkeypatch):
+    """Eq. 6 over every state of the forward enters the loss once; catches a term counted twice, a state left out
+    (feature states are computed layer by layer) and a buffer tensor that gets no gradient."""
+    runs = _capture_runs(monkeypatch)
+    model = make_model(backbone, "rep", **TINY, ortho_weight=0.5, buffer_source=source)
     batch = make_batch(shapes_missing["train"], backbone, n=12)
     out = model(**batch)
-    buffers = _pooled(model)
-    assert torch.allclose(out.aux_loss, 0.5 * buffers.orthogonality_loss(buffers.states()))
+    buffers, (run,) = _pooled(model), runs
+    assert len(run.states.shared) == len(run.states.private["text"]) == 2
+    assert torch.allclose(out.aux_loss, 0.5 * buffers.orthogonality_loss(run.states))
     assert torch.allclose(out.loss, F.cross_entropy(out.logits, batch["labels"]) + out.aux_loss)
     out.loss.backward()
     for name in ("private.text", "private.image", "shared", "alpha.text", "alpha.image", "beta_p", "beta_s",
@@ -173,11 +198,11 @@ def test_ablation_switches_change_the_parameter_set(options, present, absent):
 
 
 def test_without_private_buffer_the_shared_chain_updates_itself():
-    buffers = _buffers(use_private_buffer=False)
-    states = buffers.states()
+    buffers = _buffers(use_private_buffer=False, buffer_source="parameters")
+    states = buffers.chain(PATTERNS)
     expected = buffers.eps_s * buffers.H(states.shared[0]) + (1 - buffers.eps_s) * states.shared[0]
     assert torch.allclose(states.shared[1], expected) and states.private == {}
-    assert buffers.initial_slots(states, "text", torch.tensor([0])).shape == (1, 4, 8)
+    assert buffers.slots(states, "text", 0).shape == (3, 4, 8)
 
 
 def test_insert_blocks_places_slots_before_each_span_and_restores():
@@ -194,7 +219,8 @@ def test_insert_blocks_places_slots_before_each_span_and_restores():
     assert insert_blocks(hidden[:1], square, [(3, b[:1])])[1].shape == (1, 1, 6, 6)
 
 
-def test_slots_replayed_before_layer_one_are_carried_plus_buffers(shapes_missing):
+def test_slots_replayed_before_layer_one_are_carried_plus_buffers(shapes_missing, monkeypatch):
+    runs = _capture_runs(monkeypatch)
     model = make_model("vilt", "rep", **TINY).eval()
     batch = make_batch(shapes_missing["train"], "vilt", n=6)
     seen = []
@@ -202,13 +228,11 @@ def test_slots_replayed_before_layer_one_are_carried_plus_buffers(shapes_missing
         layer.base_layer.register_forward_hook(lambda _m, args, out: seen.append((args[0], out[0])))
     torch.manual_seed(1)
     model(**batch)
-    buffers = _pooled(model)
-    states = buffers.states()
+    buffers, states = _pooled(model), runs[0].states
     text_len = batch["input_ids"].shape[1]
     (_, out0), (in1, _) = seen
-    codes = batch["missing_type"]
     for modality, start in (("text", 0), ("image", text_len + 8)):
-        expected = out0[:, start:start + 8] + buffers.replayed(states, modality, 1, codes)
+        expected = out0[:, start:start + 8] + buffers.slots(states, modality, 1)
         assert torch.allclose(in1[:, start:start + 8], expected, atol=1e-6)
     assert in1.shape[1] == out0.shape[1] == text_len + 16 + (batch["pixel_values"].shape[-1] // 6) ** 2 + 1
 
@@ -316,26 +340,29 @@ def _layer_io(model, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return seen
 
 
+@pytest.mark.parametrize("source", ["features", "parameters"])
 @pytest.mark.parametrize("replay", [True, False])
-def test_replay_reaches_every_layer_below_d_and_no_further(shapes_missing, replay):
+def test_replay_reaches_every_layer_below_d_and_no_further(shapes_missing, replay, source, monkeypatch):
     """Eq. 9 at every layer: before layer j (1 <= j < d) the slots are the previous layer's slot outputs plus the
     replayed buffers; from d on (and everywhere with replay=False) they only flow forward. Catches replay at
     layer 1 only, replay beyond d, and replay=False dropping the layer-0 buffers (eq. 5)."""
-    model = _deep_vilt_rep(prompt_depth=3, replay=replay)
+    runs = _capture_runs(monkeypatch)
+    model = _deep_vilt_rep(prompt_depth=3, replay=replay, buffer_source=source)
     batch = make_batch(shapes_missing["train"], "vilt", n=6)
     seen = _layer_io(model, batch)
-    buffers, codes = _pooled(model), batch["missing_type"]
-    states, text_len, width = buffers.states(), batch["input_ids"].shape[1], 8
+    buffers, states = _pooled(model), runs[0].states
+    text_len, width = batch["input_ids"].shape[1], 8
     spans = {"text": slice(0, width), "image": slice(text_len + width, text_len + 2 * width)}
     for modality, span in spans.items():
-        torch.testing.assert_close(seen[0][0][:, span], buffers.initial_slots(states, modality, codes))
+        torch.testing.assert_close(seen[0][0][:, span], buffers.slots(states, modality, 0))
         for j in range(1, 4):
-            replayed = buffers.replayed(states, modality, j, codes) if replay and j < 3 else 0
+            replayed = buffers.slots(states, modality, j) if replay and j < 3 else 0
             torch.testing.assert_close(seen[j][0][:, span], seen[j - 1][1][:, span] + replayed)
 
 
 @pytest.mark.parametrize("switch", [{"dynamic_init": False}, {"dual_buffers": False}, {"use_private_buffer": False},
-                                    {"replay": False}, {"noise_type": "uniform"}, {"noise_type": "laplace"}],
+                                    {"replay": False}, {"noise_type": "uniform"}, {"noise_type": "laplace"},
+                                    {"buffer_source": "parameters"}, {"init_source": "sample"}],
                          ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_each_ablation_row_runs_end_to_end_and_differs_from_full_rep(shapes_missing, switch):
     """Tables 3-4: every ablation row trains a step and predicts differently from full REP built from the same
@@ -350,3 +377,85 @@ def test_each_ablation_row_runs_end_to_end_and_differs_from_full_rep(shapes_miss
         return model.eval()(**batch).logits.detach()
 
     assert not torch.allclose(logits(**switch), logits())
+
+
+def test_feature_buffers_cache_the_slot_outputs_of_the_previous_layer(shapes_missing, monkeypatch):
+    """Eq. 7-8 with Z_p^m[j] = the outputs of m's private slots after layer j-1, i.e. the sample's own features
+    at that depth. Catches the released chain (Z = the previous buffer), features read off the shared slots or
+    another modality's slots, and a shared update that mixes anything but the new private buffers."""
+    runs = _capture_runs(monkeypatch)
+    model = _deep_vilt_rep(prompt_depth=3)
+    batch = make_batch(shapes_missing["train"], "vilt", n=6)
+    seen = _layer_io(model, batch)
+    buffers, states = _pooled(model), runs[0].states
+    text_len, width = batch["input_ids"].shape[1], 8
+    private = {"text": slice(4, width), "image": slice(text_len + width + 4, text_len + 2 * width)}
+    for j in (1, 2):
+        for m, span in private.items():
+            z, prev, alpha = seen[j - 1][1][:, span], states.private[m][j - 1], buffers.alpha[m]
+            expected = alpha * buffers.G[m](buffers.norm[m](z)) + (1 - alpha) * prev
+            torch.testing.assert_close(states.private[m][j], expected)
+        concat = torch.cat([states.private["text"][j], states.private["image"][j]], dim=-1)
+        expected = buffers.eps_s * buffers.H(concat) + (1 - buffers.eps_s) * states.shared[j - 1]
+        torch.testing.assert_close(states.shared[j], expected)
+
+
+@pytest.mark.parametrize("source", ["features", "parameters"])
+def test_a_samples_buffers_change_when_and_only_when_its_own_inputs_change(shapes, source, monkeypatch):
+    """Feature buffers hold each sample's own features: changing sample 0's text changes its buffers from state 1
+    on and leaves every other sample's untouched; the released chain gives every sample of a pattern the same
+    buffers whatever its input. Catches buffers that ignore the input, and features that leak across the batch."""
+    runs = _capture_runs(monkeypatch)
+    model = _deep_vilt_rep(prompt_depth=3, buffer_source=source)
+    complete = hf_missing.simulate_missing(shapes["train"].select(range(6)), rate=0.0, split="train")
+    batch = make_batch(complete, "vilt", n=6)  # complete: sample 0's text is really read
+    changed = {**batch, "input_ids": batch["input_ids"].clone()}
+    changed["input_ids"][0, 1] = (changed["input_ids"][0, 1] + 1) % model.backbone.config.vocab_size
+    with torch.no_grad():
+        model(**batch), model(**changed)
+    before, after = runs[0].states, runs[1].states
+    for j in range(3):
+        for m in ("text", "image"):
+            a, b = before.private[m][j], after.private[m][j]
+            torch.testing.assert_close(a[1:], b[1:], rtol=0, atol=1e-6)
+            moved = (a[0] - b[0]).abs().max().item()
+            assert (moved > 1e-4) == (source == "features" and j > 0), (m, j, moved)
+        if source == "parameters":
+            torch.testing.assert_close(before.private["text"][j][0], before.private["text"][j][1])
+
+
+def test_sample_aware_initialisation_starts_from_the_samples_embedded_tokens(shapes_missing, monkeypatch):
+    """Eq. 10 with E_m from the sample (section 3.5): F_p^m[0] = its pattern's learned row + the mean of the
+    sample's visible tokens of m entering layer 0. Catches padding counted in the mean, the pretrained token used
+    instead, and another sample's (or modality's) tokens."""
+    runs = _capture_runs(monkeypatch)
+    model = _deep_vilt_rep(prompt_depth=2, init_source="sample")
+    batch = make_batch(shapes_missing["train"], "vilt", n=6)
+    entering = []
+    model.backbone.encoder.layer[0].register_forward_pre_hook(lambda _m, args: entering.append(args[0]))
+    with torch.no_grad():
+        model(**batch)
+    buffers, states, codes = _pooled(model), runs[0].states, batch["missing_type"]
+    text_len, hidden = batch["input_ids"].shape[1], entering[0]
+    weights = batch["attention_mask"][..., None].float()
+    means = {"text": (hidden[:, :text_len] * weights).sum(1) / weights.sum(1), "image": hidden[:, text_len:].mean(1)}
+    for k, m in enumerate(("text", "image")):
+        rows = torch.where(buffers.presence[codes, k], 0, 1)
+        torch.testing.assert_close(states.private[m][0], buffers.private[m][rows] + means[m][:, None])
+    assert buffers.private["text"].norm(dim=-1).mean() < 0.5  # the learned part starts at eps_n * zeta only
+
+
+def test_feature_buffers_need_every_stream_at_the_same_depth(shapes_missing, monkeypatch):
+    """CLIP runs its towers one after the other unless asked otherwise; feature buffers make the model ask for
+    lockstep (the released chain does not need it), and without it the error names the fix instead of replaying
+    stale or missing features."""
+    from hf_missing.methods.base import needs_lockstep
+
+    model = make_model("clip", "rep", **TINY).eval()
+    batch = make_batch(shapes_missing["train"], "clip", n=4)
+    assert needs_lockstep(model.interface)
+    assert not needs_lockstep(make_model("clip", "rep", **TINY, buffer_source="parameters").interface)
+    model(**batch)  # the towers run in step
+    monkeypatch.setattr(hf_missing.modeling, "needs_lockstep", lambda interface: False)
+    with pytest.raises(RuntimeError, match=r"layer 0 before layer 1 of the text stream.*buffer_source='parameters'"):
+        model(**batch)

@@ -86,6 +86,12 @@ class MissingMethodConfig(PeftConfig):
                 raise ValueError(f"{self.method_name} option {f.name}={value!r} exceeds {MAX_OPTION_VALUE}; the "
                                  "config is corrupt or hostile. Pass a value of the papers' scale.")
 
+    @property
+    def needs_lockstep(self) -> bool:
+        """Whether the method reads every modality at one depth, so every stream must run layer by layer in step
+        (``ForwardContext.lockstep``); False unless a method says otherwise."""
+        return False
+
     @classmethod
     def options_help(cls) -> dict[str, str]:
         """Each method-specific option with its help text."""
@@ -121,6 +127,7 @@ class MethodRun:
         shared: the adapter's tensors in the model's :class:`MethodPool` (None for methods that keep their tensors in
             their layers).
         carried: per stream, the output of each block the last layer inserted, by block name.
+        carried_depth: per stream, the index of the layer whose block outputs ``carried`` holds.
         final: per stream, the output of its last layer with the inserted tokens stripped.
     """
 
@@ -129,6 +136,7 @@ class MethodRun:
     shared: PooledTensors | None
     ctx: ForwardContext
     carried: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    carried_depth: dict[str, int] = field(default_factory=dict)
     final: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -262,6 +270,7 @@ class MissingMethodLayer(nn.Module, BaseTunerLayer):
         if placed:
             outputs, hidden = remove_blocks(hidden, where)
             run.carried[self.stream.name] = {b.name: o for (_, b), o in zip(placed, outputs, strict=True)}
+            run.carried_depth[self.stream.name] = self.index
         if self.index == self.stream.num_layers - 1:
             run.final[self.stream.name] = hidden
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
@@ -349,6 +358,17 @@ def hide_keys(mask: torch.Tensor | None, hide: torch.Tensor, dtype: torch.dtype)
     if mask.dtype == torch.bool:
         return mask & ~hide[:, None, None, :]
     return mask.masked_fill(hide[:, None, None, :], torch.finfo(mask.dtype).min)
+
+
+def needs_lockstep(interface: BackboneInterface) -> bool:
+    """Whether an adapter in use on any encoder layer asks for every stream to run in step
+    (:attr:`MissingMethodConfig.needs_lockstep`)."""
+    for stream in interface.streams:
+        for layer in interface.layers(stream.name):
+            adapter = layer.adapter_in_use() if isinstance(layer, MissingMethodLayer) else None
+            if adapter is not None and layer.method_config[adapter].needs_lockstep:
+                return True
+    return False
 
 
 def every_layer(interface: BackboneInterface) -> list[tuple[Stream, int]]:

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ...backbones import BackboneInterface, PretrainedTokens, capability
 from ...context import ForwardContext
 from ...missingness import ModalityPattern
-from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors
+from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, visible_keys
 from .config import RepConfig
 
 GATE_INIT = 0.5  # alpha_m and eps_s; the released code's single alpha starts at 0.5
@@ -52,12 +52,11 @@ def squared_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class BufferStates:
-    """The buffers of every missing pattern at each state ``j``: ``private[m][j]`` ``[P, l, D_m]``,
-    ``shared[j]`` ``[P, l, D_s]`` and ``projected[m][j] = Theta_m(shared[j])`` ``[P, l, D_m]``."""
+    """Each sample's buffers at every state computed so far: ``private[m][j]`` ``[B, l, D_m]`` and ``shared[j]``
+    ``[B, l, D_s]`` (state ``j`` enters before encoder layer ``j``)."""
 
     private: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     shared: list[torch.Tensor] = field(default_factory=list)
-    projected: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 class RepBuffers(PooledTensors):
@@ -66,7 +65,8 @@ class RepBuffers(PooledTensors):
     Args:
         widths: hidden size of the stream that holds each modality, in modality order.
         config: the adapter's :class:`RepConfig`.
-        init: per modality, the pretrained embedding ``E_m`` of eq. 10 (needed when ``dynamic_init``).
+        init: per modality, the pretrained embedding ``E_m`` of eq. 10 (``dynamic_init`` with
+            ``init_source="pretrained"``; with ``"sample"`` the sample's own embedding is added per forward).
     """
 
     def __init__(self, widths: dict[str, int], config: RepConfig, init: dict[str, torch.Tensor] | None) -> None:
@@ -75,88 +75,129 @@ class RepBuffers(PooledTensors):
         patterns = ModalityPattern(self.modalities)
         self.presence = patterns.present_matrix()
         self.has_private, self.has_shared, self.replay = config.use_private_buffer, config.dual_buffers, config.replay
+        self.from_features = config.buffer_source == "features"
         self.num_states = config.prompt_depth if config.replay else 1
-        length, shared_dim = config.prompt_length, config.shared_dim
+        self.length, shared_dim = config.prompt_length, config.shared_dim
         if self.has_private:
             self.private = nn.ParameterDict(
-                {m: nn.Parameter(_private_init(d, length, config, None if init is None else init[m]))
+                {m: nn.Parameter(_private_init(d, self.length, config, None if init is None else init[m]))
                  for m, d in widths.items()})
         if self.has_shared:
-            self.shared = nn.Parameter(_shared_init(len(self.presence), length, shared_dim, config))
+            self.shared = nn.Parameter(_shared_init(len(self.presence), self.length, shared_dim, config))
             self.theta = nn.ModuleDict({m: nn.Linear(shared_dim, d) for m, d in widths.items()})
         if self.replay:
             self._build_replay(widths, config)
 
     def _build_replay(self, widths: dict[str, int], config: RepConfig) -> None:
-        if self.has_private:
+        if self.has_private or self.from_features:
             self.norm = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in widths.items()})
+        if self.has_private:
             self.G = nn.ModuleDict({m: _mlp(d, max(1, d // config.mlp_reduction)) for m, d in widths.items()})
             self.alpha = nn.ParameterDict({m: nn.Parameter(torch.tensor(GATE_INIT)) for m in widths})
             self.beta_p = nn.Parameter(torch.tensor(REPLAY_INIT))
         if self.has_shared:
-            source = sum(widths.values()) if self.has_private else config.shared_dim
+            source = sum(widths.values()) if self.has_private or self.from_features else config.shared_dim
             self.H = nn.Sequential(nn.Linear(source, config.shared_dim), nn.GELU())
             self.eps_s = nn.Parameter(torch.tensor(GATE_INIT))
             self.beta_s = nn.Parameter(torch.tensor(REPLAY_INIT))
 
-    # ---- eq. 7-8: the residual-bypass chain, once per missing pattern -----------------------------
-    def states(self) -> BufferStates:
-        """``F[0] .. F[n-1]`` for every missing pattern (n = d with replay, else 1)."""
-        out = BufferStates()
+    # ---- eq. 10-11: state 0 ---------------------------------------------------------------------------
+    def initial_private(self, modality: str, codes: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """``F_p^m[0]`` per sample ``[B, l, D_m]``: its pattern's row (m present or missing), plus the sample's own
+        embedding ``embedded [B, D_m]`` of m when E_m comes from the sample (eq. 10, section 3.5)."""
+        rows = torch.where(self.presence[:, self.modalities.index(modality)], PRESENT, MISSING).to(codes.device)
+        start = self.private[modality][rows[codes]]
+        return start if embedded is None else start + embedded[:, None, :].to(start.dtype)
+
+    def initial_shared(self, codes: torch.Tensor) -> torch.Tensor:
+        """``F_s[0]`` per sample ``[B, l, D_s]``: its pattern's shared buffer (eq. 11)."""
+        return self.shared[codes]
+
+    def initial_states(self, codes: torch.Tensor, embedded: dict[str, torch.Tensor] | None = None) -> BufferStates:
+        """State 0 of every buffer for each sample's pattern."""
+        out = BufferStates(shared=[self.initial_shared(codes)] if self.has_shared else [])
         if self.has_private:
-            out.private = {m: [self.private[m][self._private_rows(k)]] for k, m in enumerate(self.modalities)}
-        if self.has_shared:
-            out.shared = [self.shared]
-        for _ in range(1, self.num_states):
-            self._update(out)
-        if self.has_shared:
-            out.projected = {m: [self.theta[m](s) for s in out.shared] for m in self.modalities}
+            out.private = {m: [self.initial_private(m, codes, None if embedded is None else embedded[m])]
+                           for m in self.modalities}
         return out
 
-    def _private_rows(self, k: int) -> torch.Tensor:
-        return torch.where(self.presence[:, k], PRESENT, MISSING).to(self._device())
+    def complete(self, states: BufferStates, j: int) -> bool:
+        """Whether ``states`` hold state ``j`` of every buffer (each modality's private one and the shared one)."""
+        private = not self.has_private or all(len(states.private.get(m, ())) > j for m in self.modalities)
+        return private and (not self.has_shared or len(states.shared) > j)
 
-    def _update(self, out: BufferStates) -> None:
-        for m in out.private:
-            prev = out.private[m][-1]
+    # ---- eq. 7-8: the residual-bypass update ------------------------------------------------------------
+    def update(self, states: BufferStates, features: dict[str, torch.Tensor] | None = None) -> None:
+        """Append state ``j`` to ``states`` (which hold ``0 .. j-1``).
+
+        ``features[m]`` ``[B, l, D_m]`` is ``Z_p^m`` read off the stream (the outputs of m's private slots, or of
+        its shared slots without private buffers); None: the released code's chain, where ``Z_p^m`` is the
+        previous private buffer itself."""
+        for m in states.private:
+            prev = states.private[m][-1]
+            z = prev if features is None else features[m]
             alpha = self.alpha[m]
-            out.private[m].append(alpha * self.G[m](self.norm[m](prev)) + (1 - alpha) * prev)  # eq. 7
+            states.private[m].append(alpha * self.G[m](self.norm[m](z)) + (1 - alpha) * prev)  # eq. 7
         if self.has_shared:
-            source = torch.cat([out.private[m][-1] for m in self.modalities], dim=-1) if out.private \
-                else out.shared[-1]
-            out.shared.append(self.eps_s * self.H(source) + (1 - self.eps_s) * out.shared[-1])  # eq. 8
+            prev = states.shared[-1]
+            eps = self.eps_s
+            states.shared.append(eps * self.H(self._shared_source(states, features)) + (1 - eps) * prev)  # eq. 8
+
+    def _shared_source(self, states: BufferStates, features: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """C(...) of eq. 8: the concatenated private buffers; without them, the normalised shared-slot features
+        (feature buffers) or the previous shared buffer (the released chain)."""
+        if states.private:
+            return torch.cat([states.private[m][-1] for m in self.modalities], dim=-1)
+        if features is not None:
+            return torch.cat([self.norm[m](features[m]) for m in self.modalities], dim=-1)
+        return states.shared[-1]
+
+    def chain(self, codes: torch.Tensor) -> BufferStates:
+        """The released code's input-independent states ``F[0] .. F[n-1]`` for each sample's pattern."""
+        states = self.initial_states(codes)
+        for _ in range(1, self.num_states):
+            self.update(states)
+        return states
 
     # ---- eq. 5 and 9: what enters the stream --------------------------------------------------------
-    def initial_slots(self, states: BufferStates, modality: str, codes: torch.Tensor) -> torch.Tensor:
-        """Eq. 5: ``[Theta_m(F_s[0]) | F_p^m[0]]`` for each sample's pattern, ``[B, n_slots, D_m]``."""
-        parts = [states.projected[modality][0][codes]] if self.has_shared else []
+    def slots(self, states: BufferStates, modality: str, j: int) -> torch.Tensor:
+        """``[B, n_slots, D_m]`` for modality m before layer j: eq. 5's ``[Theta_m(F_s[0]) | F_p^m[0]]`` at j = 0,
+        eq. 9's ``[beta_s Theta_m(F_s[j]) | beta_p F_p^m[j]]`` added to the carried slots after."""
+        parts = []
+        if self.has_shared:
+            projected = self.theta[modality](states.shared[j])
+            parts.append(projected if j == 0 else self.beta_s * projected)
         if self.has_private:
-            parts.append(states.private[modality][0][codes])
+            private = states.private[modality][j]
+            parts.append(private if j == 0 else self.beta_p * private)
         return torch.cat(parts, dim=1)
 
-    def replayed(self, states: BufferStates, modality: str, j: int, codes: torch.Tensor) -> torch.Tensor:
-        """Eq. 9's injection before layer ``j``: ``[beta_s Theta_m(F_s[j]) | beta_p F_p^m[j]]``."""
-        parts = [self.beta_s * states.projected[modality][j][codes]] if self.has_shared else []
-        if self.has_private:
-            parts.append(self.beta_p * states.private[modality][j][codes])
-        return torch.cat(parts, dim=1)
+    def feature_slice(self) -> slice:
+        """Where ``Z_p^m`` sits in the slots next to modality m: the private part, or the shared part without it."""
+        return slice(self.length if self.has_shared else 0, None) if self.has_private else slice(0, self.length)
 
     # ---- eq. 6 ----------------------------------------------------------------------------------------
-    def orthogonality_loss(self, states: BufferStates) -> torch.Tensor:
-        """Eq. 6 with squared cosines (a raw inner product can be driven to minus infinity): shared vs.
-        private in each modality's space, and private vs. private compared in the shared space through
+    def orthogonality_term(self, states: BufferStates, j: int) -> torch.Tensor:
+        """State j's term of eq. 6 with squared cosines (a raw inner product can be driven to minus infinity):
+        shared vs. private in each modality's space, and private vs. private compared in the shared space through
         ``Theta_m^T`` (widths differ on two-stream backbones; without a shared buffer, only equal widths)."""
-        n = max(len(states.shared), len(next(iter(states.private.values()), [])))
         loss = torch.zeros((), device=self._device())
-        for j in range(n):
-            for i, m in enumerate(self.modalities):
-                if self.has_shared and self.has_private:
-                    loss = loss + squared_cosine(states.projected[m][j], states.private[m][j])
-                for other in self.modalities[i + 1:] if self.has_private else ():
-                    a, b = self._in_shared(m, states.private[m][j]), self._in_shared(other, states.private[other][j])
-                    if a.shape[-1] == b.shape[-1]:
-                        loss = loss + squared_cosine(a, b)
+        if not states.private:
+            return loss
+        for i, m in enumerate(self.modalities):
+            private = states.private[m][j]
+            if self.has_shared:
+                loss = loss + squared_cosine(self.theta[m](states.shared[j]), private)
+            for other in self.modalities[i + 1:]:
+                a, b = self._in_shared(m, private), self._in_shared(other, states.private[other][j])
+                if a.shape[-1] == b.shape[-1]:
+                    loss = loss + squared_cosine(a, b)
         return loss
+
+    def orthogonality_loss(self, states: BufferStates) -> torch.Tensor:
+        """Eq. 6 summed over every state."""
+        n = max(len(states.shared), len(next(iter(states.private.values()), [])))
+        return sum((self.orthogonality_term(states, j) for j in range(n)), torch.zeros((), device=self._device()))
 
     def _in_shared(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         return x @ self.theta[modality].weight if self.has_shared else x
@@ -183,11 +224,13 @@ def _mlp(width: int, hidden: int) -> nn.Sequential:
 
 def _private_init(width: int, length: int, config: RepConfig, embedding: torch.Tensor | None) -> torch.Tensor:
     """Eq. 10: ``E_m + eps_n * zeta`` for the present and the missing row (``zeta`` of expected norm 1:
-    :func:`init_noise`)."""
+    :func:`init_noise`); with E_m taken from each sample per forward (``init_source="sample"``), the learned part
+    starts at ``eps_n * zeta``."""
     if not config.dynamic_init:
         return torch.randn(2, length, width) * RANDOM_INIT_STD
-    noise = init_noise((2, length, width), config.noise_type, embedding.device)
-    return embedding.detach().float().expand(2, length, width) + config.noise_scale * noise
+    device = None if embedding is None else embedding.device
+    noise = config.noise_scale * init_noise((2, length, width), config.noise_type, device)
+    return noise if embedding is None else embedding.detach().float().expand(2, length, width) + noise
 
 
 def _shared_init(patterns: int, length: int, width: int, config: RepConfig) -> torch.Tensor:
@@ -199,37 +242,94 @@ def _shared_init(patterns: int, length: int, width: int, config: RepConfig) -> t
 
 @dataclass(kw_only=True)
 class RepRun(MethodRun):
-    """One forward of a REP adapter: its buffer states ``F[0] .. F[n-1]`` (eq. 7-8, computed once per forward)."""
+    """One forward of a REP adapter: the buffer states computed so far (eq. 7-8) and how many of them the
+    orthogonality loss (eq. 6) has counted."""
 
     states: BufferStates
+    counted: int = 0
 
 
 class RepLayer(MissingMethodLayer):
-    """Wraps every encoder layer of every stream. The first layer that runs computes the buffer chain of the
-    adapter's :class:`RepBuffers` (in the model's pool) and adds the orthogonality loss; every layer inserts its
-    stream's slots before each modality's tokens (layer 0: eq. 5; layers 1..d-1: replay, eq. 9; later layers: the
-    slots flow forward)."""
+    """Wraps every encoder layer of every stream and inserts each modality's slots before its tokens: layer 0
+    eq. 5, layers 1..d-1 eq. 9 (the carried slots plus the replayed buffers), later layers carry them forward.
+
+    With feature buffers, state ``j`` (replayed before layer j) is computed by the first layer j that runs, from
+    the slot outputs of layer j-1 in every stream (:attr:`RepConfig.needs_lockstep` makes two-stream backbones run
+    in step so that all of them exist); with the released chain, every state is computed at the start."""
 
     def start_run(self, adapter: str, ctx: ForwardContext) -> RepRun:
         buffers, config = self.shared(adapter), self.method_config[adapter]
-        states = buffers.states()
-        if config.ortho_weight > 0:
-            ctx.aux_losses[f"rep_orthogonality/{adapter}"] = config.ortho_weight * buffers.orthogonality_loss(states)
-        return RepRun(adapter, config, buffers, ctx, states=states)
+        if config.buffer_source == "parameters" and config.init_source == "pretrained":
+            states = buffers.chain(ctx.missing_type)
+        else:
+            states = BufferStates(shared=[buffers.initial_shared(ctx.missing_type)] if buffers.has_shared else [])
+        run = RepRun(adapter, config, buffers, ctx, states=states)
+        self._count_orthogonality(run)
+        return run
 
     def blocks(self, run: RepRun, hidden: torch.Tensor, mask: torch.Tensor | None,
                carried: dict[str, torch.Tensor]) -> list[Block]:
+        if self.index == 0:
+            self._start_private(run, hidden, mask)
+        elif self.index < run.shared.num_states and not run.shared.complete(run.states, self.index):
+            self._advance(run, carried)
         spans = run.ctx.spans[self.stream.name]
         order = sorted(self.stream.modalities, key=lambda m: spans[m].start or 0)
         return [Block(m, self._slots(run, m, carried.get(m)), before=m) for m in order]
 
     def _slots(self, run: RepRun, modality: str, carried: torch.Tensor | None) -> torch.Tensor:
-        buffers, codes = run.shared, run.ctx.missing_type
         if self.index == 0:
-            return buffers.initial_slots(run.states, modality, codes)
-        if self.index < buffers.num_states:
-            return carried + buffers.replayed(run.states, modality, self.index, codes)
+            return run.shared.slots(run.states, modality, 0)
+        if self.index < run.shared.num_states:
+            return carried + run.shared.slots(run.states, modality, self.index)
         return carried
+
+    def _start_private(self, run: RepRun, hidden: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """State 0 of this stream's private buffers (eq. 10), from the sample's embedded tokens when asked."""
+        buffers, codes = run.shared, run.ctx.missing_type
+        if not buffers.has_private or all(m in run.states.private for m in self.stream.modalities):
+            return
+        sample = run.config.init_source == "sample"
+        for m in self.stream.modalities:
+            embedded = self._mean_tokens(run, m, hidden, mask) if sample else None
+            run.states.private[m] = [buffers.initial_private(m, codes, embedded)]
+        self._count_orthogonality(run)
+
+    def _mean_tokens(self, run: RepRun, modality: str, hidden: torch.Tensor,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+        """``[B, D]`` the mean of the modality's tokens a query may attend to (padding excluded)."""
+        span = run.ctx.spans[self.stream.name][modality]
+        weights = visible_keys(mask, hidden.shape[0], hidden.shape[1], hidden.device)[:, span, None].to(hidden.dtype)
+        return (hidden[:, span] * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    def _advance(self, run: RepRun, carried: dict[str, torch.Tensor]) -> None:
+        """Compute state j (eq. 7-8) from the slot outputs of layer j-1 (feature buffers) or the chain."""
+        buffers = run.shared
+        features = self._features(run, carried) if run.config.buffer_source == "features" else None
+        buffers.update(run.states, features)
+        self._count_orthogonality(run)
+
+    def _features(self, run: RepRun, carried: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``Z_p^m`` for every modality: its slots' outputs of layer j-1, from every stream."""
+        part, depth, features = run.shared.feature_slice(), self.index - 1, {}
+        for stream in self.interface.streams:
+            outputs = carried if stream.name == self.stream.name else run.carried.get(stream.name)
+            at = depth if stream.name == self.stream.name else run.carried_depth.get(stream.name)
+            if outputs is None or at != depth:
+                raise RuntimeError(
+                    f"REP feature buffers need every stream's layer {depth} before layer {self.index} of the "
+                    f"{self.stream.name} stream, but the {stream.name} stream is not there; the backbone must run its "
+                    "streams in step (ForwardContext.lockstep), or pass buffer_source='parameters'.")
+            features.update({m: outputs[m][:, part] for m in stream.modalities})
+        return features
+
+    def _count_orthogonality(self, run: RepRun) -> None:
+        """Add eq. 6's term of every newly complete state to the forward's auxiliary losses."""
+        weight, states, key = run.config.ortho_weight, run.states, f"rep_orthogonality/{run.adapter}"
+        while weight > 0 and run.counted < run.shared.num_states and run.shared.complete(states, run.counted):
+            term = weight * run.shared.orthogonality_term(states, run.counted)
+            run.ctx.aux_losses[key] = run.ctx.aux_losses[key] + term if key in run.ctx.aux_losses else term
+            run.counted += 1
 
 
 def init_embeddings(interface: BackboneInterface) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ class RepModel(MissingMethodModel):
         return every_layer(interface)
 
     def shared_tensors(self, interface: BackboneInterface, config: RepConfig) -> RepBuffers:
-        init = init_embeddings(interface) if config.dynamic_init else None
+        init = init_embeddings(interface) if config.dynamic_init and config.init_source == "pretrained" else None
         return RepBuffers(modality_widths(interface), config, init)
 
 
