@@ -14,8 +14,9 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -28,6 +29,9 @@ from .hub import push_adapter
 from .methods import get_method_config, list_methods
 from .modeling import MissingModalityForClassification
 from .presets import load_preset
+
+if TYPE_CHECKING:
+    from .demo import DemoSettings
 from .training import (
     TEST_RATES,
     build_training,
@@ -56,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         _add_demo_arguments(sub.add_parser(name, help=help_text), output)
     return parser
+
+
+ABLATION_OUTPUT = "benchmarks/results/ablation-{method}"
 
 
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
@@ -107,6 +114,10 @@ def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> Non
                                                            "~/.cache/hf_missing).")
     parser.add_argument("--output-dir", default=output_dir)
     parser.add_argument("--no-progress", action="store_true")
+    if output_dir == "benchmarks/results":
+        parser.add_argument("--ablation", default=None, metavar="METHOD",
+                            help="Train the rows of METHOD's ablation tables (rep: the REP paper's Tables 3-4) for "
+                                 f"every seed instead of the grid; writes {ABLATION_OUTPUT} unless --output-dir.")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -120,11 +131,23 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo(settings)
         print(Path(args.output_dir, "report.md").read_text(encoding="utf-8"))
         print(f"Wrote {args.output_dir}/report.md, results.json and robustness.png")
+    elif args.ablation:
+        _ablation(args, settings)
     else:
         run_benchmark(settings)
         print(Path(args.output_dir, "benchmark.md").read_text(encoding="utf-8"))
         print(f"Wrote {args.output_dir}/benchmark.md and benchmark.json")
     return 0
+
+
+def _ablation(args: argparse.Namespace, settings: DemoSettings) -> None:
+    from .ablation import run_ablation
+
+    if args.output_dir == "benchmarks/results":
+        settings = replace(settings, output_dir=ABLATION_OUTPUT.format(method=args.ablation))
+    run_ablation(settings, args.ablation)
+    print(Path(settings.output_dir, "ablation.md").read_text(encoding="utf-8"))
+    print(f"Wrote {settings.output_dir}/ablation.md, ablation.json and runs.json")
 
 
 def _methods() -> int:

@@ -109,7 +109,13 @@ def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, see
     output = trainer.train()
     test = prepare_for_evaluation(model, work.data["test"], collator)
     predictions = predict_patterns(model, test, collator, TASK, progress=settings.progress)
-    return summarise(model, predictions, output.metrics, trainer.state.global_step, preset)
+    return summarise(model, predictions, output.metrics, trainer.state.global_step, preset) | {
+        "gates": model.diagnostics(), "train_loss": output.training_loss, "collapsed": collapsed(predictions)}
+
+
+def collapsed(predictions: PatternPredictions) -> bool:
+    """Whether the model predicts one class for every test sample under every pattern (a collapsed run)."""
+    return all(len(set(logits.argmax(-1).tolist())) == 1 for logits in predictions.logits.values())
 
 
 def summarise(model: MissingModalityForClassification, predictions: PatternPredictions, train_metrics: dict,

@@ -67,7 +67,8 @@ def test_eq8_shared_update_mixes_the_concatenated_private_buffers():
     expected = eps * F.gelu(concat @ buffers.H[0].weight.T + buffers.H[0].bias) + (1 - eps) * states.shared[1]
     assert torch.allclose(states.shared[2], expected, atol=1e-6)
     assert states.shared[0].shape == (3, 4, 8) and len(states.shared) == 3
-    assert torch.allclose(buffers.slots(states, "image", 2)[:, :4], buffers.beta_s * buffers.theta["image"](states.shared[2]))
+    projected = buffers.beta_s * buffers.theta["image"](states.shared[2])
+    assert torch.allclose(buffers.slots(states, "image", 2)[:, :4], projected)
 
 
 def test_eq9_replay_selects_each_samples_pattern():
