@@ -35,6 +35,8 @@ class ForwardContext:
             for method layers.
         feature_hooks: functions ``[B, pooled] -> [B, pooled]`` that method layers register; the wrapper applies
             them, in order, to the backbone's fused representation before the head (CMPT's gated fusion).
+        lockstep: run every stream layer by layer in step: layer k of every stream before layer k+1 of any (methods
+            that read all modalities at one depth ask for it).
     """
 
     missing_type: torch.Tensor
@@ -46,6 +48,7 @@ class ForwardContext:
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     feature_hooks: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
     batch: dict[str, torch.Tensor] = field(default_factory=dict)
+    lockstep: bool = False
 
     def present_of(self, modality: str) -> torch.Tensor:
         """``[B]`` bool presence of one modality."""
