@@ -3,6 +3,7 @@
 from .base import (
     BACKBONES,
     BackboneInterface,
+    LockstepStream,
     Stream,
     backbone_interface_for,
     extend_attention_mask,
@@ -10,6 +11,7 @@ from .base import (
     insert_tokens,
     register_backbone,
     remove_blocks,
+    run_in_lockstep,
 )
 from .capabilities import ClassTokens, PretrainedTokens, capability
 from .clip import ClipBackbone
@@ -25,6 +27,7 @@ __all__ = [
     "FusedConfig",
     "FusedModel",
     "FusedProcessor",
+    "LockstepStream",
     "PretrainedTokens",
     "Stream",
     "ViltBackbone",
@@ -36,4 +39,5 @@ __all__ = [
     "insert_tokens",
     "register_backbone",
     "remove_blocks",
+    "run_in_lockstep",
 ]

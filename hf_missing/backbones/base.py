@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -152,7 +152,11 @@ class BackboneInterface(ABC):
 
     @abstractmethod
     def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
-        """Run the backbone under ``ctx`` and return the fused representation ``[B, pooled_size]``."""
+        """Run the backbone under ``ctx`` and return the fused representation ``[B, pooled_size]``.
+
+        With ``ctx.lockstep`` the streams run layer by layer in step (:func:`run_in_lockstep`): layer k of every
+        stream before layer k+1 of any. A single-stream backbone is in lockstep by construction.
+        """
 
     # ---- policies --------------------------------------------------------------------------------
     @abstractmethod
@@ -184,7 +188,8 @@ class BackboneInterface(ABC):
 
 class JointStreamBackbone(BackboneInterface):
     """A single joint stream whose ``model.embeddings`` returns ``(embeddings, attention mask)`` (ViLT, the fused
-    default): the "zero" / "mask" policies and attention-level prefixes, shared by such backbones.
+    default): the "zero" / "mask" policies and attention-level prefixes, shared by such backbones. With one stream,
+    ``encode`` is in lockstep whatever ``ctx.lockstep`` says.
 
     Subclasses set ``prefixed_attention``: the self-attention ``forward`` that reads ``KV_PREFIX_ATTR``.
     """
@@ -213,6 +218,37 @@ class JointStreamBackbone(BackboneInterface):
         for layer in self.layers(stream.name):
             attention = layer.get_submodule(stream.attention_path)
             attention.forward = types.MethodType(type(self).prefixed_attention, attention)
+
+
+# ---- lockstep encoding --------------------------------------------------------------------------
+@dataclass
+class LockstepStream:
+    """One stream's share of a lockstep pass (:func:`run_in_lockstep`).
+
+    Attributes:
+        layers: the stream's encoder layers; each is looked up in the list when it runs, so a module that has
+            replaced an entry (an adapter's tuner layer) is the one called.
+        hidden: the hidden states ``[B, L, H]`` that enter the first layer.
+        args: positional arguments every layer gets after the hidden states (e.g. the attention mask).
+        kwargs: keyword arguments every layer gets (e.g. ``is_causal``).
+    """
+
+    layers: nn.ModuleList
+    hidden: torch.Tensor
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def run_in_lockstep(streams: Sequence[LockstepStream]) -> list[torch.Tensor]:
+    """Run the ``streams`` layer by layer in step, layer k of every stream (in the given order) before layer k+1 of
+    any; a stream with fewer layers finishes early. Each layer maps hidden states to hidden states (a tensor).
+    Returns each stream's last hidden state, in order."""
+    hidden = [stream.hidden for stream in streams]
+    for depth in range(max((len(stream.layers) for stream in streams), default=0)):
+        for i, stream in enumerate(streams):
+            if depth < len(stream.layers):
+                hidden[i] = stream.layers[depth](hidden[i], *stream.args, **stream.kwargs)
+    return hidden
 
 
 # ---- token insertion helpers shared by every method ----------------------------------------------

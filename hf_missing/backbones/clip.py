@@ -6,18 +6,22 @@ import types
 from typing import Any, ClassVar
 
 import torch
-from transformers import CLIPConfig, CLIPModel
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionModel
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import CLIPAttention, eager_attention_forward
 
 from ..context import ForwardContext
 from .base import (
     BackboneInterface,
+    LockstepStream,
     Stream,
     kv_prefixed,
     policy_context,
     prefixed_projections,
     register_backbone,
+    run_in_lockstep,
 )
 from .capabilities import ClassTokens, PretrainedTokens
 
@@ -34,6 +38,39 @@ def _prefixed_clip_attention(self: CLIPAttention, hidden_states: torch.Tensor, a
     output, weights = attention(self, queries, keys, values, attention_mask, scaling=self.scale,
                                 dropout=0.0 if not self.training else self.dropout, is_causal=False, **kwargs)
     return self.out_proj(output.reshape(*input_shape, -1).contiguous()), weights
+
+
+# ---- lockstep encoding: CLIPTextModel.forward / CLIPVisionModel.forward split around their encoder layers ------
+def text_stream(text_model: CLIPTextModel, layers: nn.ModuleList, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None) -> LockstepStream:
+    """The text tower up to its first layer: embeddings, then the causal (+ padding) mask built by transformers'
+    ``create_causal_mask``; every layer gets the mask and ``is_causal=True``, as in ``CLIPTextModel.forward``."""
+    hidden = text_model.embeddings(input_ids=input_ids, position_ids=None)
+    mask = create_causal_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                              past_key_values=None)
+    return LockstepStream(layers, hidden, (mask,), {"is_causal": True})
+
+
+def text_pooled(text_model: CLIPTextModel, input_ids: torch.Tensor, last_hidden: torch.Tensor) -> torch.Tensor:
+    """``final_layer_norm``, then the hidden state at the EOS token, as in ``CLIPTextModel.forward``: with the legacy
+    ``eos_token_id == 2`` the highest token id, otherwise the first position of ``eos_token_id``."""
+    last_hidden = text_model.final_layer_norm(last_hidden)
+    rows = torch.arange(last_hidden.shape[0], device=last_hidden.device)
+    ids = input_ids.to(dtype=torch.int, device=last_hidden.device)
+    if text_model.eos_token_id == 2:
+        return last_hidden[rows, ids.argmax(dim=-1)]
+    return last_hidden[rows, (ids == text_model.eos_token_id).int().argmax(dim=-1)]
+
+
+def vision_stream(vision_model: CLIPVisionModel, layers: nn.ModuleList, pixel_values: torch.Tensor) -> LockstepStream:
+    """The vision tower up to its first layer: embeddings then ``pre_layrnorm``; the layers get no mask."""
+    hidden = vision_model.pre_layrnorm(vision_model.embeddings(pixel_values, interpolate_pos_encoding=False))
+    return LockstepStream(layers, hidden, (None,))
+
+
+def vision_pooled(vision_model: CLIPVisionModel, last_hidden: torch.Tensor) -> torch.Tensor:
+    """``post_layernorm`` of the class token (position 0), as in ``CLIPVisionModel.forward``."""
+    return vision_model.post_layernorm(last_hidden[:, 0, :])
 
 
 def clip_vit_b16_config() -> CLIPConfig:
@@ -113,14 +150,30 @@ class ClipBackbone(ClassTokens, PretrainedTokens, BackboneInterface):
     def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
         ctx.spans = {"text": {"text": slice(0, inputs["input_ids"].shape[1])},
                      "vision": {"image": slice(0, None)}}
-        text = self.model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
-        vision = self.model.vision_model(pixel_values=inputs["pixel_values"])
-        text_embeds = self.model.text_projection(text.pooler_output)
-        image_embeds = self.model.visual_projection(vision.pooler_output)
+        pooled = self._pooled_in_lockstep if ctx.lockstep else self._pooled
+        text_pooled_output, image_pooled_output = pooled(inputs)
+        text_embeds = self.model.text_projection(text_pooled_output)
+        image_embeds = self.model.visual_projection(image_pooled_output)
         if ctx.policy != "dummy":
             text_embeds = self.zero_rows(text_embeds, ctx.present_of("text"))
             image_embeds = self.zero_rows(image_embeds, ctx.present_of("image"))
         return torch.cat([image_embeds, text_embeds], dim=-1)
+
+    def _pooled(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text and image towers' pooled outputs, one tower after the other."""
+        text = self.model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        vision = self.model.vision_model(pixel_values=inputs["pixel_values"])
+        return text.pooler_output, vision.pooler_output
+
+    def _pooled_in_lockstep(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text and image towers' pooled outputs, their layers run in step (text layer k, then vision layer k)."""
+        text_model, vision_model = self.model.text_model, self.model.vision_model
+        input_ids = inputs["input_ids"].view(-1, inputs["input_ids"].shape[-1])
+        text, vision = run_in_lockstep([
+            text_stream(text_model, self.layers("text"), input_ids, inputs.get("attention_mask")),
+            vision_stream(vision_model, self.layers("vision"), inputs["pixel_values"]),
+        ])
+        return text_pooled(text_model, input_ids, text), vision_pooled(vision_model, vision)
 
     def _install_policy_hooks(self) -> None:
         """"zero": the missing modality's token embeddings are zeroed. "mask" and "zero": its pooled
