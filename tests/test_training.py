@@ -90,7 +90,7 @@ def _features(model, batch, policy="dummy"):
 
     codes = batch["missing_type"]
     ctx = ForwardContext(missing_type=codes, present=model.patterns.present(codes),
-                         modalities=model.patterns.modalities, policy=policy)
+                         modalities=model.patterns.modalities, policy=policy, lockstep=True)
     with torch.no_grad(), forward_context(ctx):
         return model.interface.encode(batch, ctx)
 
