@@ -19,7 +19,8 @@ from hf_missing.data.synthetic import shapes_dataset
 from tests.conftest import make_batch, make_model, perturbed
 
 # the released chain: feature buffers cannot run without lockstep (tests/test_rep.py checks the error)
-REP_OPTIONS = {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4, "buffer_source": "parameters"}
+REP_OPTIONS = {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4,
+               "buffer_source": "parameters"}
 
 
 @pytest.fixture(scope="module", autouse=True)
