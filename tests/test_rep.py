@@ -51,7 +51,7 @@ def test_eq7_private_update_is_the_residual_bypass():
         rows = torch.where(buffers.presence[:, k], 0, 1)
         f0 = buffers.private[m][rows]
         assert torch.equal(states.private[m][0], f0)
-        alpha = buffers.alpha[m]
+        alpha = buffers.alpha(m)
         expected = alpha * buffers.G[m](F.layer_norm(f0, (WIDTHS[m],), buffers.norm[m].weight, buffers.norm[m].bias)) \
             + (1 - alpha) * f0
         assert torch.allclose(states.private[m][1], expected, atol=1e-6)
@@ -181,17 +181,20 @@ def test_orthogonality_term_is_in_the_loss_and_gradients_reach_every_tensor(shap
     assert torch.allclose(out.aux_loss, 0.5 * buffers.orthogonality_loss(run.states))
     assert torch.allclose(out.loss, F.cross_entropy(out.logits, batch["labels"]) + out.aux_loss)
     out.loss.backward()
-    for name in ("private.text", "private.image", "shared", "alpha.text", "alpha.image", "beta_p", "beta_s",
-                 "eps_s", "G.text.0.weight", "H.0.weight", "theta.image.weight"):
+    for name in ("private.text", "private.image", "shared", "alpha_logit.text", "alpha_logit.image", "beta_p_logit",
+                 "beta_s_logit", "eps_s_logit", "G.text.0.weight", "H.0.weight", "theta.image.weight"):
         grad = buffers.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize(("options", "present", "absent"), [
-    ({}, {"private", "shared", "theta", "G", "H", "alpha", "beta_p", "beta_s", "eps_s"}, set()),
-    ({"replay": False}, {"private", "shared", "theta"}, {"G", "H", "alpha", "beta_p", "beta_s", "eps_s"}),
-    ({"dual_buffers": False}, {"private", "G", "alpha", "beta_p"}, {"shared", "theta", "H", "eps_s", "beta_s"}),
-    ({"use_private_buffer": False}, {"shared", "theta", "H", "eps_s", "beta_s"}, {"private", "G", "alpha", "beta_p"}),
+    ({}, {"private", "shared", "theta", "G", "H", "alpha_logit", "beta_p_logit", "beta_s_logit", "eps_s_logit"}, set()),
+    ({"replay": False}, {"private", "shared", "theta"},
+     {"G", "H", "alpha_logit", "beta_p_logit", "beta_s_logit", "eps_s_logit"}),
+    ({"dual_buffers": False}, {"private", "G", "alpha_logit", "beta_p_logit"},
+     {"shared", "theta", "H", "eps_s_logit", "beta_s_logit"}),
+    ({"use_private_buffer": False}, {"shared", "theta", "H", "eps_s_logit", "beta_s_logit"},
+     {"private", "G", "alpha_logit", "beta_p_logit"}),
 ])
 def test_ablation_switches_change_the_parameter_set(options, present, absent):
     names = {n.split(".")[0] for n, _ in _buffers(**options).named_parameters()}
@@ -393,7 +396,7 @@ def test_feature_buffers_cache_the_slot_outputs_of_the_previous_layer(shapes_mis
     private = {"text": slice(4, width), "image": slice(text_len + width + 4, text_len + 2 * width)}
     for j in (1, 2):
         for m, span in private.items():
-            z, prev, alpha = seen[j - 1][1][:, span], states.private[m][j - 1], buffers.alpha[m]
+            z, prev, alpha = seen[j - 1][1][:, span], states.private[m][j - 1], buffers.alpha(m)
             expected = alpha * buffers.G[m](buffers.norm[m](z)) + (1 - alpha) * prev
             torch.testing.assert_close(states.private[m][j], expected)
         concat = torch.cat([states.private["text"][j], states.private["image"][j]], dim=-1)
@@ -460,3 +463,20 @@ def test_feature_buffers_need_every_stream_at_the_same_depth(shapes_missing, mon
     monkeypatch.setattr(hf_missing.modeling, "needs_lockstep", lambda interface: False)
     with pytest.raises(RuntimeError, match=r"layer 0 before layer 1 of the text stream.*buffer_source='parameters'"):
         model(**batch)
+
+
+def test_gates_stay_in_the_unit_interval_so_the_buffer_chain_cannot_blow_up():
+    """Stability: alpha_m, eps_s and beta are sigmoids of their learned logits, so however far training pushes a
+    logit, eq. 7-8 stay convex mixes and the buffers keep the scale of what they mix. Catches unbounded scalar gates:
+    at alpha = 3 (reached in 250 AdamW steps of lr 1e-2) the chain multiplies the buffer by 1 - alpha = -2 per
+    layer, 2^5 = 32 times its norm at d = 6, which drowns the tokens it is replayed beside."""
+    buffers = _buffers(prompt_depth=6, buffer_source="parameters")
+    with torch.no_grad():
+        for logit in (*buffers.alpha_logit.values(), buffers.eps_s_logit, buffers.beta_p_logit, buffers.beta_s_logit):
+            logit.fill_(-1e4)  # as far as training could push it: alpha -> 0, 1 - alpha -> 1
+    states = buffers.chain(PATTERNS)
+    for m in WIDTHS:
+        assert 0 <= buffers.alpha(m).item() <= 1
+        first, last = states.private[m][0].norm(dim=-1), states.private[m][-1].norm(dim=-1)
+        assert last.max() <= first.max() * 1.01
+    assert all(0 <= v <= 1 for v in _buffers().diagnostics().values())

@@ -23,8 +23,7 @@ from ...missingness import ModalityPattern
 from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, visible_keys
 from .config import RepConfig
 
-GATE_INIT = 0.5  # alpha_m and eps_s; the released code's single alpha starts at 0.5
-REPLAY_INIT = 0.5  # beta_p and beta_s
+GATE_INIT = 0.0  # logit of alpha_m, eps_s, beta_p and beta_s: each starts at 0.5, as the released code's alpha
 RANDOM_INIT_STD = 0.02  # MAP/DCP-style initialisation when dynamic_init=False
 PRESENT, MISSING = 0, 1  # rows of a private buffer: the modality present ("complete") or missing
 
@@ -93,13 +92,34 @@ class RepBuffers(PooledTensors):
             self.norm = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in widths.items()})
         if self.has_private:
             self.G = nn.ModuleDict({m: _mlp(d, max(1, d // config.mlp_reduction)) for m, d in widths.items()})
-            self.alpha = nn.ParameterDict({m: nn.Parameter(torch.tensor(GATE_INIT)) for m in widths})
-            self.beta_p = nn.Parameter(torch.tensor(REPLAY_INIT))
+            self.alpha_logit = nn.ParameterDict({m: nn.Parameter(torch.tensor(GATE_INIT)) for m in widths})
+            self.beta_p_logit = nn.Parameter(torch.tensor(GATE_INIT))
         if self.has_shared:
             source = sum(widths.values()) if self.has_private or self.from_features else config.shared_dim
             self.H = nn.Sequential(nn.Linear(source, config.shared_dim), nn.GELU())
-            self.eps_s = nn.Parameter(torch.tensor(GATE_INIT))
-            self.beta_s = nn.Parameter(torch.tensor(REPLAY_INIT))
+            self.eps_s_logit = nn.Parameter(torch.tensor(GATE_INIT))
+            self.beta_s_logit = nn.Parameter(torch.tensor(GATE_INIT))
+
+    # ---- the gates: learnable scalars kept in (0, 1) ----------------------------------------------------
+    def alpha(self, modality: str) -> torch.Tensor:
+        """alpha_m of eq. 7, ``sigmoid`` of its learned logit: eq. 7 stays a convex mix of the new features and the
+        buffer (an unbounded alpha > 2 makes ``1 - alpha < -1``, and the buffer grows geometrically with depth)."""
+        return torch.sigmoid(self.alpha_logit[modality])
+
+    @property
+    def eps_s(self) -> torch.Tensor:
+        """eps_s of eq. 8, in (0, 1) as alpha_m."""
+        return torch.sigmoid(self.eps_s_logit)
+
+    @property
+    def beta_p(self) -> torch.Tensor:
+        """beta_p of eq. 9: how much of the private buffer is replayed, in (0, 1)."""
+        return torch.sigmoid(self.beta_p_logit)
+
+    @property
+    def beta_s(self) -> torch.Tensor:
+        """beta_s of eq. 9: how much of the shared buffer is replayed, in (0, 1)."""
+        return torch.sigmoid(self.beta_s_logit)
 
     # ---- eq. 10-11: state 0 ---------------------------------------------------------------------------
     def initial_private(self, modality: str, codes: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,7 +156,7 @@ class RepBuffers(PooledTensors):
         for m in states.private:
             prev = states.private[m][-1]
             z = prev if features is None else features[m]
-            alpha = self.alpha[m]
+            alpha = self.alpha(m)
             states.private[m].append(alpha * self.G[m](self.norm[m](z)) + (1 - alpha) * prev)  # eq. 7
         if self.has_shared:
             prev = states.shared[-1]
@@ -209,7 +229,7 @@ class RepBuffers(PooledTensors):
         """Current values of the learned gates (alpha_m, eps_s, beta_p, beta_s)."""
         if not self.replay:
             return {}
-        values = {f"alpha_{m}": a.item() for m, a in self.alpha.items()} if self.has_private else {}
+        values = {f"alpha_{m}": self.alpha(m).item() for m in self.modalities} if self.has_private else {}
         if self.has_private:
             values["beta_p"] = self.beta_p.item()
         if self.has_shared:
