@@ -10,6 +10,7 @@ from hf_missing import (
     missing_settings,
     simulate_missing,
 )
+from hf_missing.data.simulate import pattern_counts, pattern_shares
 from hf_missing.data.synthetic import tiny_processor
 
 
@@ -53,6 +54,28 @@ def test_ragpt_protocol_uses_one_global_table():
     assert sum(settings["counts"]["train"]) == 60
     per_split = simulate_missing(dd, rate=0.5, pattern="both", protocol="map", seed=1)
     assert np.bincount(per_split["test"]["missing_type"], minlength=3).tolist() == [20, 10, 10]
+
+
+def test_ragpt_counts_are_those_of_ragpts_generator():
+    """RAGPT's generate_missing_table: ``num_missing = int(N * rate)`` (float), then ``num_missing // 2`` miss the
+    text and as many the image. MM-IMDb (15,552 + 2,608 + 7,799 = 25,959) at 0.7 "both": 9,085 each. Catches
+    counts rounded half up (9,086 each), exact-fraction counts where RAGPT's float product truncates (100 at 0.29:
+    RAGPT marks 28), and the single-pattern count."""
+    shares = {"missing_text": 0.5, "missing_image": 0.5}
+    assert pattern_counts(25959, 0.7, shares, "ragpt") == {"missing_text": 9085, "missing_image": 9085}
+    assert pattern_counts(101, 0.7, shares, "ragpt") == {"missing_text": 35, "missing_image": 35}
+    assert pattern_counts(100, 0.29, {"missing_image": 1.0}, "ragpt") == {"missing_image": 28}
+    assert pattern_counts(25959, 0.7, {"missing_text": 1.0}, "ragpt") == {"missing_text": 18171}
+
+
+def test_map_counts_are_the_floor_of_the_exact_fraction():
+    """The map protocol as the README states it: ``floor(N * rate)`` with the rate read as the decimal it stands
+    for (100 at 0.29: 29, where float ``int(100 * 0.29)`` is 28), and ``floor(n * both_ratio)`` of them missing
+    the image, the rest the text (MAP's ``random.sample(chosen, int(len * both_ratio))``). Catches rounding instead
+    of flooring and the two patterns' counts swapped."""
+    assert pattern_counts(100, 0.29, {"missing_image": 1.0}, "map") == {"missing_image": 29}
+    shares = pattern_shares("both", ("text", "image"), both_ratio=0.3)
+    assert pattern_counts(101, 0.7, shares, "map") == {"missing_text": 49, "missing_image": 21}
 
 
 def test_deterministic_across_num_proc_and_seed_sensitive():
