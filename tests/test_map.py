@@ -38,3 +38,31 @@ def test_attention_rows_stay_inside_their_half(length):
     half = length // 2
     rows = _ones_rows(initial_prompts(3, length, 4, attention=True))
     assert rows == [sorted({c % half, half + c % half}) for c in (0, 2, 1)]
+
+
+def _base_io(model) -> list[dict]:
+    """Per ViLT layer, the input and output of the wrapped base layer in the next forward."""
+    seen = [{} for _ in model.backbone.encoder.layer]
+    for record, layer in zip(seen, model.backbone.encoder.layer, strict=True):
+        layer.base_layer.register_forward_pre_hook(lambda _m, args, r=record: r.update(input=args[0]))
+        layer.base_layer.register_forward_hook(lambda _m, _a, out, r=record: r.update(output=out[0]))
+    return seen
+
+
+def test_input_prompts_carry_the_previous_layers_outputs(shapes_missing):
+    """MAP input mode (the released code's ``x = cat([prompt_i, x])`` on the block's output): layer 1 sees
+    ``[P_1[m_b] | layer 0's output at the prompt positions | layer 0's output at the tokens]``. Mutation killed:
+    carrying the pre-layer prompt tokens (``P_0[m_b]`` as inserted) instead of what layer 0 made of them."""
+    from tests.conftest import make_batch, perturbed
+
+    model = perturbed(make_model("vilt", "map", prompt_length=2, prompt_depth=2))
+    batch = make_batch(shapes_missing["train"], "vilt", n=6)
+    seen = _base_io(model)
+    with torch.no_grad():
+        model(**batch)
+    first, second = seen
+    prompts = [layer.map_prompts["default"][batch["missing_type"]] for layer in model.backbone.encoder.layer]
+    assert torch.equal(first["input"][:, :2], prompts[0])
+    assert torch.equal(second["input"][:, :2], prompts[1])
+    assert torch.equal(second["input"][:, 2:], first["output"])
+    assert not torch.allclose(first["output"][:, :2], prompts[0])

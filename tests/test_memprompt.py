@@ -209,6 +209,27 @@ def test_vilt_prompts_sit_where_the_placement_says(shapes_missing, placement):
     assert layer1.shape[1] == n + 2 * 2 * b  # two prompted layers, two modalities: prompts accumulate
 
 
+def test_blocks_carry_what_the_previous_layer_made_of_them(shapes_missing):
+    """Prompts accumulate as in the released code (``x = cat([..., prompts, x])`` on the block's output): before
+    layer 1 each modality's block is ``[p_s^1, p_g^1 | layer 0's output at that modality's block]``. Mutation killed:
+    carrying the pre-layer prompts (layer 0's ``[p_s^0, p_g^0]`` as inserted) instead of layer 0's output."""
+    model = make_model("vilt", "memprompt", **TINY)
+    _perturb(model)
+    model.eval()
+    batch = make_batch(shapes_missing["train"], "vilt", n=6)
+    seen = _record(model, "encoder.layer")
+    out0 = []
+    model.backbone.encoder.layer[0].base_layer.register_forward_hook(lambda _m, _a, out: out0.append(out[0]))
+    with torch.no_grad():
+        model(**batch)
+    text_len, b = batch["input_ids"].shape[1], 2 * L
+    layer1, (first,) = seen["base"][1], out0
+    image_start = 2 * b + text_len  # layer 1: [new text | carried text | text | new image | carried image | image]
+    carried = torch.cat([layer1[:, b:image_start], layer1[:, image_start + b:]], dim=1)
+    assert torch.equal(carried, first)
+    assert not torch.allclose(first[:, :b], seen["base"][0][:, :b])
+
+
 def test_placements_agree_on_a_bidirectional_stream(shapes_missing):
     """Self-attention is permutation-equivariant: on ViLT (positions added before layer 0) the two placements
     give the same logits up to float rounding."""

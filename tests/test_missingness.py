@@ -39,6 +39,14 @@ def test_map_protocol_counts_and_both_split():
     assert ds.features["missing_type"].names == ["complete", "missing_text", "missing_image"]
 
 
+def test_map_both_gives_the_odd_incomplete_sample_to_missing_text():
+    """MAP's generator marks every chosen sample missing-text, then ``int(n * 0.5)`` of them missing-image: an odd
+    n leaves the extra sample without text (100 at 0.71: 36 no text, 35 no image). Mutation killed: the odd sample
+    moved to missing-image."""
+    ds = simulate_missing(_ids(100), rate=0.71, pattern="both", protocol="map", seed=0)
+    assert np.bincount(ds["missing_type"], minlength=3).tolist() == [29, 36, 35]
+
+
 def test_single_pattern_and_redeem_rounding():
     ds = simulate_missing(_ids(101), rate=0.7, pattern="image", protocol="redeem", seed=0)
     assert np.bincount(ds["missing_type"], minlength=3).tolist() == [30, 0, 71]
