@@ -467,6 +467,77 @@ def test_table3_switches_and_ragpt_run_and_train(shapes_missing, cache, backbone
         assert out.aux_loss is None
 
 
+def _load_matching(target, source) -> None:
+    """Copy into ``target`` every tensor of ``source`` with the same name and shape (the backbone, the head and the
+    REDEEM modules two variants share), so that their logits differ only by what the switch changes."""
+    own = target.state_dict()
+    target.load_state_dict({k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape},
+                           strict=False)
+
+
+@pytest.mark.parametrize(("options", "only_missing"), [
+    ({"retrieval": "random"}, False), ({"retrieval": "none"}, False), ({"generator": "mean"}, True),
+    ({"generator": "cross_modal"}, True), ({"generator": "none"}, True), ({"prompter": "intra"}, False),
+    ({"prompter": "static"}, False), ({"prompter": "none"}, False), ({"label_token": True}, False),
+], ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None)
+def test_each_table3_switch_moves_the_logits(shapes_missing, cache, options, only_missing):
+    """Every Table 3 switch changes what the model computes: with all shared tensors equal to the full REDEEM
+    model's, the switched variant's logits differ, and a generator switch moves only the samples that miss a
+    modality (complete samples never see a generated block). Mutations killed: any switch silently ignored
+    (``retrieval="random"`` or ``"none"`` searching as "msa", a generator or prompter variant falling back to the
+    default), and a generator that reaches complete samples."""
+    full, train, collator = _prepared("vilt", shapes_missing, cache)
+    variant, variant_train, variant_collator = _prepared("vilt", shapes_missing, cache, **options)
+    perturbed(full)
+    perturbed(variant)
+    _load_matching(variant, full)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        reference = full(**collator([train[i] for i in range(12)])).logits
+        torch.manual_seed(1)
+        batch = variant_collator([variant_train[i] for i in range(12)])
+        logits = variant(**batch).logits
+    moved = (logits - reference).abs().amax(-1) > 1e-5
+    complete = batch["missing_type"] == 0
+    assert moved[~complete].all()
+    assert moved[complete].any() != only_missing
+
+
+def test_random_retrieval_draws_seeded_bank_rows_other_than_the_sample(shapes_missing, cache):
+    """Table 3 "Random": each sample's K neighbours are ``default_rng([seed, index]).choice(N, K + 1)`` without its
+    own row, the same for every missing pattern, and not eq. 1's. Mutation killed: ``retrieval="random"`` silently
+    running the MSA search."""
+    model, train, _ = _prepared("vilt", shapes_missing, cache, retrieval="random")
+    _, searched, _ = _prepared("vilt", shapes_missing, cache)
+    size, neighbours = len(memory_bank_of(model)), np.asarray(train["redeem_neighbors"])
+    for index, (row, self_row) in enumerate(zip(neighbours, train["redeem_self"], strict=True)):
+        drawn = np.random.default_rng([0, index]).choice(size, 4, replace=False)
+        assert (row == drawn[drawn != self_row][:3]).all()
+    assert not np.array_equal(neighbours, np.asarray(searched["redeem_neighbors"]))
+
+
+def test_router_reads_the_available_modalitys_query(shapes_missing, cache):
+    """Eq. 2-3 recomputed from the batch on ViLT: a sample missing its text is generated with routing weights
+    ``softmax(W_2 E_r,k · W_1 q_image / sqrt(d))`` from its image query and its neighbours' text queries, then
+    eq. 4's weighted sum of the experts. Mutation killed: the router conditioned on the missing modality's own
+    (zeroed) query, which makes the weights uniform."""
+    model, train, collator = _prepared("vilt", shapes_missing, cache)
+    perturbed(model)
+    batch = collator([train[i] for i in range(12)])
+    captured = _capture_generated(model)
+    with torch.no_grad():
+        model(**batch)
+        missing = batch["missing_type"] == 1
+        modules, bank = model.method_pool.redeem_modules["default"], memory_bank_of(model)
+        rows = batch["redeem_neighbors"][missing, :3]
+        experts, retrieved = bank.lookup("query.text", rows), bank.lookup("tokens.text", rows)
+        condition = batch["redeem_query_image"][missing] @ modules.w1["text"].weight.T
+        weights = ((experts @ modules.w2["text"].weight.T) @ condition[..., None])[..., 0].div(np.sqrt(32)).softmax(-1)
+        expected = sum(weights[:, k, None, None] * modules.experts["text"][k](retrieved[:, k]) for k in range(3))
+    assert missing.any() and weights.std(-1).min() > 1e-3
+    torch.testing.assert_close(captured["text"][missing], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_ragpt_is_the_no_router_intra_modal_variant_with_a_label_token(shapes_missing, cache):
     model, train, collator = _prepared("clip", shapes_missing, cache, method="ragpt")
     config = model.peft_config["default"]
