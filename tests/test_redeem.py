@@ -538,6 +538,20 @@ def test_router_reads_the_available_modalitys_query(shapes_missing, cache):
     torch.testing.assert_close(captured["text"][missing], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["mask", "zero"])
+def test_clip_generation_under_a_policy_that_drops_the_missing_feature_is_refused(shapes_missing, cache, policy):
+    """Item 1 of issue 16: on CLIP the "mask" and "zero" policies leave a missing modality's pooled feature out of
+    the fused representation, so the generated tokens (eq. 4, in that modality's tower) never reach the logits and
+    only the reconstruction term trains the generator. Such a forward is a clear error naming missing_policy='dummy'.
+    Catches the silent run (every expert could be changed without moving a logit)."""
+    model, train, _ = _prepared("clip", shapes_missing, cache)
+    collator = RedeemCollator(MissingModalityCollator(tiny_processor("clip"), policy=policy))
+    with pytest.raises(ValueError, match="missing_policy='dummy'"):
+        model(**collator([train[i] for i in range(8)]))
+    ragpt_none, train_none, _ = _prepared("clip", shapes_missing, cache, generator="none")
+    assert torch.isfinite(ragpt_none(**collator([train_none[i] for i in range(8)])).logits).all()
+
+
 def test_ragpt_is_the_no_router_intra_modal_variant_with_a_label_token(shapes_missing, cache):
     model, train, collator = _prepared("clip", shapes_missing, cache, method="ragpt")
     config = model.peft_config["default"]

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...backbones import Stream
+from ...backbones import BackboneInterface, Stream
 from ...context import ForwardContext
 from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, visible_keys
 from .config import RedeemConfig
@@ -323,11 +323,29 @@ def _reconstruction_loss(generated: dict[str, torch.Tensor], bank: Any, self_row
         ctx.aux_losses[f"redeem_reconstruction/{adapter}"] = config.recon_weight * torch.stack(terms).mean()
 
 
+def check_policy(interface: BackboneInterface, config: RedeemConfig, ctx: ForwardContext) -> None:
+    """Refuse a generator whose output cannot reach the logits: on a backbone where a modality has a stream of its
+    own (CLIP), the "mask" and "zero" policies leave a missing modality's pooled feature out of the fused
+    representation, so the tokens generated in its stream (eq. 4, 7) would be trained by the reconstruction term
+    alone."""
+    if ctx.policy == "dummy" or config.generator == "none":
+        return
+    alone = [m for m in ctx.modalities if interface.stream_of(m).modalities == (m,) and len(interface.streams) > 1]
+    if alone:
+        raise ValueError(
+            f"REDEEM/RAGPT generates a missing modality's embeddings, but under missing_policy={ctx.policy!r} this "
+            f"{interface.model_type} backbone leaves the pooled feature of a missing {alone[0]!r} (its own stream) "
+            "out of the fused representation, so the generated tokens would never reach the logits. Batch with "
+            "missing_policy='dummy' (the generated block stands in for the hidden placeholder), or pass "
+            "generator='none'.")
+
+
 class RedeemLayer(MissingMethodLayer):
     """Wraps every encoder layer of every stream (REDEEM and RAGPT adapters); the first layer that runs retrieves
     and generates with the adapter's :class:`RedeemModules` (in the model's pool)."""
 
     def start_run(self, adapter: str, ctx: ForwardContext) -> RedeemRun:
+        check_policy(self.interface, self.method_config[adapter], ctx)
         return redeem_run(adapter, self.method_config[adapter], self.shared(adapter), ctx)
 
     def blocks(self, run: RedeemRun, hidden: torch.Tensor, mask: torch.Tensor | None,
