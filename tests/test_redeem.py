@@ -30,7 +30,7 @@ from hf_missing.methods.redeem import (
     prepare_for_training,
 )
 from hf_missing.methods.redeem.bank import BANK_FILE, content_hashes
-from hf_missing.methods.redeem.retrieval import _nearest, memory_bank_of, pattern_queries
+from hf_missing.methods.redeem.retrieval import _nearest, _random, memory_bank_of, pattern_queries
 from hf_missing.missingness import ModalityPattern
 from tests.conftest import make_model, perturbed
 
@@ -117,6 +117,23 @@ def test_eq1_retrieval_channel_per_missing_pattern():
     expected = {0: cos["text"] + cos["image"], 1: cos["image"], 2: cos["text"]}  # complete, missing_text, missing_image
     for code, scores in expected.items():
         assert (ids[:, code] == np.argsort(-scores, axis=1)[:, :4]).all(), ModalityPattern().names[code]
+
+
+def test_a_sample_retrieves_no_copy_of_itself():
+    """Item 3 of issue 16: a training sample with an exact duplicate in the bank (same content hash, same vectors)
+    retrieves neither row, under eq. 1 and under "Random". Catches self-exclusion by one row per hash (the last), which
+    hands the sample its duplicate (its own label) as the best neighbour."""
+    bank = _synthetic_bank()
+    for key in ("query.text", "query.image", "tokens.text", "tokens.image", "content_hash"):
+        bank.arrays[key][7] = bank.arrays[key][3]
+    bank.index = build_index(np.concatenate([bank.arrays["query.text"], bank.arrays["query.image"]], axis=1), "flat")
+    queries = {m: bank.arrays[f"query.{m}"][[3]].astype(np.float32) for m in ("text", "image")}
+    hashes = bank.arrays["content_hash"][[3]]
+    ids = _nearest(bank, queries, ModalityPattern().present_matrix().numpy(), ("text", "image"), 4, hashes)
+    assert ids.shape == (1, 3, 4) and not np.isin(ids, [3, 7]).any()
+    drawn = _random(bank, 4, np.repeat(hashes, 40), list(range(40)), 0, 3)  # 40 draws of 5 rows out of 40
+    assert drawn.shape == (40, 3, 4) and not np.isin(drawn, [3, 7]).any()
+    assert bank.rows_of(hashes).tolist() == [3]
 
 
 def test_training_samples_never_retrieve_themselves_and_test_samples_are_not_in_the_bank(shapes_missing, cache):

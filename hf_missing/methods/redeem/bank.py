@@ -81,7 +81,7 @@ class MemoryBank:
     sources: list[dict[str, Any]] = field(default_factory=list)
     key: str = ""
     index_type: str = "auto"
-    _rows: dict[int, int] | None = field(default=None, repr=False)
+    _rows: dict[int, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.arrays["content_hash"].shape[0])
@@ -96,11 +96,21 @@ class MemoryBank:
     def width(self, modality: str) -> int:
         return int(self.arrays[f"query.{modality}"].shape[1])
 
-    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
-        """Bank row of each content hash, -1 for samples not in the bank."""
+    def copies_of(self, content_hash: int) -> np.ndarray:
+        """Every bank row holding the sample with ``content_hash`` (a training sample and its exact duplicates);
+        empty for a sample not in the bank."""
         if self._rows is None:
-            self._rows = {int(h): i for i, h in enumerate(self.arrays["content_hash"])}
-        return np.array([self._rows.get(int(h), -1) for h in hashes], dtype=np.int64)
+            hashes = np.asarray(self.arrays["content_hash"])
+            order = np.argsort(hashes, kind="stable")
+            unique, starts = np.unique(hashes[order], return_index=True)
+            self._rows = dict(zip(unique.tolist(), np.split(order, starts[1:]), strict=True))
+        none = np.empty(0, dtype=np.int64)
+        return self._rows.get(int(content_hash), none) if content_hash >= 0 else none
+
+    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
+        """The first bank row of each content hash (the reconstruction target's row), -1 for samples not in the
+        bank."""
+        return np.array([(self.copies_of(h)[:1].tolist() or [-1])[0] for h in hashes], dtype=np.int64)
 
     def lookup(self, key: str, rows: torch.Tensor) -> torch.Tensor:
         """``arrays[key][rows]`` as float32 on ``rows``' device (only those rows are read from disk)."""

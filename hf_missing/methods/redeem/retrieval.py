@@ -90,12 +90,13 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
         features = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         raw = raw_values(features, collator, modalities)
         available = {m: np.array([v is not None for v in values]) for m, values in raw.items()}
-        self_rows = bank.rows_of(content_hashes(raw))
+        hashes = content_hashes(raw)
+        self_rows = bank.rows_of(hashes)
         queries = _queries(wrapper, bank, collator, features, available, self_rows, config.bank_tokens)
         if config.retrieval == "random":
-            neighbours = _random(len(bank), k, self_rows, indices, seed, present.shape[0])
+            neighbours = _random(bank, k, hashes, indices, seed, present.shape[0])
         else:
-            neighbours = _nearest(bank, queries, present, modalities, k, self_rows)
+            neighbours = _nearest(bank, queries, present, modalities, k, hashes)
         return {NEIGHBOURS: neighbours, SELF: self_rows, **{QUERY + m: queries[m] for m in modalities}}
 
     key = hashlib.sha256(f"{dataset._fingerprint}-{bank.key}-{len(bank)}-{k}-{config.retrieval}-{seed}".encode())
@@ -123,12 +124,15 @@ def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[
 
 
 def _nearest(bank: MemoryBank, queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str],
-             k: int, self_rows: np.ndarray) -> np.ndarray:
-    """``[B, P, K]`` neighbours: the top K of each missing pattern's eq. 1 scores (:func:`pattern_queries`)."""
-    batch, patterns = len(self_rows), present.shape[0]
-    _, ids = bank.search(pattern_queries(queries, present, modalities), min(k + 1, len(bank)))
+             k: int, hashes: np.ndarray) -> np.ndarray:
+    """``[B, P, K]`` neighbours: the top K of each missing pattern's eq. 1 scores (:func:`pattern_queries`), never a
+    copy of the sample itself (any row with its content hash)."""
+    batch, patterns = len(hashes), present.shape[0]
+    excluded = [bank.copies_of(h) for h in hashes]
+    depth = min(k + max(len(rows) for rows in excluded), len(bank))
+    _, ids = bank.search(pattern_queries(queries, present, modalities), depth)
     ids = ids.reshape(patterns, batch, -1).transpose(1, 0, 2)
-    return np.stack([[_drop_self(row, self_rows[b], k) for row in ids[b]] for b in range(batch)])
+    return np.stack([[_drop_self(row, excluded[b], k) for row in ids[b]] for b in range(batch)])
 
 
 def pattern_queries(queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
@@ -141,21 +145,24 @@ def pattern_queries(queries: dict[str, np.ndarray], present: np.ndarray, modalit
                            for p in range(present.shape[0])])
 
 
-def _drop_self(ids: np.ndarray, self_row: int, k: int) -> np.ndarray:
-    kept = ids[(ids != self_row) & (ids >= 0)][:k]
+def _drop_self(ids: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
+    kept = ids[~np.isin(ids, excluded) & (ids >= 0)][:k]
     if len(kept) < k:
         raise BankError(f"The index returned {len(kept)} of the {k} neighbours asked for; the memory bank is too small "
                         "for num_retrieved (or an approximate index probes too few lists: use index_type='flat').")
     return kept
 
 
-def _random(size: int, k: int, self_rows: np.ndarray, indices: list[int], seed: int, patterns: int) -> np.ndarray:
-    """Table 3 "Random": K distinct random bank rows other than the sample itself, the same for every pattern."""
+def _random(bank: MemoryBank, k: int, hashes: np.ndarray, indices: list[int], seed: int,
+            patterns: int) -> np.ndarray:
+    """Table 3 "Random": K distinct random bank rows other than the sample itself (and its copies), the same for
+    every pattern."""
     out = []
-    for row, index in zip(self_rows, indices, strict=True):
-        rng = np.random.default_rng([seed, index])
-        drawn = rng.choice(size, min(size, k + 1), replace=False)
-        out.append(np.repeat(_drop_self(drawn, row, k)[None], patterns, axis=0))
+    for content_hash, index in zip(hashes, indices, strict=True):
+        excluded = bank.copies_of(content_hash)
+        drawn = np.random.default_rng([seed, index]).choice(len(bank), min(len(bank), k + len(excluded)),
+                                                            replace=False)
+        out.append(np.repeat(_drop_self(drawn, excluded, k)[None], patterns, axis=0))
     return np.stack(out)
 
 
