@@ -656,6 +656,29 @@ def test_k_larger_than_the_bank_empty_bank_and_test_split_are_refused(shapes_mis
         prepare_for_training(model, test, collator, cache_dir=cache)
 
 
+def test_evaluating_the_banks_own_data_is_refused_whatever_the_split_is_called(shapes_missing, cache):
+    """Item 4 of issue 16: the guard against a bank built from evaluation data reads more than ``Dataset.split``. A
+    test split made with ``from_dict`` (``split=None``) used to build the bank is refused when it is evaluated (its
+    fingerprint is the bank's training source), and so is a split whose samples all sit in the bank under another
+    fingerprint (a re-made copy). Validation data given to the bank as validation, and a held-out test split, are
+    evaluated. Catches a guard by the split's name alone."""
+    collator = MissingModalityCollator(tiny_processor("vilt"))
+    unnamed = Dataset.from_dict(shapes_missing["test"][:12], features=shapes_missing["test"].features)
+    model = make_model("vilt", "redeem", **TINY)
+    _, redeem_collator = prepare_for_training(model, unnamed, collator, cache_dir=cache)
+    with pytest.raises(BankError, match="was built from this very split"):
+        hf_missing.methods.prepare_for_evaluation(model, unnamed, redeem_collator)
+    model, _, redeem_collator = _prepared("vilt", shapes_missing, cache)
+    copy = Dataset.from_dict(shapes_missing["train"][:8], features=shapes_missing["train"].features)
+    with pytest.raises(BankError, match="all 8 samples of the split to evaluate are in the memory bank"):
+        hf_missing.methods.prepare_for_evaluation(model, copy, redeem_collator)
+    assert len(hf_missing.methods.prepare_for_evaluation(model, shapes_missing["test"], redeem_collator)) == 48
+    validation = shapes_missing["test"].select(range(10))
+    model = make_model("vilt", "redeem", **TINY)
+    prepare_for_training(model, shapes_missing["train"], collator, validation=validation, cache_dir=cache)
+    assert len(hf_missing.methods.prepare_for_evaluation(model, validation, redeem_collator)) == 10
+
+
 def test_missing_neighbours_and_missing_bank_are_clear_errors(shapes_missing, cache):
     model = make_model("vilt", "redeem", **TINY)
     collator = MissingModalityCollator(tiny_processor("vilt"))

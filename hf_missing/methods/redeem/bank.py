@@ -488,9 +488,11 @@ def build_memory_bank(model: Any, datasets: Dataset | Sequence[Dataset], collato
     and index them (a ``datasets`` map with a progress bar); cached under ``<cache>/redeem-banks/<fingerprint>``
     and reused.
 
+    ``datasets``: the training split, then any validation splits (recorded as the bank's sources with these roles).
     Every sample must hold every modality (the bank stores complete samples; a simulated
     ``missing_type`` column is ignored: the training set is fully available, as in the paper). A split named
-    ``test*`` is refused: the bank must not see test data.
+    ``test*`` is refused: the bank must not see test data (a split whatever its name is also refused when it is
+    evaluated: :func:`~hf_missing.methods.redeem.retrieval.evaluation_neighbors`).
     """
     datasets = [datasets] if isinstance(datasets, Dataset) else list(datasets)
     for ds in datasets:
@@ -506,8 +508,9 @@ def build_memory_bank(model: Any, datasets: Dataset | Sequence[Dataset], collato
     vectors = np.concatenate([arrays[f"query.{m}"] for m in modalities], axis=1)
     bank = MemoryBank(arrays=arrays, index=build_index(vectors, index_type), modalities=modalities,
                       signature=model.interface.signature(),
-                      sources=[{"split": str(ds.split), "fingerprint": ds._fingerprint, "rows": len(ds)}
-                               for ds in datasets], key=key, index_type=index_type)
+                      sources=[{"split": str(ds.split), "fingerprint": ds._fingerprint, "rows": len(ds),
+                                "role": "validation" if i else "train"} for i, ds in enumerate(datasets)],
+                      key=key, index_type=index_type)
     bank.save(folder)
     return MemoryBank.load(folder)
 

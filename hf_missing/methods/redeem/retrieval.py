@@ -106,6 +106,25 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
                        new_fingerprint=key.hexdigest()[:32], desc="REDEEM retrieval")
 
 
+def evaluation_neighbors(dataset: Dataset, model: Any, collator: Any) -> Dataset:
+    """:func:`add_neighbors` for a split to evaluate, refused when the memory bank holds that split: by fingerprint
+    (the bank's training source, whatever the split is called: ``from_dict`` splits have no name) or by content
+    (every sample of the split has a bank row). Validation splits given to the bank as validation are evaluated."""
+    bank = memory_bank_of(model)
+    roles = {s.get("role") for s in bank.sources if s.get("fingerprint") == dataset._fingerprint}
+    if roles - {"validation"}:
+        raise BankError(f"The memory bank was built from this very split (fingerprint {dataset._fingerprint}): "
+                        "evaluating it retrieves its own samples' neighbours and labels. Build the bank from the "
+                        "training split and evaluate a held-out one.")
+    dataset = add_neighbors(dataset, model, collator)
+    inside = int((np.asarray(dataset[SELF]) >= 0).sum())
+    if not roles and len(dataset) and inside == len(dataset):
+        raise BankError(f"all {inside} samples of the split to evaluate are in the memory bank (found by content), "
+                        f"which was built from {[s.get('split') for s in bank.sources]}: the bank holds this "
+                        "evaluation data. Build the bank from the training split only and evaluate a held-out one.")
+    return dataset
+
+
 def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[str, Any]],
              available: dict[str, np.ndarray], self_rows: np.ndarray, num_tokens: int) -> dict[str, np.ndarray]:
     """Per modality ``[B, D_m]`` float32 query vectors (zeros where the sample lacks the modality)."""
