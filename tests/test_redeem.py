@@ -569,6 +569,23 @@ def test_clip_generation_under_a_policy_that_drops_the_missing_feature_is_refuse
     assert torch.isfinite(ragpt_none(**collator([train_none[i] for i in range(8)])).logits).all()
 
 
+def test_without_retriever_nothing_comes_from_the_neighbours(shapes_missing, cache):
+    """Items 5 and 8 of issue 16, Table 3 "w/o Retriever": no neighbour search runs (the neighbour columns hold -1),
+    the retrieved features are noise with the bank's overall mean and spread, and RAGPT's label token is the mean of
+    all label embeddings (no neighbour's label). Catches the "w/o retriever" ablation that still reads the real
+    neighbours' labels (92% of them equal the sample's own label) or their features' statistics."""
+    model, train, collator = _prepared("vilt", shapes_missing, cache, method="ragpt", retrieval="none")
+    assert (np.asarray(train["redeem_neighbors"]) == -1).all()
+    modules, tokens = model.method_pool.ragpt_modules["default"], []
+    original = modules.label_token
+    modules.label_token = lambda stream, labels: tokens.append(original(stream, labels)) or tokens[-1]
+    with torch.no_grad():
+        model(**collator([train[i] for i in range(8)]))
+        expected = modules.label_embeddings["joint"].mean(dim=0)
+    (token,) = tokens
+    torch.testing.assert_close(token[:, 0], expected.expand(8, -1))
+
+
 def test_ragpt_is_the_no_router_intra_modal_variant_with_a_label_token(shapes_missing, cache):
     model, train, collator = _prepared("clip", shapes_missing, cache, method="ragpt")
     config = model.peft_config["default"]

@@ -46,6 +46,7 @@ from ..options import is_signature
 BANK_FILE = "redeem_bank.safetensors"
 BANK_VERSION = 2  # 1 kept a faiss index file beside the bank
 CHECK_ROWS = 65_536  # rows checked for non-finite values at a time
+SPREAD_ROWS = 4_096  # rows whose statistics the "w/o Retriever" noise takes
 IVF_ARRAYS = ("ivf.centroids", "ivf.lists")  # an IVF index's trained layout, saved so a load skips k-means
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 FLAT_LIMIT = 200_000  # "auto" keeps exact search up to this many entries
@@ -111,6 +112,12 @@ class MemoryBank:
         """The first bank row of each content hash (the reconstruction target's row), -1 for samples not in the
         bank."""
         return np.array([(self.copies_of(h)[:1].tolist() or [-1])[0] for h in hashes], dtype=np.int64)
+
+    def spread(self, key: str) -> tuple[float, float]:
+        """Mean and standard deviation of ``arrays[key]`` over the bank's first :data:`SPREAD_ROWS` entries (the
+        "w/o Retriever" noise's statistics, the same for every sample)."""
+        values = np.asarray(self.arrays[key][:SPREAD_ROWS], dtype=np.float64)
+        return float(values.mean()), float(values.std())
 
     def lookup(self, key: str, rows: torch.Tensor) -> torch.Tensor:
         """``arrays[key][rows]`` as float32 on ``rows``' device (only those rows are read from disk)."""

@@ -3,7 +3,8 @@ one call that prepares a model and its training data.
 
 :func:`add_neighbors` runs once over a dataset and adds three kinds of columns:
 
-* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns, each
+* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns (-1 under
+  ``retrieval="none"``: no search runs), each
   scored by the sum of the cosines over the modalities that pattern keeps (eq. 1, generalised from two
   modalities: two modalities give row 0 complete, text + image cosines summed; "missing_text": image-only;
   "missing_image": text-only), so that evaluating a sample under any pattern needs no new search;
@@ -93,7 +94,9 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
         hashes = content_hashes(raw)
         self_rows = bank.rows_of(hashes)
         queries = _queries(wrapper, bank, collator, features, available, self_rows, config.bank_tokens)
-        if config.retrieval == "random":
+        if config.retrieval == "none":  # Table 3 "w/o Retriever": no search; the layer draws noise instead
+            neighbours = np.full((len(features), present.shape[0], k), -1, dtype=np.int64)
+        elif config.retrieval == "random":
             neighbours = _random(bank, k, hashes, indices, seed, present.shape[0])
         else:
             neighbours = _nearest(bank, queries, present, modalities, k, hashes)
