@@ -2,6 +2,7 @@
 reconstruction loss, K modalities (text + image + audio), the two-modality numbers kept, memory bank files, round
 trips, Trainer training and bad input."""
 
+import copy
 import hashlib
 
 import numpy as np
@@ -29,7 +30,7 @@ from hf_missing.methods.redeem import (
     load_memory_bank,
     prepare_for_training,
 )
-from hf_missing.methods.redeem.bank import BANK_FILE, content_hashes
+from hf_missing.methods.redeem.bank import BANK_FILE, bank_fingerprint, content_hashes
 from hf_missing.methods.redeem.retrieval import _nearest, _random, memory_bank_of, pattern_queries
 from hf_missing.missingness import ModalityPattern
 from tests.conftest import make_model, perturbed
@@ -631,6 +632,28 @@ def test_bank_build_is_cached_by_fingerprint(shapes_missing, cache):
     other = build_memory_bank(model, shapes_missing["train"].select(range(50)), collator, num_tokens=4,
                               cache_dir=cache)
     assert other.key != first.key and len(other) == 50
+
+
+def test_bank_cache_key_reads_the_frozen_weights_and_the_data_only(shapes_missing):
+    """Item 6 of issue 16: the bank's cache key hashes the frozen backbone weights (under their unwrapped names) and
+    the data, not the trained copies of the pooler, nor the adapter's tensors: training, or adding the adapter to
+    the same backbone, keeps the key; changing a frozen weight changes it. Catches a key over the whole
+    ``backbone.state_dict()`` (it almost never hit the cache)."""
+    collator = MissingModalityCollator(tiny_processor("vilt"))
+
+    def key(model):
+        return bank_fingerprint(model, [shapes_missing["train"]], collator, 4, "auto")
+
+    plain = make_model("vilt", None)
+    adapted = copy.deepcopy(plain)
+    adapted.add_adapter(hf_missing.get_method_config("redeem", **TINY))
+    before = key(adapted)
+    assert key(plain) == before
+    perturbed(adapted)
+    assert key(adapted) == before
+    with torch.no_grad():
+        plain.backbone.encoder.layer[0].output.dense.weight.add_(1.0)
+    assert key(plain) != before
 
 
 # ---- training ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from ...cache import default_cache_dir
 from ...compat.peft import adapters_bypassed
 from ...context import maybe_context
-from ..base import visible_keys
+from ..base import MissingMethodLayer, visible_keys
 from ..options import is_signature
 
 BANK_FILE = "redeem_bank.safetensors"
@@ -532,8 +532,8 @@ def _check_source(dataset: Dataset) -> None:
 
 
 def bank_fingerprint(model: Any, datasets: Sequence[Dataset], collator: Any, num_tokens: int, index_type: str) -> str:
-    """Cache key: the datasets' fingerprints, the backbone (signature and weights), the collator's settings (its
-    modalities' declarations, text truncation included, and their columns)."""
+    """Cache key: the datasets' fingerprints, the backbone (signature and frozen weights: :func:`frozen_tensors`),
+    the collator's settings (its modalities' declarations, text truncation included, and their columns)."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": BANK_VERSION, "signature": model.interface.signature(),
                               "datasets": [ds._fingerprint for ds in datasets], "tokens": num_tokens,
@@ -541,10 +541,28 @@ def bank_fingerprint(model: Any, datasets: Sequence[Dataset], collator: Any, num
                                                                 repr(getattr(collator, "inputs", None)),
                                                                 getattr(collator, "columns", None)]},
                              sort_keys=True).encode())
-    for name, tensor in model.backbone.state_dict().items():
+    for name, tensor in frozen_tensors(model):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def frozen_tensors(model: Any) -> list[tuple[str, torch.Tensor]]:
+    """The backbone tensors the bank is computed from, under their unwrapped names: every tensor of
+    ``model.backbone`` except the method layers' own (``base_layer`` is the frozen layer they wrap) and the pooler
+    modules (trained, and never read by the bank)."""
+    layers = [name for name, module in model.backbone.named_modules() if isinstance(module, MissingMethodLayer)]
+    poolers = tuple(f"{name}." for name in model.interface.pooler_modules)
+    kept = []
+    for name, tensor in model.backbone.state_dict().items():
+        owner = next((f"{layer}." for layer in layers if name.startswith(f"{layer}.")), None)
+        if owner is not None:
+            if not name.startswith(f"{owner}base_layer."):
+                continue
+            name = owner + name[len(f"{owner}base_layer."):]
+        if not name.startswith(poolers):
+            kept.append((name, tensor))
+    return kept
 
 
 def _embed_dataset(model: Any, dataset: Dataset, collator: Any, num_tokens: int, batch_size: int,
