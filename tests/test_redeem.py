@@ -656,6 +656,21 @@ def test_bank_cache_key_reads_the_frozen_weights_and_the_data_only(shapes_missin
     assert key(plain) != before
 
 
+def test_neighbours_serve_the_largest_k_of_the_models_adapters(shapes_missing, cache):
+    """Item 8 of issue 16: ``add_neighbors`` retrieves as many neighbours as the model's largest ``num_retrieved``
+    (each adapter reads its first K); adapters that disagree on the retrieval mode are a clear error. Catches the
+    first adapter's K serving every adapter."""
+    model = make_model("vilt", "redeem", **TINY)
+    model.add_adapter(hf_missing.get_method_config("redeem", **{**TINY, "num_retrieved": 5}), adapter_name="wide")
+    collator = MissingModalityCollator(tiny_processor("vilt"))
+    train, _ = prepare_for_training(model, shapes_missing["train"], collator, cache_dir=cache)
+    assert np.asarray(train["redeem_neighbors"]).shape[1:] == (3, 5)
+    model.add_adapter(hf_missing.get_method_config("redeem", **{**TINY, "retrieval": "random"}), adapter_name="rnd")
+    attach_memory_bank(model, model.peft_config["default"].memory_bank)
+    with pytest.raises(ValueError, match="retrieval"):
+        add_neighbors(shapes_missing["test"], model, collator)
+
+
 # ---- training ---------------------------------------------------------------------------------------------
 def test_trainer_reduces_the_loss(shapes_missing, cache, tmp_path):
     model, train, collator = _prepared("vilt", shapes_missing, cache)

@@ -79,11 +79,16 @@ def memory_bank_of(model: Any) -> MemoryBank:
 
 
 def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: int = 32, seed: int = 0) -> Dataset:
-    """Eq. 1 once per dataset (a ``datasets`` map): neighbour ids for every missing pattern, the sample's own bank
-    row and its query vectors (module docstring). Samples of the bank reuse its query vectors; others are
-    embedded with the frozen backbone from the modalities they hold."""
+    """Eq. 1 once per dataset (a ``datasets`` map): neighbour ids for every missing pattern (as many as the model's
+    largest ``num_retrieved``), the sample's own bank row and its query vectors (module docstring). Samples of the
+    bank reuse its query vectors; others are embedded with the frozen backbone from the modalities they hold."""
     wrapper, bank = _wrapper(model), memory_bank_of(model)
-    config = next(iter(redeem_configs(model).values()))
+    configs = list(redeem_configs(model).values())
+    modes = {c.retrieval for c in configs}
+    if len(modes) > 1:
+        raise ValueError(f"The model's REDEEM/RAGPT adapters retrieve differently ({sorted(modes)}), but one set of "
+                         "neighbour columns serves them all; give them the same retrieval.")
+    config = max(configs, key=lambda c: c.num_retrieved)  # each adapter reads the first num_retrieved neighbours
     k, modalities = config.num_retrieved, wrapper.patterns.modalities
     present = wrapper.patterns.present_matrix().numpy()
 
