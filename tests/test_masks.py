@@ -131,10 +131,11 @@ def test_attention_prefix_goes_to_keys_and_values_unprojected(kind):
 
 def test_map_attention_prompts_send_the_first_half_to_the_keys(shapes_missing):
     """MAP attention mode: each sample's prompt P[m_b] is split in halves, the first prepended to the keys and the
-    second to the values; catches the halves swapped or another sample's prompt chosen."""
-    from tests.conftest import make_batch
+    second to the values; catches the halves swapped or another sample's prompt chosen. The prompts are moved off
+    their initialisation first: there both halves of a pattern's prompt are equal (rows c and L/2 + c)."""
+    from tests.conftest import make_batch, perturbed
 
-    model = make_model("vilt", "map", prompt_type="attention", prompt_length=4, prompt_depth=1).eval()
+    model = perturbed(make_model("vilt", "map", prompt_type="attention", prompt_length=4, prompt_depth=1))
     batch = make_batch(shapes_missing["train"], "vilt", n=6)
     seen = []
     original = model.interface.kv_prefix

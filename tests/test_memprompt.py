@@ -142,6 +142,30 @@ def test_one_memory_per_modality_per_prompted_layer():
     assert bank.memories["image"]["3"].prompts.shape == (6, L, 12) and bank.memories["image"]["3"].keys.shape == (6, 12)
 
 
+def test_generative_and_shared_layers_are_set_apart():
+    """Fig. 3(c) varies the shared prompts' layers with the generative ones fixed and vice versa; the released code
+    has gen_prompt_layers and shared_prompt_layers. Catches one layer list for both kinds (the tensors of a kind
+    exist exactly at its own layers)."""
+    bank = _bank(generative_layers=[0], shared_layers=[0, 1])
+    assert set(bank.memories["text"]) == {"0"} and set(bank.shared) == {"0", "1"} and set(bank.mapping["image"]) == {
+        "0", "1"}
+    default = MemPromptConfig(**{**TINY, "prompt_layers": [1, 0], "shared_layers": [1, 0]})
+    assert default.layer_lists() == {"generative": [0, 1], "shared": [0, 1]} and default.generative_layers is None
+
+
+def test_each_layer_inserts_only_the_kinds_prompted_there(shapes_missing):
+    """Layer 1 prompted with shared prompts only adds ``L`` tokens per modality (layer 0 adds ``2L``); catches a
+    layer that inserts the generative prompt wherever any prompt is due (or a missing memory's KeyError)."""
+    model = make_model("vilt", "memprompt", **{**TINY, "generative_layers": [0], "shared_layers": [0, 1]}).eval()
+    batch = make_batch(shapes_missing["train"], "vilt", n=4)
+    seen = _record(model, "encoder.layer")
+    with torch.no_grad():
+        model(**batch)
+    n = seen["wrapper"][0].shape[1]
+    assert seen["base"][0].shape[1] == n + 2 * 2 * L
+    assert seen["base"][1].shape[1] == n + 2 * 2 * L + 2 * L
+
+
 # ---- placement (eq. 2, Table 4) --------------------------------------------------------------------
 def _record(model, layers_path: str) -> list:
     """Hook the first wrapped layer (its input and mask) and every base layer (the prompted sequence)."""
@@ -183,6 +207,27 @@ def test_vilt_prompts_sit_where_the_placement_says(shapes_missing, placement):
         expected = torch.cat([text, image, hidden], dim=1)
     assert torch.allclose(layer0, expected, atol=1e-6)
     assert layer1.shape[1] == n + 2 * 2 * b  # two prompted layers, two modalities: prompts accumulate
+
+
+def test_blocks_carry_what_the_previous_layer_made_of_them(shapes_missing):
+    """Prompts accumulate as in the released code (``x = cat([..., prompts, x])`` on the block's output): before
+    layer 1 each modality's block is ``[p_s^1, p_g^1 | layer 0's output at that modality's block]``. Mutation killed:
+    carrying the pre-layer prompts (layer 0's ``[p_s^0, p_g^0]`` as inserted) instead of layer 0's output."""
+    model = make_model("vilt", "memprompt", **TINY)
+    _perturb(model)
+    model.eval()
+    batch = make_batch(shapes_missing["train"], "vilt", n=6)
+    seen = _record(model, "encoder.layer")
+    out0 = []
+    model.backbone.encoder.layer[0].base_layer.register_forward_hook(lambda _m, _a, out: out0.append(out[0]))
+    with torch.no_grad():
+        model(**batch)
+    text_len, b = batch["input_ids"].shape[1], 2 * L
+    layer1, (first,) = seen["base"][1], out0
+    image_start = 2 * b + text_len  # layer 1: [new text | carried text | text | new image | carried image | image]
+    carried = torch.cat([layer1[:, b:image_start], layer1[:, image_start + b:]], dim=1)
+    assert torch.equal(carried, first)
+    assert not torch.allclose(first[:, :b], seen["base"][0][:, :b])
 
 
 def test_placements_agree_on_a_bidirectional_stream(shapes_missing):
@@ -331,6 +376,8 @@ def test_disable_adapter_restores_the_backbone(shapes_missing):
     ({"prompt_layers": []}, "prompt_layers is empty"),
     ({"prompt_layers": [0, -1]}, "non-negative layer indices"),
     ({"prompt_layers": [1, 1]}, "lists a layer twice"),
+    ({"shared_layers": []}, "shared_layers is empty"),
+    ({"generative_layers": [2, 2]}, "generative_layers lists a layer twice"),
     ({"prompt_length": 0}, r"\{'prompt_length': 0\} must be at least 1"),
     ({"bottleneck_dim": 0}, r"\{'bottleneck_dim': 0\} must be at least 1"),
     ({"placement": "middle"}, r"placement must be one of \['distributed', 'pre-appended'\]"),
@@ -349,6 +396,8 @@ def test_prompted_layer_beyond_depth_is_a_clear_error():
         make_model("vilt", "memprompt", prompt_length=4)
     with pytest.raises(ValueError, match=r"prompt_layers \[5\] do not exist in the 2-layer text stream"):
         make_model("clip", "memprompt", prompt_length=4, prompt_layers=[0, 5])
+    with pytest.raises(ValueError, match=r"shared_layers \[3\] do not exist in the 2-layer joint stream"):
+        make_model("vilt", "memprompt", **{**TINY, "shared_layers": [3]})
 
 
 def test_layers_are_sorted_and_config_defaults_are_the_papers():

@@ -10,6 +10,7 @@ from hf_missing import (
     missing_settings,
     simulate_missing,
 )
+from hf_missing.data.simulate import pattern_counts, pattern_shares
 from hf_missing.data.synthetic import tiny_processor
 
 
@@ -38,6 +39,14 @@ def test_map_protocol_counts_and_both_split():
     assert ds.features["missing_type"].names == ["complete", "missing_text", "missing_image"]
 
 
+def test_map_both_gives_the_odd_incomplete_sample_to_missing_text():
+    """MAP's generator marks every chosen sample missing-text, then ``int(n * 0.5)`` of them missing-image: an odd
+    n leaves the extra sample without text (100 at 0.71: 36 no text, 35 no image). Mutation killed: the odd sample
+    moved to missing-image."""
+    ds = simulate_missing(_ids(100), rate=0.71, pattern="both", protocol="map", seed=0)
+    assert np.bincount(ds["missing_type"], minlength=3).tolist() == [29, 36, 35]
+
+
 def test_single_pattern_and_redeem_rounding():
     ds = simulate_missing(_ids(101), rate=0.7, pattern="image", protocol="redeem", seed=0)
     assert np.bincount(ds["missing_type"], minlength=3).tolist() == [30, 0, 71]
@@ -53,6 +62,28 @@ def test_ragpt_protocol_uses_one_global_table():
     assert sum(settings["counts"]["train"]) == 60
     per_split = simulate_missing(dd, rate=0.5, pattern="both", protocol="map", seed=1)
     assert np.bincount(per_split["test"]["missing_type"], minlength=3).tolist() == [20, 10, 10]
+
+
+def test_ragpt_counts_are_those_of_ragpts_generator():
+    """RAGPT's generate_missing_table: ``num_missing = int(N * rate)`` (float), then ``num_missing // 2`` miss the
+    text and as many the image. MM-IMDb (15,552 + 2,608 + 7,799 = 25,959) at 0.7 "both": 9,085 each. Catches
+    counts rounded half up (9,086 each), exact-fraction counts where RAGPT's float product truncates (100 at 0.29:
+    RAGPT marks 28), and the single-pattern count."""
+    shares = {"missing_text": 0.5, "missing_image": 0.5}
+    assert pattern_counts(25959, 0.7, shares, "ragpt") == {"missing_text": 9085, "missing_image": 9085}
+    assert pattern_counts(101, 0.7, shares, "ragpt") == {"missing_text": 35, "missing_image": 35}
+    assert pattern_counts(100, 0.29, {"missing_image": 1.0}, "ragpt") == {"missing_image": 28}
+    assert pattern_counts(25959, 0.7, {"missing_text": 1.0}, "ragpt") == {"missing_text": 18171}
+
+
+def test_map_counts_are_the_floor_of_the_exact_fraction():
+    """The map protocol as the README states it: ``floor(N * rate)`` with the rate read as the decimal it stands
+    for (100 at 0.29: 29, where float ``int(100 * 0.29)`` is 28), and ``floor(n * both_ratio)`` of them missing
+    the image, the rest the text (MAP's ``random.sample(chosen, int(len * both_ratio))``). Catches rounding instead
+    of flooring and the two patterns' counts swapped."""
+    assert pattern_counts(100, 0.29, {"missing_image": 1.0}, "map") == {"missing_image": 29}
+    shares = pattern_shares("both", ("text", "image"), both_ratio=0.3)
+    assert pattern_counts(101, 0.7, shares, "map") == {"missing_text": 49, "missing_image": 21}
 
 
 def test_deterministic_across_num_proc_and_seed_sensitive():

@@ -2,6 +2,7 @@
 reconstruction loss, K modalities (text + image + audio), the two-modality numbers kept, memory bank files, round
 trips, Trainer training and bad input."""
 
+import copy
 import hashlib
 
 import numpy as np
@@ -29,8 +30,8 @@ from hf_missing.methods.redeem import (
     load_memory_bank,
     prepare_for_training,
 )
-from hf_missing.methods.redeem.bank import BANK_FILE, content_hashes
-from hf_missing.methods.redeem.retrieval import _nearest, memory_bank_of, pattern_queries
+from hf_missing.methods.redeem.bank import BANK_FILE, bank_fingerprint, content_hashes
+from hf_missing.methods.redeem.retrieval import _nearest, _random, memory_bank_of, pattern_queries
 from hf_missing.missingness import ModalityPattern
 from tests.conftest import make_model, perturbed
 
@@ -117,6 +118,23 @@ def test_eq1_retrieval_channel_per_missing_pattern():
     expected = {0: cos["text"] + cos["image"], 1: cos["image"], 2: cos["text"]}  # complete, missing_text, missing_image
     for code, scores in expected.items():
         assert (ids[:, code] == np.argsort(-scores, axis=1)[:, :4]).all(), ModalityPattern().names[code]
+
+
+def test_a_sample_retrieves_no_copy_of_itself():
+    """Item 3 of issue 16: a training sample with an exact duplicate in the bank (same content hash, same vectors)
+    retrieves neither row, under eq. 1 and under "Random". Catches self-exclusion by one row per hash (the last), which
+    hands the sample its duplicate (its own label) as the best neighbour."""
+    bank = _synthetic_bank()
+    for key in ("query.text", "query.image", "tokens.text", "tokens.image", "content_hash"):
+        bank.arrays[key][7] = bank.arrays[key][3]
+    bank.index = build_index(np.concatenate([bank.arrays["query.text"], bank.arrays["query.image"]], axis=1), "flat")
+    queries = {m: bank.arrays[f"query.{m}"][[3]].astype(np.float32) for m in ("text", "image")}
+    hashes = bank.arrays["content_hash"][[3]]
+    ids = _nearest(bank, queries, ModalityPattern().present_matrix().numpy(), ("text", "image"), 4, hashes)
+    assert ids.shape == (1, 3, 4) and not np.isin(ids, [3, 7]).any()
+    drawn = _random(bank, 4, np.repeat(hashes, 40), list(range(40)), 0, 3)  # 40 draws of 5 rows out of 40
+    assert drawn.shape == (40, 3, 4) and not np.isin(drawn, [3, 7]).any()
+    assert bank.rows_of(hashes).tolist() == [3]
 
 
 def test_training_samples_never_retrieve_themselves_and_test_samples_are_not_in_the_bank(shapes_missing, cache):
@@ -467,6 +485,108 @@ def test_table3_switches_and_ragpt_run_and_train(shapes_missing, cache, backbone
         assert out.aux_loss is None
 
 
+def _load_matching(target, source) -> None:
+    """Copy into ``target`` every tensor of ``source`` with the same name and shape (the backbone, the head and the
+    REDEEM modules two variants share), so that their logits differ only by what the switch changes."""
+    own = target.state_dict()
+    target.load_state_dict({k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape},
+                           strict=False)
+
+
+@pytest.mark.parametrize(("options", "only_missing"), [
+    ({"retrieval": "random"}, False), ({"retrieval": "none"}, False), ({"generator": "mean"}, True),
+    ({"generator": "cross_modal"}, True), ({"generator": "none"}, True), ({"prompter": "intra"}, False),
+    ({"prompter": "static"}, False), ({"prompter": "none"}, False), ({"label_token": True}, False),
+], ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None)
+def test_each_table3_switch_moves_the_logits(shapes_missing, cache, options, only_missing):
+    """Every Table 3 switch changes what the model computes: with all shared tensors equal to the full REDEEM
+    model's, the switched variant's logits differ, and a generator switch moves only the samples that miss a
+    modality (complete samples never see a generated block). Mutations killed: any switch silently ignored
+    (``retrieval="random"`` or ``"none"`` searching as "msa", a generator or prompter variant falling back to the
+    default), and a generator that reaches complete samples."""
+    full, train, collator = _prepared("vilt", shapes_missing, cache)
+    variant, variant_train, variant_collator = _prepared("vilt", shapes_missing, cache, **options)
+    perturbed(full)
+    perturbed(variant)
+    _load_matching(variant, full)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        reference = full(**collator([train[i] for i in range(12)])).logits
+        torch.manual_seed(1)
+        batch = variant_collator([variant_train[i] for i in range(12)])
+        logits = variant(**batch).logits
+    moved = (logits - reference).abs().amax(-1) > 1e-5
+    complete = batch["missing_type"] == 0
+    assert moved[~complete].all()
+    assert moved[complete].any() != only_missing
+
+
+def test_random_retrieval_draws_seeded_bank_rows_other_than_the_sample(shapes_missing, cache):
+    """Table 3 "Random": each sample's K neighbours are ``default_rng([seed, index]).choice(N, K + 1)`` without its
+    own row, the same for every missing pattern, and not eq. 1's. Mutation killed: ``retrieval="random"`` silently
+    running the MSA search."""
+    model, train, _ = _prepared("vilt", shapes_missing, cache, retrieval="random")
+    _, searched, _ = _prepared("vilt", shapes_missing, cache)
+    size, neighbours = len(memory_bank_of(model)), np.asarray(train["redeem_neighbors"])
+    for index, (row, self_row) in enumerate(zip(neighbours, train["redeem_self"], strict=True)):
+        drawn = np.random.default_rng([0, index]).choice(size, 4, replace=False)
+        assert (row == drawn[drawn != self_row][:3]).all()
+    assert not np.array_equal(neighbours, np.asarray(searched["redeem_neighbors"]))
+
+
+def test_router_reads_the_available_modalitys_query(shapes_missing, cache):
+    """Eq. 2-3 recomputed from the batch on ViLT: a sample missing its text is generated with routing weights
+    ``softmax(W_2 E_r,k · W_1 q_image / sqrt(d))`` from its image query and its neighbours' text queries, then
+    eq. 4's weighted sum of the experts. Mutation killed: the router conditioned on the missing modality's own
+    (zeroed) query, which makes the weights uniform."""
+    model, train, collator = _prepared("vilt", shapes_missing, cache)
+    perturbed(model)
+    batch = collator([train[i] for i in range(12)])
+    captured = _capture_generated(model)
+    with torch.no_grad():
+        model(**batch)
+        missing = batch["missing_type"] == 1
+        modules, bank = model.method_pool.redeem_modules["default"], memory_bank_of(model)
+        rows = batch["redeem_neighbors"][missing, :3]
+        experts, retrieved = bank.lookup("query.text", rows), bank.lookup("tokens.text", rows)
+        condition = batch["redeem_query_image"][missing] @ modules.w1["text"].weight.T
+        weights = ((experts @ modules.w2["text"].weight.T) @ condition[..., None])[..., 0].div(np.sqrt(32)).softmax(-1)
+        expected = sum(weights[:, k, None, None] * modules.experts["text"][k](retrieved[:, k]) for k in range(3))
+    assert missing.any() and weights.std(-1).min() > 1e-3
+    torch.testing.assert_close(captured["text"][missing], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mask", "zero"])
+def test_clip_generation_under_a_policy_that_drops_the_missing_feature_is_refused(shapes_missing, cache, policy):
+    """Item 1 of issue 16: on CLIP the "mask" and "zero" policies leave a missing modality's pooled feature out of
+    the fused representation, so the generated tokens (eq. 4, in that modality's tower) never reach the logits and
+    only the reconstruction term trains the generator. Such a forward is a clear error naming missing_policy='dummy'.
+    Catches the silent run (every expert could be changed without moving a logit)."""
+    model, train, _ = _prepared("clip", shapes_missing, cache)
+    collator = RedeemCollator(MissingModalityCollator(tiny_processor("clip"), policy=policy))
+    with pytest.raises(ValueError, match="missing_policy='dummy'"):
+        model(**collator([train[i] for i in range(8)]))
+    ragpt_none, train_none, _ = _prepared("clip", shapes_missing, cache, generator="none")
+    assert torch.isfinite(ragpt_none(**collator([train_none[i] for i in range(8)])).logits).all()
+
+
+def test_without_retriever_nothing_comes_from_the_neighbours(shapes_missing, cache):
+    """Items 5 and 8 of issue 16, Table 3 "w/o Retriever": no neighbour search runs (the neighbour columns hold -1),
+    the retrieved features are noise with the bank's overall mean and spread, and RAGPT's label token is the mean of
+    all label embeddings (no neighbour's label). Catches the "w/o retriever" ablation that still reads the real
+    neighbours' labels (92% of them equal the sample's own label) or their features' statistics."""
+    model, train, collator = _prepared("vilt", shapes_missing, cache, method="ragpt", retrieval="none")
+    assert (np.asarray(train["redeem_neighbors"]) == -1).all()
+    modules, tokens = model.method_pool.ragpt_modules["default"], []
+    original = modules.label_token
+    modules.label_token = lambda stream, labels: tokens.append(original(stream, labels)) or tokens[-1]
+    with torch.no_grad():
+        model(**collator([train[i] for i in range(8)]))
+        expected = modules.label_embeddings["joint"].mean(dim=0)
+    (token,) = tokens
+    torch.testing.assert_close(token[:, 0], expected.expand(8, -1))
+
+
 def test_ragpt_is_the_no_router_intra_modal_variant_with_a_label_token(shapes_missing, cache):
     model, train, collator = _prepared("clip", shapes_missing, cache, method="ragpt")
     config = model.peft_config["default"]
@@ -514,6 +634,43 @@ def test_bank_build_is_cached_by_fingerprint(shapes_missing, cache):
     assert other.key != first.key and len(other) == 50
 
 
+def test_bank_cache_key_reads_the_frozen_weights_and_the_data_only(shapes_missing):
+    """Item 6 of issue 16: the bank's cache key hashes the frozen backbone weights (under their unwrapped names) and
+    the data, not the trained copies of the pooler, nor the adapter's tensors: training, or adding the adapter to
+    the same backbone, keeps the key; changing a frozen weight changes it. Catches a key over the whole
+    ``backbone.state_dict()`` (it almost never hit the cache)."""
+    collator = MissingModalityCollator(tiny_processor("vilt"))
+
+    def key(model):
+        return bank_fingerprint(model, [shapes_missing["train"]], collator, 4, "auto")
+
+    plain = make_model("vilt", None)
+    adapted = copy.deepcopy(plain)
+    adapted.add_adapter(hf_missing.get_method_config("redeem", **TINY))
+    before = key(adapted)
+    assert key(plain) == before
+    perturbed(adapted)
+    assert key(adapted) == before
+    with torch.no_grad():
+        plain.backbone.encoder.layer[0].output.dense.weight.add_(1.0)
+    assert key(plain) != before
+
+
+def test_neighbours_serve_the_largest_k_of_the_models_adapters(shapes_missing, cache):
+    """Item 8 of issue 16: ``add_neighbors`` retrieves as many neighbours as the model's largest ``num_retrieved``
+    (each adapter reads its first K); adapters that disagree on the retrieval mode are a clear error. Catches the
+    first adapter's K serving every adapter."""
+    model = make_model("vilt", "redeem", **TINY)
+    model.add_adapter(hf_missing.get_method_config("redeem", **{**TINY, "num_retrieved": 5}), adapter_name="wide")
+    collator = MissingModalityCollator(tiny_processor("vilt"))
+    train, _ = prepare_for_training(model, shapes_missing["train"], collator, cache_dir=cache)
+    assert np.asarray(train["redeem_neighbors"]).shape[1:] == (3, 5)
+    model.add_adapter(hf_missing.get_method_config("redeem", **{**TINY, "retrieval": "random"}), adapter_name="rnd")
+    attach_memory_bank(model, model.peft_config["default"].memory_bank)
+    with pytest.raises(ValueError, match="retrieval"):
+        add_neighbors(shapes_missing["test"], model, collator)
+
+
 # ---- training ---------------------------------------------------------------------------------------------
 def test_trainer_reduces_the_loss(shapes_missing, cache, tmp_path):
     model, train, collator = _prepared("vilt", shapes_missing, cache)
@@ -552,6 +709,29 @@ def test_k_larger_than_the_bank_empty_bank_and_test_split_are_refused(shapes_mis
     test = Dataset.from_dict(shapes_missing["test"][:4], features=shapes_missing["test"].features, split="test")
     with pytest.raises(BankError, match="never from the test split"):
         prepare_for_training(model, test, collator, cache_dir=cache)
+
+
+def test_evaluating_the_banks_own_data_is_refused_whatever_the_split_is_called(shapes_missing, cache):
+    """Item 4 of issue 16: the guard against a bank built from evaluation data reads more than ``Dataset.split``. A
+    test split made with ``from_dict`` (``split=None``) used to build the bank is refused when it is evaluated (its
+    fingerprint is the bank's training source), and so is a split whose samples all sit in the bank under another
+    fingerprint (a re-made copy). Validation data given to the bank as validation, and a held-out test split, are
+    evaluated. Catches a guard by the split's name alone."""
+    collator = MissingModalityCollator(tiny_processor("vilt"))
+    unnamed = Dataset.from_dict(shapes_missing["test"][:12], features=shapes_missing["test"].features)
+    model = make_model("vilt", "redeem", **TINY)
+    _, redeem_collator = prepare_for_training(model, unnamed, collator, cache_dir=cache)
+    with pytest.raises(BankError, match="was built from this very split"):
+        hf_missing.methods.prepare_for_evaluation(model, unnamed, redeem_collator)
+    model, _, redeem_collator = _prepared("vilt", shapes_missing, cache)
+    copy = Dataset.from_dict(shapes_missing["train"][:8], features=shapes_missing["train"].features)
+    with pytest.raises(BankError, match="all 8 samples of the split to evaluate are in the memory bank"):
+        hf_missing.methods.prepare_for_evaluation(model, copy, redeem_collator)
+    assert len(hf_missing.methods.prepare_for_evaluation(model, shapes_missing["test"], redeem_collator)) == 48
+    validation = shapes_missing["test"].select(range(10))
+    model = make_model("vilt", "redeem", **TINY)
+    prepare_for_training(model, shapes_missing["train"], collator, validation=validation, cache_dir=cache)
+    assert len(hf_missing.methods.prepare_for_evaluation(model, validation, redeem_collator)) == 10
 
 
 def test_missing_neighbours_and_missing_bank_are_clear_errors(shapes_missing, cache):

@@ -7,8 +7,9 @@ Protocols:
   miss the image, the rest the text (at 0.7: 35% no text, 35% no image, 30% complete). Unlike the released
   code, the table is keyed by seed and both_ratio, so a stale table can never be reused.
 * ``"ragpt"`` — the RAGPT family: one global table over all splits of a ``DatasetDict`` together (so the
-  training split is incomplete too), patterns in disjoint shares of ``rate/len(patterns)``, counted as
-  under "redeem".
+  training split is incomplete too), counted as RAGPT's ``generate_missing_table``: ``int(N·rate)`` incomplete
+  (the float product truncated, so 100 at 0.29 gives 28), and ``floor(int(N·rate)·share)`` per pattern, i.e.
+  ``int(N·rate) // 2`` missing the text and as many the image for "both" (the odd one stays complete).
 * ``"redeem"`` — REDEEM §4.1: per split, ``rate`` is the share of incomplete samples, split evenly over
   the patterns (``rate/2`` text-only and ``rate/2`` image-only for "both"), each count rounded (half up).
   Where the rounded counts add up to more than ``ceil(N·rate)`` (5 samples at 1.0: 2.5 + 2.5 -> 3 + 3) or
@@ -18,7 +19,8 @@ Protocols:
   transform only adds the ``sample_index`` column the redraw is keyed on and an all-complete ``missing_type``.
 
 Rates and shares are read as the fractions they stand for (``0.29`` is 29/100: 100 samples at 0.29 give
-29 incomplete, not the 28 of float ``int(100 * 0.29)``). Every table is a function of ``(seed, protocol,
+29 incomplete, not the 28 of float ``int(100 * 0.29)``), except the ``"ragpt"`` total, which is RAGPT's float
+``int(N·rate)``. Every table is a function of ``(seed, protocol,
 rate, shares, split sizes)`` alone, so the columns are identical for any ``num_proc`` and any processing
 order. The settings are stored as JSON in the
 dataset's ``info.description`` (read back with :func:`missing_settings`) so model cards can state them.
@@ -84,6 +86,9 @@ def pattern_counts(n: int, rate: float, shares: dict[str, float], protocol: str)
         n_incomplete = math.floor(incomplete)
         counts = [math.floor(n_incomplete * _fraction(shares[name])) for name in names[1:]]
         return dict(zip(names, [n_incomplete - sum(counts), *counts], strict=True))
+    if protocol == "ragpt":
+        n_incomplete = int(n * rate)  # RAGPT's float product, truncated: int(len(df) * missing_rate)
+        return {name: math.floor(n_incomplete * _fraction(shares[name])) for name in names}
     return _round_counts({name: incomplete * _fraction(shares[name]) for name in names})
 
 

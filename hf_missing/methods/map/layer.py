@@ -32,7 +32,9 @@ class MapLayer(MissingMethodLayer):
     def update_layer(self, adapter_name: str, config: MapConfig) -> None:
         num_patterns = ModalityPattern(tuple(config.model_settings["modalities"])).num_patterns
         length = config.prompt_length if self.index < config.prompt_depth else 0
-        self.map_prompts[adapter_name] = nn.Parameter(initial_prompts(num_patterns, length, self.stream.hidden_size))
+        attention = config.prompt_type == "attention"
+        self.map_prompts[adapter_name] = nn.Parameter(
+            initial_prompts(num_patterns, length, self.stream.hidden_size, attention=attention))
         super().update_layer(adapter_name, config)
 
     def _selected(self, missing_type: torch.Tensor) -> torch.Tensor | None:
@@ -57,11 +59,19 @@ class MapLayer(MissingMethodLayer):
             return self.base_layer(hidden_states, *args, **kwargs)
 
 
-def initial_prompts(num_patterns: int, length: int, hidden: int) -> torch.Tensor:
-    """MAP's initialisation: zeros with one row set to 1, a different row per pattern (complete row 0,
-    missing_text row 2, missing_image row 1 for two modalities: row ``(P - c) mod P``)."""
+def initial_prompts(num_patterns: int, length: int, hidden: int, *, attention: bool = False) -> torch.Tensor:
+    """MAP's initialisation (the released code's ``learnt_p``): zeros with one row set to 1, a different row per
+    pattern (complete row 0, missing_text row 2, missing_image row 1 for two modalities: row ``r = (P - c) mod P``).
+    Attention-level prompts (``attention``) are two halves, keys then values, and the released code sets row
+    ``r`` of each: rows ``r`` and ``L/2 + r`` (``r`` taken modulo ``L/2``, so a short prompt keeps one row per
+    half)."""
     prompts = torch.zeros(num_patterns, length, hidden)
-    if length:
-        for code in range(num_patterns):
-            prompts[code, ((num_patterns - code) % num_patterns) % length] = 1.0
+    if not length:
+        return prompts
+    half = length // 2 if attention else length
+    for code in range(num_patterns):
+        row = ((num_patterns - code) % num_patterns) % half
+        prompts[code, row] = 1.0
+        if attention:
+            prompts[code, half + row] = 1.0
     return prompts

@@ -37,6 +37,16 @@ class MemPromptConfig(MissingMethodConfig):
                           "Prompts inserted at a layer stay in the sequence for all later layers, as in the "
                           "released code."},
     )
+    generative_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Layers that receive new generative prompts p_g (the released code's gen_prompt_layers); "
+                          "None: prompt_layers. Fig. 3(c) varies these with shared_layers fixed."},
+    )
+    shared_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Layers that receive new shared prompts p_s (the released code's shared_prompt_layers); "
+                          "None: prompt_layers. Fig. 3(c) varies these with generative_layers fixed."},
+    )
     placement: str = field(
         default="distributed",
         metadata={"help": "'distributed': each modality's prompts directly before its tokens (eq. 2); "
@@ -93,11 +103,28 @@ class MemPromptConfig(MissingMethodConfig):
                              f"(memory_size={self.memory_size}); pass top_n <= memory_size.")
 
     def _check_layers(self) -> None:
-        if not self.prompt_layers:
-            raise ValueError("prompt_layers is empty, so no layer would get prompts; pass layer indices such as "
-                             "[0, 1, 2, 3, 4, 5] (the paper's first 6 layers).")
-        if any(i < 0 for i in self.prompt_layers):
-            raise ValueError(f"prompt_layers must hold non-negative layer indices, got {self.prompt_layers}.")
-        if len(set(self.prompt_layers)) != len(self.prompt_layers):
-            raise ValueError(f"prompt_layers lists a layer twice: {self.prompt_layers}.")
-        self.prompt_layers = sorted(self.prompt_layers)
+        """Each layer list checked and sorted (``generative_layers`` / ``shared_layers`` stay None when unset)."""
+        self.prompt_layers = _checked_layers("prompt_layers", self.prompt_layers)
+        for name in ("generative_layers", "shared_layers"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _checked_layers(name, getattr(self, name)))
+
+    def layer_lists(self) -> dict[str, list[int]]:
+        """The layers of each prompt kind that is switched on (``"generative"``, ``"shared"``): its own list, else
+        ``prompt_layers``."""
+        lists = {"generative": (self.generative_prompts, self.generative_layers),
+                 "shared": (self.shared_prompts, self.shared_layers)}
+        return {kind: self.prompt_layers if layers is None else layers for kind, (on, layers) in lists.items() if on}
+
+
+def _checked_layers(name: str, layers: list[int]) -> list[int]:
+    """``layers`` sorted, after a clear error for an empty list, a negative index or a repeated layer."""
+    if not layers:
+        raise ValueError(f"{name} is empty, so no layer would get those prompts; pass layer indices such as "
+                         "[0, 1, 2, 3, 4, 5] (the paper's first 6 layers), or turn the kind off with "
+                         "generative_prompts=False / shared_prompts=False.")
+    if any(i < 0 for i in layers):
+        raise ValueError(f"{name} must hold non-negative layer indices, got {layers}.")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"{name} lists a layer twice: {layers}.")
+    return sorted(layers)

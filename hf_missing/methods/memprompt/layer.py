@@ -67,7 +67,8 @@ def _bottleneck(shared_dim: int, hidden: int, width: int) -> nn.Sequential:
 class MemPromptBank(PooledTensors):
     """All of one adapter's trained MemPrompt tensors, for K modalities of any widths.
 
-    ``memories[m][i]``: modality ``m``'s prompt memory at layer ``i`` (eq. 4). ``shared[i]``: ``[K, L, D_s]``,
+    ``memories[m][i]``: modality ``m``'s prompt memory at generative layer ``i`` (eq. 4). ``shared[i]`` (at each
+    shared layer ``i``): ``[K, L, D_s]``,
     row ``k`` is the shared prompt that modality ``k`` contributes when present, so a sample's ``p_s^i`` is the
     sum over its present modalities: complete = both rows, missing text = the image row (the code's
     ``shared_missing_t``), missing image = the text row (``shared_missing_v``). ``mapping[m][i]``: G_m (eq. 7).
@@ -83,12 +84,13 @@ class MemPromptBank(PooledTensors):
         self.top_n = config.top_n
         self.usage: dict[str, torch.Tensor] = {}  # top-N selection counts of the last forward (not saved,
         # left on the device: read back only when diagnostics() asks)
-        layers = [str(i) for i in config.prompt_layers]
         if config.generative_prompts:
+            layers = [str(i) for i in config.layer_lists()["generative"]]
             self.memories = nn.ModuleDict({
                 m: nn.ModuleDict({i: PromptMemory(config.memory_size, config.prompt_length, d) for i in layers})
                 for m, d in widths.items()})
         if config.shared_prompts:
+            layers = [str(i) for i in config.layer_lists()["shared"]]
             shared_dim = config.shared_dim or max(widths.values())
             hidden = config.bottleneck_dim or max(1, shared_dim // BOTTLENECK_REDUCTION)
             self.shared = nn.ParameterDict({
@@ -176,7 +178,7 @@ class MemPromptLayer(MissingMethodLayer):
         spans, config = run.ctx.spans[self.stream.name], run.config
         blocks = []
         for m in sorted(self.stream.modalities, key=lambda m: spans[m].start or 0):
-            parts = self._new_prompts(run, m, hidden, mask) if self.index in config.prompt_layers else []
+            parts = self._new_prompts(run, m, hidden, mask)
             if m in carried:
                 parts.append(carried[m])
             if parts:
@@ -186,16 +188,17 @@ class MemPromptLayer(MissingMethodLayer):
 
     def _new_prompts(self, run: MethodRun, modality: str, hidden: torch.Tensor,
                      mask: torch.Tensor | None) -> list[torch.Tensor]:
-        """This layer's ``[p_s,m^i, p_g,m^i]`` (eq. 7, eq. 4-6); adds their orthogonality term when asked."""
-        bank, ctx, parts = run.shared, run.ctx, []
-        if bank.has_shared:
+        """This layer's ``[p_s,m^i, p_g,m^i]`` (eq. 7, eq. 4-6), each kind only at its own layers
+        (``shared_layers``, ``generative_layers``); adds their orthogonality term when asked and both are here."""
+        bank, ctx, parts, layer = run.shared, run.ctx, [], str(self.index)
+        if bank.has_shared and layer in bank.shared:
             present = torch.stack([ctx.present_of(m) for m in bank.modalities], dim=1)
             parts.append(bank.shared_prompt(self.index, modality, present))
-        if bank.has_generative:
+        if bank.has_generative and layer in bank.memories[modality]:
             span = ctx.spans[self.stream.name][modality]
             valid = visible_keys(mask, hidden.shape[0], hidden.shape[1], hidden.device)[:, span]
             parts.append(bank.generative_prompt(self.index, modality, pooled_query(hidden[:, span], valid)))
-        if run.config.ortho_weight > 0:
+        if run.config.ortho_weight > 0 and len(parts) == 2:
             name = f"memprompt_orthogonality/{run.adapter}"
             term = run.config.ortho_weight * squared_cosine(parts[0], parts[1])
             ctx.aux_losses[name] = ctx.aux_losses[name] + term if name in ctx.aux_losses else term

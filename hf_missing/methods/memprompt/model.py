@@ -27,11 +27,14 @@ class MemPromptModel(MissingMethodModel):
 
 def check_depth(interface: BackboneInterface, config: MemPromptConfig) -> None:
     """A clear error for a prompted layer that a stream does not have."""
+    explicit = {"generative": config.generative_layers, "shared": config.shared_layers}
     for stream in interface.streams:
-        beyond = [i for i in config.prompt_layers if i >= stream.num_layers]
-        if beyond:
-            raise ValueError(
-                f"MemPrompt prompt_layers {beyond} do not exist in the {stream.num_layers}-layer {stream.name} stream "
-                f"of this {interface.model_type} backbone; pass layer indices 0..{stream.num_layers - 1}, e.g. "
-                f"prompt_layers={list(range(min(6, stream.num_layers)))}."
-            )
+        for kind, layers in config.layer_lists().items():
+            beyond = [i for i in layers if i >= stream.num_layers]
+            name = "prompt_layers" if explicit[kind] is None else f"{kind}_layers"
+            if beyond:
+                raise ValueError(
+                    f"MemPrompt {name} {beyond} do not exist in the {stream.num_layers}-layer {stream.name} stream of "
+                    f"this {interface.model_type} backbone; pass layer indices 0..{stream.num_layers - 1}, e.g. "
+                    f"{name}={list(range(min(6, stream.num_layers)))}."
+                )

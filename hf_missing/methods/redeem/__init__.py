@@ -11,14 +11,16 @@ from .retrieval import (
     RedeemCollator,
     add_neighbors,
     attach_memory_bank,
+    evaluation_neighbors,
     load_memory_bank,
     prepare_for_training,
 )
 
 
 def _evaluation_split(model: Any, dataset: Any, collator: Any) -> Any:
-    """Retrieve neighbours for a split to evaluate (``collator``: the one ``prepare_for_training`` returned)."""
-    return add_neighbors(dataset, model, collator.collator if isinstance(collator, RedeemCollator) else collator)
+    """Retrieve neighbours for a split to evaluate (``collator``: the one ``prepare_for_training`` returned),
+    refused when the memory bank holds that split (:func:`evaluation_neighbors`)."""
+    return evaluation_neighbors(dataset, model, collator.collator if isinstance(collator, RedeemCollator) else collator)
 
 
 HOOKS = MethodHooks(prepare_training=prepare_for_training, prepare_evaluation=_evaluation_split,
@@ -49,4 +51,4 @@ register_method("ragpt", RagptConfig, RagptModel,
 
 __all__ = ["BankError", "MemoryBank", "RagptConfig", "RagptModel", "RedeemCollator", "RedeemConfig",
            "RedeemLayer", "RedeemModel", "RedeemModules", "add_neighbors", "attach_memory_bank", "build_index",
-           "build_memory_bank", "load_memory_bank", "prepare_for_training"]
+           "build_memory_bank", "evaluation_neighbors", "load_memory_bank", "prepare_for_training"]

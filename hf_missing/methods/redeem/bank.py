@@ -40,12 +40,13 @@ from torch.nn import functional as F
 from ...cache import default_cache_dir
 from ...compat.peft import adapters_bypassed
 from ...context import maybe_context
-from ..base import visible_keys
+from ..base import MissingMethodLayer, visible_keys
 from ..options import is_signature
 
 BANK_FILE = "redeem_bank.safetensors"
 BANK_VERSION = 2  # 1 kept a faiss index file beside the bank
 CHECK_ROWS = 65_536  # rows checked for non-finite values at a time
+SPREAD_ROWS = 4_096  # rows whose statistics the "w/o Retriever" noise takes
 IVF_ARRAYS = ("ivf.centroids", "ivf.lists")  # an IVF index's trained layout, saved so a load skips k-means
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 FLAT_LIMIT = 200_000  # "auto" keeps exact search up to this many entries
@@ -81,7 +82,7 @@ class MemoryBank:
     sources: list[dict[str, Any]] = field(default_factory=list)
     key: str = ""
     index_type: str = "auto"
-    _rows: dict[int, int] | None = field(default=None, repr=False)
+    _rows: dict[int, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.arrays["content_hash"].shape[0])
@@ -96,11 +97,27 @@ class MemoryBank:
     def width(self, modality: str) -> int:
         return int(self.arrays[f"query.{modality}"].shape[1])
 
-    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
-        """Bank row of each content hash, -1 for samples not in the bank."""
+    def copies_of(self, content_hash: int) -> np.ndarray:
+        """Every bank row holding the sample with ``content_hash`` (a training sample and its exact duplicates);
+        empty for a sample not in the bank."""
         if self._rows is None:
-            self._rows = {int(h): i for i, h in enumerate(self.arrays["content_hash"])}
-        return np.array([self._rows.get(int(h), -1) for h in hashes], dtype=np.int64)
+            hashes = np.asarray(self.arrays["content_hash"])
+            order = np.argsort(hashes, kind="stable")
+            unique, starts = np.unique(hashes[order], return_index=True)
+            self._rows = dict(zip(unique.tolist(), np.split(order, starts[1:]), strict=True))
+        none = np.empty(0, dtype=np.int64)
+        return self._rows.get(int(content_hash), none) if content_hash >= 0 else none
+
+    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
+        """The first bank row of each content hash (the reconstruction target's row), -1 for samples not in the
+        bank."""
+        return np.array([(self.copies_of(h)[:1].tolist() or [-1])[0] for h in hashes], dtype=np.int64)
+
+    def spread(self, key: str) -> tuple[float, float]:
+        """Mean and standard deviation of ``arrays[key]`` over the bank's first :data:`SPREAD_ROWS` entries (the
+        "w/o Retriever" noise's statistics, the same for every sample)."""
+        values = np.asarray(self.arrays[key][:SPREAD_ROWS], dtype=np.float64)
+        return float(values.mean()), float(values.std())
 
     def lookup(self, key: str, rows: torch.Tensor) -> torch.Tensor:
         """``arrays[key][rows]`` as float32 on ``rows``' device (only those rows are read from disk)."""
@@ -478,9 +495,11 @@ def build_memory_bank(model: Any, datasets: Dataset | Sequence[Dataset], collato
     and index them (a ``datasets`` map with a progress bar); cached under ``<cache>/redeem-banks/<fingerprint>``
     and reused.
 
+    ``datasets``: the training split, then any validation splits (recorded as the bank's sources with these roles).
     Every sample must hold every modality (the bank stores complete samples; a simulated
     ``missing_type`` column is ignored: the training set is fully available, as in the paper). A split named
-    ``test*`` is refused: the bank must not see test data.
+    ``test*`` is refused: the bank must not see test data (a split whatever its name is also refused when it is
+    evaluated: :func:`~hf_missing.methods.redeem.retrieval.evaluation_neighbors`).
     """
     datasets = [datasets] if isinstance(datasets, Dataset) else list(datasets)
     for ds in datasets:
@@ -496,8 +515,9 @@ def build_memory_bank(model: Any, datasets: Dataset | Sequence[Dataset], collato
     vectors = np.concatenate([arrays[f"query.{m}"] for m in modalities], axis=1)
     bank = MemoryBank(arrays=arrays, index=build_index(vectors, index_type), modalities=modalities,
                       signature=model.interface.signature(),
-                      sources=[{"split": str(ds.split), "fingerprint": ds._fingerprint, "rows": len(ds)}
-                               for ds in datasets], key=key, index_type=index_type)
+                      sources=[{"split": str(ds.split), "fingerprint": ds._fingerprint, "rows": len(ds),
+                                "role": "validation" if i else "train"} for i, ds in enumerate(datasets)],
+                      key=key, index_type=index_type)
     bank.save(folder)
     return MemoryBank.load(folder)
 
@@ -512,8 +532,8 @@ def _check_source(dataset: Dataset) -> None:
 
 
 def bank_fingerprint(model: Any, datasets: Sequence[Dataset], collator: Any, num_tokens: int, index_type: str) -> str:
-    """Cache key: the datasets' fingerprints, the backbone (signature and weights), the collator's settings (its
-    modalities' declarations, text truncation included, and their columns)."""
+    """Cache key: the datasets' fingerprints, the backbone (signature and frozen weights: :func:`frozen_tensors`),
+    the collator's settings (its modalities' declarations, text truncation included, and their columns)."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": BANK_VERSION, "signature": model.interface.signature(),
                               "datasets": [ds._fingerprint for ds in datasets], "tokens": num_tokens,
@@ -521,10 +541,28 @@ def bank_fingerprint(model: Any, datasets: Sequence[Dataset], collator: Any, num
                                                                 repr(getattr(collator, "inputs", None)),
                                                                 getattr(collator, "columns", None)]},
                              sort_keys=True).encode())
-    for name, tensor in model.backbone.state_dict().items():
+    for name, tensor in frozen_tensors(model):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def frozen_tensors(model: Any) -> list[tuple[str, torch.Tensor]]:
+    """The backbone tensors the bank is computed from, under their unwrapped names: every tensor of
+    ``model.backbone`` except the method layers' own (``base_layer`` is the frozen layer they wrap) and the pooler
+    modules (trained, and never read by the bank)."""
+    layers = [name for name, module in model.backbone.named_modules() if isinstance(module, MissingMethodLayer)]
+    poolers = tuple(f"{name}." for name in model.interface.pooler_modules)
+    kept = []
+    for name, tensor in model.backbone.state_dict().items():
+        owner = next((f"{layer}." for layer in layers if name.startswith(f"{layer}.")), None)
+        if owner is not None:
+            if not name.startswith(f"{owner}base_layer."):
+                continue
+            name = owner + name[len(f"{owner}base_layer."):]
+        if not name.startswith(poolers):
+            kept.append((name, tensor))
+    return kept
 
 
 def _embed_dataset(model: Any, dataset: Dataset, collator: Any, num_tokens: int, batch_size: int,

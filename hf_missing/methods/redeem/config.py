@@ -41,7 +41,8 @@ class RedeemConfig(MissingMethodConfig):
     retrieval: str = field(
         default="msa",
         metadata={"help": f"One of {list(RETRIEVALS)}: 'msa' = eq. 1; 'random' = random bank entries (Table 3 "
-                          "'Random'); 'none' = retrieved features replaced by random values (Table 3 "
+                          "'Random'); 'none' = no search: retrieved features replaced by noise with the bank's "
+                          "mean and spread, RAGPT's label token by the mean label embedding (Table 3 "
                           "'w/o Retriever')."},
     )
     generator: str = field(

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...backbones import Stream
+from ...backbones import BackboneInterface, Stream
 from ...context import ForwardContext
 from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, visible_keys
 from .config import RedeemConfig
@@ -284,11 +284,12 @@ def redeem_run(adapter: str, config: RedeemConfig, modules: RedeemModules, ctx: 
         raise ValueError("REDEEM needs each sample's retrieved neighbours: add them with hf_missing.methods.redeem."
                          "add_neighbors(dataset, model, collator) and batch with RedeemCollator(collator).")
     neighbours = batch[NEIGHBOURS][:, :config.num_retrieved].to(ctx.missing_type.device)
-    retrieved = {m: bank.lookup(f"tokens.{m}", neighbours) for m in modules.modalities}
-    experts = {m: bank.lookup(f"query.{m}", neighbours) for m in modules.modalities}
     if config.retrieval == "none":
-        retrieved = {m: _noise_like(x) for m, x in retrieved.items()}
-        experts = {m: _noise_like(x) for m, x in experts.items()}
+        retrieved = {m: _noise(bank, f"tokens.{m}", neighbours) for m in modules.modalities}
+        experts = {m: _noise(bank, f"query.{m}", neighbours) for m in modules.modalities}
+    else:
+        retrieved = {m: bank.lookup(f"tokens.{m}", neighbours) for m in modules.modalities}
+        experts = {m: bank.lookup(f"query.{m}", neighbours) for m in modules.modalities}
     generated = {}
     if config.generator != "none":
         queries = {m: batch[QUERY + m].to(neighbours.device).float() for m in modules.modalities}
@@ -297,13 +298,24 @@ def redeem_run(adapter: str, config: RedeemConfig, modules: RedeemModules, ctx: 
                 condition = modules.condition(m, queries, ctx.present)
                 generated[m] = modules.generate(m, condition, experts[m], retrieved[m])
     _reconstruction_loss(generated, bank, batch.get(SELF), ctx, config, adapter)
-    labels = bank.lookup("labels", neighbours) if config.label_token else None
+    labels = _neighbour_labels(bank, neighbours, config) if config.label_token else None
     return RedeemRun(adapter, config, modules, ctx, retrieved=retrieved, generated=generated, labels=labels)
 
 
-def _noise_like(x: torch.Tensor) -> torch.Tensor:
-    """Table 3 "w/o Retriever": random values with the retrieved features' mean and spread."""
-    return torch.randn_like(x) * x.std() + x.mean()
+def _noise(bank: Any, key: str, neighbours: torch.Tensor) -> torch.Tensor:
+    """Table 3 "w/o Retriever": random values shaped as the K neighbours' ``arrays[key]`` rows, with the bank's overall
+    mean and spread (:meth:`MemoryBank.spread`), so that nothing of a sample's neighbours enters."""
+    mean, std = bank.spread(key)
+    shape = (*neighbours.shape, *bank.arrays[key].shape[1:])
+    return torch.randn(shape, device=neighbours.device) * std + mean
+
+
+def _neighbour_labels(bank: Any, neighbours: torch.Tensor, config: RedeemConfig) -> torch.Tensor:
+    """The neighbours' (multi-)hot labels ``[B, K, C]`` for RAGPT's label token; without a retriever every class
+    counts equally (the token is the mean label embedding: no neighbour's label leaks in)."""
+    if config.retrieval != "none":
+        return bank.lookup("labels", neighbours)
+    return torch.ones(*neighbours.shape, bank.arrays["labels"].shape[1], device=neighbours.device)
 
 
 def _reconstruction_loss(generated: dict[str, torch.Tensor], bank: Any, self_rows: torch.Tensor | None,
@@ -323,11 +335,29 @@ def _reconstruction_loss(generated: dict[str, torch.Tensor], bank: Any, self_row
         ctx.aux_losses[f"redeem_reconstruction/{adapter}"] = config.recon_weight * torch.stack(terms).mean()
 
 
+def check_policy(interface: BackboneInterface, config: RedeemConfig, ctx: ForwardContext) -> None:
+    """Refuse a generator whose output cannot reach the logits: on a backbone where a modality has a stream of its
+    own (CLIP), the "mask" and "zero" policies leave a missing modality's pooled feature out of the fused
+    representation, so the tokens generated in its stream (eq. 4, 7) would be trained by the reconstruction term
+    alone."""
+    if ctx.policy == "dummy" or config.generator == "none":
+        return
+    alone = [m for m in ctx.modalities if interface.stream_of(m).modalities == (m,) and len(interface.streams) > 1]
+    if alone:
+        raise ValueError(
+            f"REDEEM/RAGPT generates a missing modality's embeddings, but under missing_policy={ctx.policy!r} this "
+            f"{interface.model_type} backbone leaves the pooled feature of a missing {alone[0]!r} (its own stream) "
+            "out of the fused representation, so the generated tokens would never reach the logits. Batch with "
+            "missing_policy='dummy' (the generated block stands in for the hidden placeholder), or pass "
+            "generator='none'.")
+
+
 class RedeemLayer(MissingMethodLayer):
     """Wraps every encoder layer of every stream (REDEEM and RAGPT adapters); the first layer that runs retrieves
     and generates with the adapter's :class:`RedeemModules` (in the model's pool)."""
 
     def start_run(self, adapter: str, ctx: ForwardContext) -> RedeemRun:
+        check_policy(self.interface, self.method_config[adapter], ctx)
         return redeem_run(adapter, self.method_config[adapter], self.shared(adapter), ctx)
 
     def blocks(self, run: RedeemRun, hidden: torch.Tensor, mask: torch.Tensor | None,

@@ -3,7 +3,8 @@ one call that prepares a model and its training data.
 
 :func:`add_neighbors` runs once over a dataset and adds three kinds of columns:
 
-* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns, each
+* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns (-1 under
+  ``retrieval="none"``: no search runs), each
   scored by the sum of the cosines over the modalities that pattern keeps (eq. 1, generalised from two
   modalities: two modalities give row 0 complete, text + image cosines summed; "missing_text": image-only;
   "missing_image": text-only), so that evaluating a sample under any pattern needs no new search;
@@ -78,11 +79,16 @@ def memory_bank_of(model: Any) -> MemoryBank:
 
 
 def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: int = 32, seed: int = 0) -> Dataset:
-    """Eq. 1 once per dataset (a ``datasets`` map): neighbour ids for every missing pattern, the sample's own bank
-    row and its query vectors (module docstring). Samples of the bank reuse its query vectors; others are
-    embedded with the frozen backbone from the modalities they hold."""
+    """Eq. 1 once per dataset (a ``datasets`` map): neighbour ids for every missing pattern (as many as the model's
+    largest ``num_retrieved``), the sample's own bank row and its query vectors (module docstring). Samples of the
+    bank reuse its query vectors; others are embedded with the frozen backbone from the modalities they hold."""
     wrapper, bank = _wrapper(model), memory_bank_of(model)
-    config = next(iter(redeem_configs(model).values()))
+    configs = list(redeem_configs(model).values())
+    modes = {c.retrieval for c in configs}
+    if len(modes) > 1:
+        raise ValueError(f"The model's REDEEM/RAGPT adapters retrieve differently ({sorted(modes)}), but one set of "
+                         "neighbour columns serves them all; give them the same retrieval.")
+    config = max(configs, key=lambda c: c.num_retrieved)  # each adapter reads the first num_retrieved neighbours
     k, modalities = config.num_retrieved, wrapper.patterns.modalities
     present = wrapper.patterns.present_matrix().numpy()
 
@@ -90,12 +96,15 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
         features = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         raw = raw_values(features, collator, modalities)
         available = {m: np.array([v is not None for v in values]) for m, values in raw.items()}
-        self_rows = bank.rows_of(content_hashes(raw))
+        hashes = content_hashes(raw)
+        self_rows = bank.rows_of(hashes)
         queries = _queries(wrapper, bank, collator, features, available, self_rows, config.bank_tokens)
-        if config.retrieval == "random":
-            neighbours = _random(len(bank), k, self_rows, indices, seed, present.shape[0])
+        if config.retrieval == "none":  # Table 3 "w/o Retriever": no search; the layer draws noise instead
+            neighbours = np.full((len(features), present.shape[0], k), -1, dtype=np.int64)
+        elif config.retrieval == "random":
+            neighbours = _random(bank, k, hashes, indices, seed, present.shape[0])
         else:
-            neighbours = _nearest(bank, queries, present, modalities, k, self_rows)
+            neighbours = _nearest(bank, queries, present, modalities, k, hashes)
         return {NEIGHBOURS: neighbours, SELF: self_rows, **{QUERY + m: queries[m] for m in modalities}}
 
     key = hashlib.sha256(f"{dataset._fingerprint}-{bank.key}-{len(bank)}-{k}-{config.retrieval}-{seed}".encode())
@@ -103,6 +112,25 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
                        remove_columns=[c for c in (NEIGHBOURS, SELF, *(QUERY + m for m in modalities))
                                        if c in dataset.column_names],
                        new_fingerprint=key.hexdigest()[:32], desc="REDEEM retrieval")
+
+
+def evaluation_neighbors(dataset: Dataset, model: Any, collator: Any) -> Dataset:
+    """:func:`add_neighbors` for a split to evaluate, refused when the memory bank holds that split: by fingerprint
+    (the bank's training source, whatever the split is called: ``from_dict`` splits have no name) or by content
+    (every sample of the split has a bank row). Validation splits given to the bank as validation are evaluated."""
+    bank = memory_bank_of(model)
+    roles = {s.get("role") for s in bank.sources if s.get("fingerprint") == dataset._fingerprint}
+    if roles - {"validation"}:
+        raise BankError(f"The memory bank was built from this very split (fingerprint {dataset._fingerprint}): "
+                        "evaluating it retrieves its own samples' neighbours and labels. Build the bank from the "
+                        "training split and evaluate a held-out one.")
+    dataset = add_neighbors(dataset, model, collator)
+    inside = int((np.asarray(dataset[SELF]) >= 0).sum())
+    if not roles and len(dataset) and inside == len(dataset):
+        raise BankError(f"all {inside} samples of the split to evaluate are in the memory bank (found by content), "
+                        f"which was built from {[s.get('split') for s in bank.sources]}: the bank holds this "
+                        "evaluation data. Build the bank from the training split only and evaluate a held-out one.")
+    return dataset
 
 
 def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[str, Any]],
@@ -123,12 +151,15 @@ def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[
 
 
 def _nearest(bank: MemoryBank, queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str],
-             k: int, self_rows: np.ndarray) -> np.ndarray:
-    """``[B, P, K]`` neighbours: the top K of each missing pattern's eq. 1 scores (:func:`pattern_queries`)."""
-    batch, patterns = len(self_rows), present.shape[0]
-    _, ids = bank.search(pattern_queries(queries, present, modalities), min(k + 1, len(bank)))
+             k: int, hashes: np.ndarray) -> np.ndarray:
+    """``[B, P, K]`` neighbours: the top K of each missing pattern's eq. 1 scores (:func:`pattern_queries`), never a
+    copy of the sample itself (any row with its content hash)."""
+    batch, patterns = len(hashes), present.shape[0]
+    excluded = [bank.copies_of(h) for h in hashes]
+    depth = min(k + max(len(rows) for rows in excluded), len(bank))
+    _, ids = bank.search(pattern_queries(queries, present, modalities), depth)
     ids = ids.reshape(patterns, batch, -1).transpose(1, 0, 2)
-    return np.stack([[_drop_self(row, self_rows[b], k) for row in ids[b]] for b in range(batch)])
+    return np.stack([[_drop_self(row, excluded[b], k) for row in ids[b]] for b in range(batch)])
 
 
 def pattern_queries(queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
@@ -141,21 +172,24 @@ def pattern_queries(queries: dict[str, np.ndarray], present: np.ndarray, modalit
                            for p in range(present.shape[0])])
 
 
-def _drop_self(ids: np.ndarray, self_row: int, k: int) -> np.ndarray:
-    kept = ids[(ids != self_row) & (ids >= 0)][:k]
+def _drop_self(ids: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
+    kept = ids[~np.isin(ids, excluded) & (ids >= 0)][:k]
     if len(kept) < k:
         raise BankError(f"The index returned {len(kept)} of the {k} neighbours asked for; the memory bank is too small "
                         "for num_retrieved (or an approximate index probes too few lists: use index_type='flat').")
     return kept
 
 
-def _random(size: int, k: int, self_rows: np.ndarray, indices: list[int], seed: int, patterns: int) -> np.ndarray:
-    """Table 3 "Random": K distinct random bank rows other than the sample itself, the same for every pattern."""
+def _random(bank: MemoryBank, k: int, hashes: np.ndarray, indices: list[int], seed: int,
+            patterns: int) -> np.ndarray:
+    """Table 3 "Random": K distinct random bank rows other than the sample itself (and its copies), the same for
+    every pattern."""
     out = []
-    for row, index in zip(self_rows, indices, strict=True):
-        rng = np.random.default_rng([seed, index])
-        drawn = rng.choice(size, min(size, k + 1), replace=False)
-        out.append(np.repeat(_drop_self(drawn, row, k)[None], patterns, axis=0))
+    for content_hash, index in zip(hashes, indices, strict=True):
+        excluded = bank.copies_of(content_hash)
+        drawn = np.random.default_rng([seed, index]).choice(len(bank), min(len(bank), k + len(excluded)),
+                                                            replace=False)
+        out.append(np.repeat(_drop_self(drawn, excluded, k)[None], patterns, axis=0))
     return np.stack(out)
 
 
