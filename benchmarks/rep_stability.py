@@ -17,9 +17,10 @@ ROWS = [r for r in REP_ROWS if r.name in (FULL, "released chain (buffer_source='
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=float, default=None, help="Override the demo preset's epochs.")
     parser.add_argument("--output-dir", default="benchmarks/results/rep-stability")
     args = parser.parse_args()
-    settings = DemoSettings(output_dir=args.output_dir, seeds=args.seeds, progress=False)
+    settings = DemoSettings(output_dir=args.output_dir, seeds=args.seeds, epochs=args.epochs, progress=False)
     run_ablation(settings, "rep", ROWS)
     runs = json.loads(Path(args.output_dir, "runs.json").read_text(encoding="utf-8"))
     for key, run in runs.items():
