@@ -60,12 +60,17 @@ def layer_order(model: MissingModalityForClassification, batch: dict, lockstep: 
     for stream in model.interface.streams:
         for i, layer in enumerate(model.interface.layers(stream.name)):
             handles.append(layer.register_forward_pre_hook(lambda *_, name=f"{stream.name}{i}": calls.append(name)))
+    run_hooked(model, batch, lockstep, handles)
+    return calls
+
+
+def run_hooked(model: MissingModalityForClassification, batch: dict, lockstep: bool, handles: list) -> None:
+    """One forward with the hooks ``handles`` registered, removed afterwards whatever happens."""
     try:
         run(model, batch, lockstep)
     finally:
         for handle in handles:
             handle.remove()
-    return calls
 
 
 def unpadded(batch: dict) -> dict:
@@ -120,11 +125,7 @@ def last_layer_outputs(model: MissingModalityForClassification, batch: dict, loc
     for stream in model.interface.streams:
         last = model.interface.layers(stream.name)[-1]
         handles.append(last.register_forward_hook(lambda _module, _args, output: outputs.append(output)))
-    try:
-        run(model, batch, lockstep)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, batch, lockstep, handles)
     return outputs
 
 
