@@ -480,3 +480,38 @@ def test_gates_stay_in_the_unit_interval_so_the_buffer_chain_cannot_blow_up():
         first, last = states.private[m][0].norm(dim=-1), states.private[m][-1].norm(dim=-1)
         assert last.max() <= first.max() * 1.01
     assert all(0 <= v <= 1 for v in _buffers().diagnostics().values())
+
+
+def test_clip_text_buffers_read_the_text(shapes, monkeypatch):
+    """In CLIP's causal text tower the slots sit in front of the text and attend only to each other, so slot outputs
+    alone carry no text: Z_text adds the mean of the text's token outputs. Catches feature buffers that on CLIP
+    cache the image only (a text swap leaving the text buffers unchanged), and leaks across the batch."""
+    runs = _capture_runs(monkeypatch)
+    model = make_model("clip", "rep", **TINY).eval()
+    complete = hf_missing.simulate_missing(shapes["train"].select(range(4)), rate=0.0, split="train")
+    batch = make_batch(complete, "clip", n=4)
+    changed = {**batch, "input_ids": batch["input_ids"].clone()}
+    changed["input_ids"][0, 1] = (changed["input_ids"][0, 1] + 1) % model.backbone.config.text_config.vocab_size
+    with torch.no_grad():
+        model(**batch), model(**changed)
+    before, after = runs[0].states.private["text"][1], runs[1].states.private["text"][1]
+    assert (before[0] - after[0]).abs().max() > 1e-4
+    torch.testing.assert_close(before[1:], after[1:], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("options", [
+    {"buffer_source": "parameters", "init_source": "sample"},
+    {"buffer_source": "parameters", "init_source": "sample", "dual_buffers": False},
+    {"use_private_buffer": False}, {"replay": False, "init_source": "sample"}, {"prompt_depth": 1},
+], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_every_configuration_trains_every_parameter_it_builds(shapes_missing, backbone, options):
+    """Each combination runs a training step on both backbone kinds and every REP tensor it builds gets a gradient.
+    Catches states built during the forward without lockstep on CLIP (a KeyError when the text tower outruns the
+    image's first state), and gates, G and H built for a depth-1 buffer that never replays (unused parameters
+    break DDP and inflate the budget)."""
+    model = make_model(backbone, "rep", **{**TINY, **options})
+    batch = make_batch(shapes_missing["train"], backbone, n=6)
+    model(**batch).loss.backward()
+    idle = [n for n, p in _pooled(model).named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not idle

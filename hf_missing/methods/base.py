@@ -127,7 +127,8 @@ class MethodRun:
         shared: the adapter's tensors in the model's :class:`MethodPool` (None for methods that keep their tensors in
             their layers).
         carried: per stream, the output of each block the last layer inserted, by block name.
-        carried_depth: per stream, the index of the layer whose block outputs ``carried`` holds.
+        outputs: per stream, the output of the last layer that ran, with the inserted tokens stripped.
+        depth: per stream, the index of the last layer that ran (whose outputs ``carried`` and ``outputs`` hold).
         final: per stream, the output of its last layer with the inserted tokens stripped.
     """
 
@@ -136,7 +137,8 @@ class MethodRun:
     shared: PooledTensors | None
     ctx: ForwardContext
     carried: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    carried_depth: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    depth: dict[str, int] = field(default_factory=dict)
     final: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -270,7 +272,7 @@ class MissingMethodLayer(nn.Module, BaseTunerLayer):
         if placed:
             outputs, hidden = remove_blocks(hidden, where)
             run.carried[self.stream.name] = {b.name: o for (_, b), o in zip(placed, outputs, strict=True)}
-            run.carried_depth[self.stream.name] = self.index
+        run.outputs[self.stream.name], run.depth[self.stream.name] = hidden, self.index
         if self.index == self.stream.num_layers - 1:
             run.final[self.stream.name] = hidden
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden

@@ -55,7 +55,8 @@ class RepConfig(MissingMethodConfig):
         default="features",
         metadata={"help": f"What eq. 7's Z_p^m[k] is, one of {list(BUFFER_SOURCES)}. 'features': the sample's own "
                           "representation of modality m at layer k (the outputs of the buffer slots that attended to "
-                          "its tokens), so the buffers cache and replay each sample's features; two-stream backbones "
+                          "its tokens; in a causal stream, where the slots cannot see them, plus the mean of its token "
+                          "outputs), so the buffers cache and replay each sample's features; two-stream backbones "
                           "(CLIP) then run their towers layer by layer in step. 'parameters': the released code's "
                           "chain of the buffers alone, the same for every sample of a missing pattern."},
     )
@@ -102,7 +103,12 @@ class RepConfig(MissingMethodConfig):
             raise ValueError("noise_scale and ortho_weight must be non-negative.")
 
     @property
+    def replays(self) -> bool:
+        """Whether any state after the first is replayed (eq. 7-9): ``replay`` with a depth above 1."""
+        return self.replay and self.prompt_depth > 1
+
+    @property
     def needs_lockstep(self) -> bool:
-        """Feature buffers read every modality at the same depth (eq. 8), so every stream runs layer by layer in
-        step."""
-        return self.buffer_source == "features" and self.replay
+        """States computed during the forward (feature buffers, or E_m from the sample) read every modality at the
+        same depth (eq. 8), so every stream runs layer by layer in step."""
+        return self.replays and (self.buffer_source == "features" or self.init_source == "sample")

@@ -73,9 +73,9 @@ class RepBuffers(PooledTensors):
         self.modalities = tuple(widths)
         patterns = ModalityPattern(self.modalities)
         self.presence = patterns.present_matrix()
-        self.has_private, self.has_shared, self.replay = config.use_private_buffer, config.dual_buffers, config.replay
+        self.has_private, self.has_shared, self.replay = config.use_private_buffer, config.dual_buffers, config.replays
         self.from_features = config.buffer_source == "features"
-        self.num_states = config.prompt_depth if config.replay else 1
+        self.num_states = config.prompt_depth if self.replay else 1
         self.length, shared_dim = config.prompt_length, config.shared_dim
         if self.has_private:
             self.private = nn.ParameterDict(
@@ -262,20 +262,22 @@ def _shared_init(patterns: int, length: int, width: int, config: RepConfig) -> t
 
 @dataclass(kw_only=True)
 class RepRun(MethodRun):
-    """One forward of a REP adapter: the buffer states computed so far (eq. 7-8) and how many of them the
-    orthogonality loss (eq. 6) has counted."""
+    """One forward of a REP adapter: the buffer states computed so far (eq. 7-8), how many of them the
+    orthogonality loss (eq. 6) has counted, and per stream the ``[B, L]`` tokens a query may attend to."""
 
     states: BufferStates
     counted: int = 0
+    visible: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class RepLayer(MissingMethodLayer):
     """Wraps every encoder layer of every stream and inserts each modality's slots before its tokens: layer 0
     eq. 5, layers 1..d-1 eq. 9 (the carried slots plus the replayed buffers), later layers carry them forward.
 
-    With feature buffers, state ``j`` (replayed before layer j) is computed by the first layer j that runs, from
-    the slot outputs of layer j-1 in every stream (:attr:`RepConfig.needs_lockstep` makes two-stream backbones run
-    in step so that all of them exist); with the released chain, every state is computed at the start."""
+    State ``j`` (replayed before layer j: the paper's ``F[k-1]`` before layer k, the same recursion indexed by the
+    layer it enters) is computed by the first layer j that runs, from what every stream made of layer j-1
+    (:attr:`RepConfig.needs_lockstep` makes two-stream backbones run in step so that all of it exists); only the
+    released chain from pretrained tokens is computed whole at the start."""
 
     def start_run(self, adapter: str, ctx: ForwardContext) -> RepRun:
         buffers, config = self.shared(adapter), self.method_config[adapter]
@@ -290,7 +292,8 @@ class RepLayer(MissingMethodLayer):
     def blocks(self, run: RepRun, hidden: torch.Tensor, mask: torch.Tensor | None,
                carried: dict[str, torch.Tensor]) -> list[Block]:
         if self.index == 0:
-            self._start_private(run, hidden, mask)
+            run.visible[self.stream.name] = visible_keys(mask, hidden.shape[0], hidden.shape[1], hidden.device)
+            self._start_private(run, hidden)
         elif self.index < run.shared.num_states and not run.shared.complete(run.states, self.index):
             self._advance(run, carried)
         spans = run.ctx.spans[self.stream.name]
@@ -304,22 +307,23 @@ class RepLayer(MissingMethodLayer):
             return carried + run.shared.slots(run.states, modality, self.index)
         return carried
 
-    def _start_private(self, run: RepRun, hidden: torch.Tensor, mask: torch.Tensor | None) -> None:
+    def _start_private(self, run: RepRun, hidden: torch.Tensor) -> None:
         """State 0 of this stream's private buffers (eq. 10), from the sample's embedded tokens when asked."""
         buffers, codes = run.shared, run.ctx.missing_type
         if not buffers.has_private or all(m in run.states.private for m in self.stream.modalities):
             return
         sample = run.config.init_source == "sample"
         for m in self.stream.modalities:
-            embedded = self._mean_tokens(run, m, hidden, mask) if sample else None
+            embedded = self._mean_tokens(run, self.stream.name, m, hidden) if sample else None
             run.states.private[m] = [buffers.initial_private(m, codes, embedded)]
         self._count_orthogonality(run)
 
-    def _mean_tokens(self, run: RepRun, modality: str, hidden: torch.Tensor,
-                     mask: torch.Tensor | None) -> torch.Tensor:
-        """``[B, D]`` the mean of the modality's tokens a query may attend to (padding excluded)."""
-        span = run.ctx.spans[self.stream.name][modality]
-        weights = visible_keys(mask, hidden.shape[0], hidden.shape[1], hidden.device)[:, span, None].to(hidden.dtype)
+    @staticmethod
+    def _mean_tokens(run: RepRun, stream: str, modality: str, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` the mean of the modality's tokens a query may attend to (padding excluded; under the "mask"
+        policy a missing modality has none, and its mean is 0)."""
+        span = run.ctx.spans[stream][modality]
+        weights = run.visible[stream][:, span, None].to(hidden.dtype)
         return (hidden[:, span] * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def _advance(self, run: RepRun, carried: dict[str, torch.Tensor]) -> None:
@@ -330,17 +334,22 @@ class RepLayer(MissingMethodLayer):
         self._count_orthogonality(run)
 
     def _features(self, run: RepRun, carried: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``Z_p^m`` for every modality: its slots' outputs of layer j-1, from every stream."""
+        """``Z_p^m`` for every modality, from what its stream made of layer j-1: the outputs of m's slots, which
+        attended to m's tokens. In a causal stream the slots sit at the front and cannot see the tokens, so the mean
+        of m's visible token outputs is added to every slot (CLIP's text: otherwise no text would reach Z)."""
         part, depth, features = run.shared.feature_slice(), self.index - 1, {}
         for stream in self.interface.streams:
             outputs = carried if stream.name == self.stream.name else run.carried.get(stream.name)
-            at = depth if stream.name == self.stream.name else run.carried_depth.get(stream.name)
-            if outputs is None or at != depth:
+            if outputs is None or run.depth.get(stream.name) != depth:
                 raise RuntimeError(
                     f"REP feature buffers need every stream's layer {depth} before layer {self.index} of the "
                     f"{self.stream.name} stream, but the {stream.name} stream is not there; the backbone must run its "
                     "streams in step (ForwardContext.lockstep), or pass buffer_source='parameters'.")
-            features.update({m: outputs[m][:, part] for m in stream.modalities})
+            for m in stream.modalities:
+                z = outputs[m][:, part]
+                if stream.causal:
+                    z = z + self._mean_tokens(run, stream.name, m, run.outputs[stream.name])[:, None]
+                features[m] = z
         return features
 
     def _count_orthogonality(self, run: RepRun) -> None:
