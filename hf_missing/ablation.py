@@ -1,10 +1,11 @@
 """Ablations as runs: ``hf-missing benchmark --ablation rep`` trains each row of a paper's ablation tables on the
 embedded default over several seeds and reports mean ± 95% confidence interval next to the paper's numbers.
 
-Every run trains with 70% of the training samples missing a modality ("both": half no text, half no image) and is
-evaluated on the test split with 70% missing text, 70% missing image and 70% "both" (the paper's three columns at
+Every run trains with the settings' missing rate and pattern (default 70% "both": half no text, half no image) and
+is evaluated on the test split with 70% missing text, 70% missing image and 70% "both" (the paper's three columns at
 eta = 70%; the paper trains and tests each column under its own setting). Runs are written to ``runs.json`` as they
-finish, so an interrupted ablation resumes where it stopped.
+finish, each with the settings it ran under, so an interrupted ablation resumes where it stopped and a stored run of
+other settings is refused rather than mixed in.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ RATE = 0.7
 @dataclass(frozen=True)
 class AblationRow:
     """One row: the method and options it trains, the paper's numbers (text, image, both at eta = 70%) and the
-    row its paper compares it with (``than``: the paper says it is better than that row; ``below``: worse than)."""
+    row it is compared with (``than``: expected better than that row; ``below``: worse). The expectation is the
+    paper's when the row has paper numbers, else this library's (e.g. feature buffers at least as good as the
+    released chain)."""
 
     name: str
     method: str
@@ -75,21 +78,42 @@ def run_ablation(settings: DemoSettings, method: str = "rep",
         raise ValueError(f"No ablation for {method!r}; known: {sorted(ABLATIONS)}.")
     rows = ABLATIONS[method] if rows is None else rows
     folder = Path(settings.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     store = folder / "runs.json"
     runs: dict[str, dict[str, Any]] = json.loads(store.read_text(encoding="utf-8")) if store.exists() else {}
-    work = prepare(settings)
-    for row in rows:
-        for seed in settings.seeds:
-            key = f"{row.name} | seed {seed}"
-            if key not in runs:
-                row_settings = replace(settings, method_options={row.method: row.options})
-                runs[key] = run_summary(train_and_evaluate(row.method, work, row_settings, seed, "both"))
-                atomic_write_text(store, json.dumps(runs, indent=2))
+    todo = [(row, seed) for row in rows for seed in settings.seeds if not _stored(runs, row, seed, settings, store)]
+    work = prepare(settings) if todo else None
+    for row, seed in todo:
+        row_settings = replace(settings, method_options={row.method: row.options})
+        result = train_and_evaluate(row.method, work, row_settings, seed, settings.train_pattern)
+        runs[_key(row, seed)] = run_summary(result) | {"settings": run_settings(settings, row)}
+        atomic_write_text(store, json.dumps(runs, indent=2))
     table = summarise_rows(rows, runs, settings.seeds)
     atomic_write_text(folder / "ablation.json", json.dumps(table, indent=2))
     atomic_write_text(folder / "ablation.md", markdown(table, settings))
     return table
+
+
+def _key(row: AblationRow, seed: int) -> str:
+    return f"{row.name} | seed {seed}"
+
+
+def run_settings(settings: DemoSettings, row: AblationRow) -> dict[str, Any]:
+    """What a stored run must share with the current ablation to be reused."""
+    return {"method": row.method, "options": row.options, "epochs": settings.epochs, "rate": settings.train_rate,
+            "pattern": settings.train_pattern, "train_limit": settings.train_limit, "test_limit": settings.test_limit}
+
+
+def _stored(runs: dict[str, dict[str, Any]], row: AblationRow, seed: int, settings: DemoSettings,
+            store: Path) -> bool:
+    """Whether ``runs`` holds this row and seed under the same settings; a run under other settings is an error."""
+    run = runs.get(_key(row, seed))
+    if run is None:
+        return False
+    if run.get("settings") != run_settings(settings, row):
+        raise ValueError(f"{store} holds {_key(row, seed)!r} trained under {run.get('settings')}, not under the "
+                         f"current {run_settings(settings, row)}; pass another --output-dir (or delete the file) "
+                         "rather than mixing runs of different settings in one table.")
+    return True
 
 
 def run_summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -103,14 +127,15 @@ def run_summary(result: dict[str, Any]) -> dict[str, Any]:
 def summarise_rows(rows: Sequence[AblationRow], runs: dict[str, dict[str, Any]],
                    seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Per row: mean ± 95% CI per column (in %), collapsed seeds, the paper's numbers and whether the row moves
-    the way the paper says (both-missing column)."""
+    as expected against the row it is compared with (both-missing column, paired over seeds)."""
     out = []
     for row in rows:
-        done = [runs[f"{row.name} | seed {s}"] for s in seeds if f"{row.name} | seed {s}" in runs]
-        cells = {c: mean_interval([100 * r["accuracy"][c] for r in done]) for c in COLUMNS} if done else {}
+        done = {s: runs[_key(row, s)] for s in seeds if _key(row, s) in runs}
+        cells = {c: mean_interval([100 * r["accuracy"][c] for r in done.values()]) for c in COLUMNS} if done else {}
         out.append({"row": row.name, "method": row.method, "options": row.options, "seeds": len(done),
-                    "collapsed": sum(r["collapsed"] for r in done), "cells": cells, "paper": row.paper,
-                    "than": row.than, "below": row.below})
+                    "collapsed": sum(r["collapsed"] for r in done.values()), "cells": cells, "paper": row.paper,
+                    "than": row.than, "below": row.below,
+                    "both": {s: 100 * r["accuracy"]["both"] for s, r in done.items()}})
     by_name = {r["row"]: r for r in out}
     for r in out:
         r["direction"] = _direction(r, by_name)
@@ -118,24 +143,32 @@ def summarise_rows(rows: Sequence[AblationRow], runs: dict[str, dict[str, Any]],
 
 
 def _direction(row: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
-    """Whether the both-missing mean moves as the paper says against the row it compares with ('yes' / 'no'),
-    with the difference in points (read it against the two rows' intervals)."""
-    other = row["than"] or row["below"]
-    if other is None or not row["cells"] or not rows[other]["cells"]:
+    """Against the row it is compared with, on the both-missing column: the per-seed paired difference's mean and
+    95% interval, and 'yes' (the interval lies on the expected side of 0), 'no' (on the other side) or 'unclear'."""
+    other = rows.get(row["than"] or row["below"] or "")
+    seeds = sorted(set(row["both"]) & set(other["both"])) if other else []
+    if not seeds:
         return ""
-    diff = row["cells"]["both"][0] - rows[other]["cells"]["both"][0]
-    expected = diff > 0 if row["than"] else diff < 0
-    return f"{'yes' if expected else 'no'} ({diff:+.1f} vs '{other}')"
+    diff, half = mean_interval([row["both"][s] - other["both"][s] for s in seeds])
+    sign = 1 if row["than"] else -1
+    verdict = "unclear" if len(seeds) < 2 or abs(diff) <= half else ("yes" if sign * diff > 0 else "no")
+    source = "paper" if row["paper"] else "expected"
+    return f"{source}: {'>' if sign > 0 else '<'} '{other['row']}': {verdict} ({diff:+.1f} ± {half:.1f})"
+
+
+def _cell(mean: float, half: float, seeds: int) -> str:
+    return f"{mean:.1f} ± {half:.1f}" if seeds > 1 else f"{mean:.1f} (1 seed)"
 
 
 def markdown(table: list[dict[str, Any]], settings: DemoSettings) -> str:
     lines = ["| row | text-missing 70% | image-missing 70% | both 70% | paper (text / image / both) | "
-             "paper's direction (both) | collapsed seeds |", "|---|---|---|---|---|---|---|"]
+             "direction on both 70% (paired difference) | collapsed seeds |", "|---|---|---|---|---|---|---|"]
     for r in table:
-        cells = [f"{r['cells'][c][0]:.1f} ± {r['cells'][c][1]:.1f}" if r["cells"] else "not run" for c in COLUMNS]
+        cells = [_cell(*r["cells"][c], r["seeds"]) if r["cells"] else "not run" for c in COLUMNS]
         paper = " / ".join(f"{v:.2f}" for v in r["paper"]) if r["paper"] else "-"
         lines.append(f"| {r['row']} | {' | '.join(cells)} | {paper} | {r['direction'] or '-'} | "
                      f"{r['collapsed']}/{r['seeds']} |")
-    seeds = list(settings.seeds)
-    return "\n".join([f"Accuracy (%) on the emoji test split, mean ± 95% t-interval over seeds {seeds}; trained with "
-                      "70% 'both' missing.", "", *lines, ""])
+    header = (f"Accuracy (%) on the embedded default's test split, mean ± 95% t-interval over seeds "
+              f"{list(settings.seeds)}; trained with {100 * settings.train_rate:.0f}% '{settings.train_pattern}' "
+              f"missing, {settings.epochs or 'the preset'} epochs.")
+    return "\n".join([header, "", *lines, ""])

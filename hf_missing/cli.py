@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,16 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_evaluate_arguments(sub.add_parser("evaluate", help="Evaluate a saved adapter under every missing pattern "
                                                             "and rate on a dataset's test split."))
     _add_push_arguments(sub.add_parser("push", help="Upload an adapter folder and its model card to the Hub."))
-    for name, help_text, output in (
-        ("demo", "Embedded default: real packaged encoders + emoji data; trains and compares every method.",
-         "runs/demo"),
+    for name, help_text in (
+        ("demo", "Embedded default: real packaged encoders + emoji data; trains and compares every method."),
         ("benchmark", "Full grid on the embedded default: method x training pattern x test pattern and rate, "
-                      "plus costs relative to the baseline.", "benchmarks/results"),
+                      "plus costs relative to the baseline."),
     ):
-        _add_demo_arguments(sub.add_parser(name, help=help_text), output)
+        output = DEMO_OUTPUTS[name]
+        demo = sub.add_parser(name, help=help_text)
+        _add_demo_arguments(demo, output)
+    demo.add_argument("--ablation", default=None, metavar="METHOD",
+                      help="Train the rows of METHOD's ablation tables (rep: the REP paper's Tables 3-4) for every "
+                           f"seed instead of the grid; default output {ABLATION_OUTPUT}.")
     return parser
 
 
+DEMO_OUTPUTS = {"demo": "runs/demo", "benchmark": "benchmarks/results"}
 ABLATION_OUTPUT = "benchmarks/results/ablation-{method}"
 
 
@@ -112,17 +116,16 @@ def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> Non
     parser.add_argument("--test-limit", type=int, default=None, help="Use only this many test samples.")
     parser.add_argument("--cache-dir", default=None, help="Data/backbone cache (default $HF_MISSING_CACHE or "
                                                            "~/.cache/hf_missing).")
-    parser.add_argument("--output-dir", default=output_dir)
+    parser.add_argument("--output-dir", default=None, help=f"Default {output_dir}.")
     parser.add_argument("--no-progress", action="store_true")
-    if output_dir == "benchmarks/results":
-        parser.add_argument("--ablation", default=None, metavar="METHOD",
-                            help="Train the rows of METHOD's ablation tables (rep: the REP paper's Tables 3-4) for "
-                                 f"every seed instead of the grid; writes {ABLATION_OUTPUT} unless --output-dir.")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_benchmark, run_demo
 
+    ablation = getattr(args, "ablation", None)
+    default = ABLATION_OUTPUT.format(method=ablation) if ablation else DEMO_OUTPUTS[args.command]
+    args.output_dir = args.output_dir or default
     settings = DemoSettings(output_dir=args.output_dir, methods=args.methods, train_rate=args.rate,
                             train_pattern=args.pattern, seeds=args.seeds, epochs=args.epochs,
                             train_limit=args.train_limit, test_limit=args.test_limit, cache_dir=args.cache_dir,
@@ -131,8 +134,8 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo(settings)
         print(Path(args.output_dir, "report.md").read_text(encoding="utf-8"))
         print(f"Wrote {args.output_dir}/report.md, results.json and robustness.png")
-    elif args.ablation:
-        _ablation(args, settings)
+    elif ablation:
+        _ablation(settings, ablation)
     else:
         run_benchmark(settings)
         print(Path(args.output_dir, "benchmark.md").read_text(encoding="utf-8"))
@@ -140,12 +143,10 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ablation(args: argparse.Namespace, settings: DemoSettings) -> None:
+def _ablation(settings: DemoSettings, method: str) -> None:
     from .ablation import run_ablation
 
-    if args.output_dir == "benchmarks/results":
-        settings = replace(settings, output_dir=ABLATION_OUTPUT.format(method=args.ablation))
-    run_ablation(settings, args.ablation)
+    run_ablation(settings, method)
     print(Path(settings.output_dir, "ablation.md").read_text(encoding="utf-8"))
     print(f"Wrote {settings.output_dir}/ablation.md, ablation.json and runs.json")
 
