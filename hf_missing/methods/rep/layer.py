@@ -335,7 +335,8 @@ class RepLayer(MissingMethodLayer):
 
     def _features(self, run: RepRun, carried: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``Z_p^m`` for every modality, from what its stream made of layer j-1: the outputs of m's slots, which
-        attended to m's tokens. In a causal stream the slots sit at the front and cannot see the tokens, so the mean
+        attended to m's tokens (in a joint stream to the other modalities' too: they sit beside m's tokens, not
+        alone with them). In a causal stream the slots sit at the front and cannot see the tokens, so the mean
         of m's visible token outputs is added to every slot (CLIP's text: otherwise no text would reach Z)."""
         part, depth, features = run.shared.feature_slice(), self.index - 1, {}
         for stream in self.interface.streams:
