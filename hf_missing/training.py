@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict
-from transformers import AutoConfig, AutoModel, AutoProcessor, Trainer
+from transformers import AutoModel, Trainer
 
 from . import metrics
-from .backbones.fused import MODEL_TYPE as FUSED_MODEL_TYPE
-from .backbones.fused import FusedProcessor
+from .backbones.processing import load_processor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
 from .evaluation import (
@@ -67,13 +66,6 @@ def load_dataset_for(preset: Preset, data_dir: str | Path) -> DatasetDict:
         raise ValueError(f"{data_dir}: {preset.data.dataset} needs labelled 'train' and 'test' splits; "
                          f"found {sorted(data)}.")
     return data
-
-
-def load_processor(backbone: str | Path) -> Any:
-    """The backbone's processor: :class:`FusedProcessor` for the fused backbone, else ``AutoProcessor``."""
-    if AutoConfig.from_pretrained(str(backbone)).model_type == FUSED_MODEL_TYPE:
-        return FusedProcessor.from_pretrained(backbone)
-    return AutoProcessor.from_pretrained(str(backbone))
 
 
 def label_names(split: Dataset, num_labels: int | None) -> list[str]:
