@@ -14,11 +14,13 @@
 Columns are then renamed to the modality names (``text``, ``image``, ...) and ``label``; string labels become a
 ``ClassLabel`` over every split's labels, sorted; a split without labels, a missing image file or a missing column
 is an error, never a silent drop. A dataset without a ``test`` split gets one carved from ``train`` only when
-``test_size`` is given.
+``test_size`` is given. :func:`write_table_folder` writes the layout :func:`load_data` reads (the README's worked
+example starts from it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -165,3 +167,22 @@ def _with_test_split(data: DatasetDict, test_size: float | int | None, seed: int
     stratify = LABEL if isinstance(data["train"].features[LABEL], ClassLabel) else None
     carved = data["train"].train_test_split(test_size=test_size, seed=seed, stratify_by_column=stratify)
     return DatasetDict({**data, "train": carved["train"], "test": carved["test"]})
+
+
+def write_table_folder(data: DatasetDict, folder: str | os.PathLike) -> Path:
+    """Write ``data`` (``text``, ``image``, ``label`` columns) as ``<split>.jsonl`` files plus
+    ``images/<split>/<row>.png``, the layout :func:`load_data` reads: an absent image is an empty path, an absent
+    text an empty string, class labels their names. Returns the folder."""
+    folder = Path(folder)
+    for name, split in data.items():
+        (folder / "images" / name).mkdir(parents=True, exist_ok=True)
+        label = split.features[LABEL]
+        with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as f:
+            for i, row in enumerate(split):
+                path = ""
+                if row["image"] is not None:
+                    path = f"images/{name}/{i}.png"
+                    row["image"].save(folder / path)
+                value = label.int2str(row[LABEL]) if isinstance(label, ClassLabel) else row[LABEL]
+                f.write(json.dumps({"text": row["text"] or "", "image": path, LABEL: value}) + "\n")
+    return folder
