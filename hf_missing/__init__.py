@@ -1,13 +1,14 @@
 """hf_missing: make frozen multimodal transformers robust to missing modalities.
 
-Importing the package registers the wrapper with the ``Auto*`` classes and every method with peft, and routes
-hf_missing adapters given to the ``Auto*`` classes through the wrapper's safe loading (:mod:`hf_missing.compat.auto`).
+Importing the package registers the wrapper with the ``Auto*`` classes and every method with peft, routes
+hf_missing adapters given to the ``Auto*`` classes through the wrapper's safe loading (:mod:`hf_missing.compat.auto`),
+and registers the ``"missing-modality-classification"`` pipeline task (:mod:`hf_missing.pipeline`).
 """
 
 import importlib
 from typing import Any
 
-from . import evaluation, hub, methods, metrics
+from . import evaluation, hub, methods, metrics, pipeline
 from .backbones import BackboneInterface, register_backbone
 from .compat import auto as _loader_hooks
 from .data import MissingModalityCollator, missing_settings, simulate_missing
@@ -21,6 +22,7 @@ from .modeling import MissingModalityConfig, MissingModalityForClassification
 from .presets import list_presets, load_preset
 
 _loader_hooks.install()  # transformers' Auto classes hand hf_missing adapters to the wrapper (hf_missing.compat.auto)
+pipeline.register()  # transformers.pipeline("missing-modality-classification", model=...)
 
 __version__ = "0.1.0"
 
@@ -53,6 +55,7 @@ __all__ = [
     "metrics",
     "missing_grid",
     "missing_settings",
+    "pipeline",
     "predict_patterns",
     "push_adapter",
     "register_backbone",

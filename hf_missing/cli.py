@@ -1,11 +1,15 @@
 """``hf-missing``: command-line entry point.
 
-``hf-missing train`` without ``--preset`` runs a short end-to-end job offline: a tiny random CLIP/ViLT
-backbone, the synthetic shapes set with simulated missingness, an adapter trained with ``transformers.Trainer``,
-per-pattern evaluation, and the adapter saved. ``hf-missing train --preset NAME --data DIR`` trains a preset
-on a published dataset (:func:`hf_missing.training.build_training`), ``hf-missing evaluate`` measures a saved
-adapter under every missing pattern and rate (:func:`hf_missing.training.evaluate_adapter`) and
-``hf-missing push`` uploads an adapter with its model card (:func:`hf_missing.push_adapter`).
+``hf-missing train --data SRC`` trains on any dataset: a published dataset's folder with its ``--preset``, or a
+``save_to_disk`` folder, an imagefolder, CSV / JSON Lines files with image paths or a Hub id
+(:func:`hf_missing.data.sources.load_data`, columns mapped by ``--text-column`` / ``--image-column`` /
+``--label-column`` / ``--column``), with a preset's settings or a method's demo settings changed by ``--method``,
+``--backbone``, ``--rate``, ``--pattern``, ``--protocol``, ``--task``, ``--epochs`` and ``--training-args key=value``;
+values absent in the data are natural missingness. Both go through :func:`hf_missing.training.build_training`.
+Without ``--data`` or ``--preset`` it runs a short offline job on a tiny random backbone and synthetic shapes.
+``hf-missing evaluate`` measures a saved adapter under every missing pattern and rate
+(:func:`hf_missing.training.evaluate_adapter`) and ``hf-missing push`` uploads an adapter with its model card
+(:func:`hf_missing.push_adapter`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from transformers import Trainer, TrainingArguments
 from . import metrics
 from .backbones.tiny import TINY_BACKBONES, tiny_backbone, tiny_processor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
+from .data.loaders import DATASET_SPECS
+from .data.sources import load_data
 from .data.synthetic import CLASSES, shapes_dataset
 from .hub import push_adapter
 from .methods import get_method_config, list_methods
+from .metrics import TASKS
 from .modeling import MissingModalityForClassification
-from .presets import load_preset
+from .presets import TASK_METRICS, Preset, load_preset, method_preset, training_overrides
 
 if TYPE_CHECKING:
     from .demo import DemoSettings
@@ -41,13 +48,15 @@ from .training import (
     write_evaluation,
 )
 
+DEFAULT_METHOD = "map"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-missing", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="List the available methods and their options.")
-    _add_train_arguments(sub.add_parser("train", help="Train a preset on a dataset folder (--preset, --data), or "
-                                                      "without --preset a short offline run on a tiny backbone."))
+    _add_train_arguments(sub.add_parser("train", help="Train on any dataset (--data, with or without --preset), or "
+                                                      "without either a short offline run on a tiny backbone."))
     _add_evaluate_arguments(sub.add_parser("evaluate", help="Evaluate a saved adapter under every missing pattern "
                                                             "and rate on a dataset's test split."))
     _add_push_arguments(sub.add_parser("push", help="Upload an adapter folder and its model card to the Hub."))
@@ -70,28 +79,59 @@ ABLATION_OUTPUT = "benchmarks/results/ablation-{method}"
 
 
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--preset", default=None, help="Preset name or JSON file (hf_missing.list_presets()).")
-    train.add_argument("--data", default=None, help="Dataset folder in its published layout (with --preset).")
-    train.add_argument("--backbone", default=None, help="With --preset: a path or Hub id replacing the preset's "
-                                                        f"backbone. Without: one of {list(TINY_BACKBONES)} "
-                                                        "(default vilt).")
-    train.add_argument("--epochs", type=float, default=None, help="Override the epochs (quickstart default 8).")
-    train.add_argument("--max-steps", type=int, default=None, help="Stop after this many steps (with --preset).")
-    train.add_argument("--no-fp16", action="store_true", help="Train in fp32 (with --preset; e.g. on a CPU).")
+    train.add_argument("--data", default=None, help="A published dataset's folder (with its --preset), a save_to_disk "
+                                                    "folder, an imagefolder, a folder of train/test .csv or .jsonl "
+                                                    "files (or one file) with image paths, or a Hub dataset id.")
+    train.add_argument("--preset", default=None, help="Preset name or JSON file (hf_missing.list_presets()); without "
+                                                      "it, --method's demo preset (CPU-sized) sets the training.")
+    train.add_argument("--method", default=None, help=f"One of {list_methods()} (default {DEFAULT_METHOD}); not "
+                                                      "with --preset, which names its method.")
+    train.add_argument("--backbone", default=None, help="A CLIP / ViLT / fused checkpoint path or Hub id, or 'fused' "
+                                                        "(the embedded default, aligned on the data; default without "
+                                                        f"--preset). Without --data: one of {list(TINY_BACKBONES)}.")
+    _add_data_arguments(train)
+    _add_missing_arguments(train)
+    train.add_argument("--epochs", type=float, default=None, help="Training epochs (quickstart default 8).")
+    train.add_argument("--training-args", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="TrainingArguments fields, values read as JSON when they parse: learning_rate=1e-3 "
+                            "use_cpu=false per_device_train_batch_size=16.")
+    train.add_argument("--max-steps", type=int, default=None, help="Stop after this many steps (with --data).")
+    train.add_argument("--no-fp16", action="store_true", help="Train in fp32 (with --data; e.g. on a CPU).")
+    train.add_argument("--cache-dir", default=None, help="Where the fused backbone's alignments are cached "
+                                                         "(default $HF_MISSING_CACHE or ~/.cache/hf_missing).")
     train.add_argument("--output-dir", default=None, help="Default runs/<preset name>, or runs/quickstart.")
-    quick = train.add_argument_group("quickstart only (without --preset)")
-    quick.add_argument("--method", default="map", help=f"One of {list_methods()}.")
-    quick.add_argument("--rate", type=float, default=0.7, help="Missing rate (both modalities, MAP protocol).")
+    quick = train.add_argument_group("quickstart only (without --data)")
     quick.add_argument("--learning-rate", type=float, default=1e-2)
     quick.add_argument("--n-train", type=int, default=384)
     quick.add_argument("--n-test", type=int, default=192)
     quick.add_argument("--seed", type=int, default=0)
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text-column", default="text", help="The data's text column (default text).")
+    parser.add_argument("--image-column", default="image", help="The data's image column: images or file paths.")
+    parser.add_argument("--label-column", default="label", help="The data's label column (default label).")
+    parser.add_argument("--column", nargs="+", default=[], metavar="MODALITY=COLUMN",
+                        help="Columns of other modalities, e.g. audio=mfcc.")
+    parser.add_argument("--test-size", type=float, default=None, help="Carve a stratified test split of this "
+                                                                      "fraction from train when the data has none.")
+    parser.add_argument("--task", default=None, choices=TASKS, help="Default: the preset's, else single_label "
+                                                                    "(train) or the adapter head's (evaluate).")
+
+
+def _add_missing_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rate", type=float, default=None, help="Training missing rate, natural missingness "
+                                                                 "included (quickstart default 0.7).")
+    parser.add_argument("--pattern", default=None, help="Simulated pattern: a modality name or 'both'.")
+    parser.add_argument("--protocol", default=None, help="map, ragpt, redeem or per_epoch.")
+
+
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", required=True, help="Adapter folder or Hub repo id.")
-    parser.add_argument("--data", required=True, help="Dataset folder in its published layout.")
-    parser.add_argument("--preset", required=True, help="Preset naming the dataset, task and metric.")
+    parser.add_argument("--data", required=True, help="As for train: a published dataset's folder (with --preset) or "
+                                                      "any dataset; its test split is evaluated.")
+    parser.add_argument("--preset", default=None, help="Preset naming the dataset, task and metric (optional).")
+    _add_data_arguments(parser)
     parser.add_argument("--rates", nargs="+", type=float, default=list(TEST_RATES), help="Test missing rates.")
     parser.add_argument("--output-dir", default="runs/evaluate")
 
@@ -163,29 +203,68 @@ def _methods() -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    if args.preset is None:
-        return _quickstart(args)
     if args.data is None:
-        raise SystemExit("hf-missing train --preset needs --data <dataset folder>.")
-    preset = load_preset(args.preset)
+        if args.preset is not None:
+            raise SystemExit("hf-missing train --preset needs --data <dataset folder, file or Hub id>.")
+        return _quickstart(args)
+    if args.preset is not None and args.method is not None:
+        raise SystemExit("Pass --preset (which names its method) or --method, not both.")
+    preset = _preset(args)
     overrides: dict[str, Any] = {}
-    if args.epochs is not None:
-        overrides["num_train_epochs"] = args.epochs
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
     if args.no_fp16:
         overrides["fp16"] = False
     output_dir = args.output_dir or f"runs/{preset.name}"
-    report = train_and_save(build_training(preset, args.data, output_dir, backbone=args.backbone, **overrides))
+    run = build_training(preset, _data(args, preset), output_dir, backbone=args.backbone, cache_dir=args.cache_dir,
+                         **overrides)
+    report = train_and_save(run)
     print(json.dumps({k: v for k, v in report.items() if k != "missing"}, indent=2))
     return 0
 
 
+def _preset(args: argparse.Namespace) -> Preset:
+    """The preset (or ``--method``'s demo preset) with the command line's settings applied."""
+    preset = load_preset(args.preset) if args.preset else method_preset(args.method or DEFAULT_METHOD)
+    missing = {k: v for k, v in (("rate", args.rate), ("pattern", args.pattern), ("protocol", args.protocol))
+               if v is not None}
+    training = training_overrides(args.training_args)
+    if args.epochs is not None:
+        training["num_train_epochs"] = args.epochs
+    published = preset.data.dataset in DATASET_SPECS and _default_columns(args)
+    return preset.with_settings(dataset=None if published else str(args.data), task=args.task,
+                                backbone=None if args.preset else "fused", missing=missing, training=training)
+
+
+def _default_columns(args: argparse.Namespace) -> bool:
+    return (args.text_column, args.image_column, args.label_column, args.column) == ("text", "image", "label", [])
+
+
+def _data(args: argparse.Namespace, preset: Preset | None) -> Any:
+    """``--data`` as the preset's published-dataset folder (read by its loader), else through
+    :func:`~hf_missing.data.sources.load_data` with the column flags."""
+    if preset is not None and preset.data.dataset in DATASET_SPECS and _default_columns(args):
+        return args.data
+    extra = dict(_pair(item, "--column") for item in args.column)
+    columns = {"text": args.text_column, "image": args.image_column, **extra}
+    return load_data(args.data, columns=columns, label_column=args.label_column, modalities=tuple(columns),
+                     test_size=args.test_size)
+
+
+def _pair(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key or not value:
+        raise SystemExit(f"{flag} takes NAME=VALUE pairs, got {item!r}.")
+    return key, value
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    preset = load_preset(args.preset)
-    summary = evaluate_adapter(args.adapter, preset, args.data, rates=args.rates)
-    folder = write_evaluation(summary, args.output_dir, metric=preset.data.metric,
-                              title=f"{args.adapter} on {preset.data.dataset}")
+    preset = load_preset(args.preset) if args.preset else None
+    data = _data(args, preset)
+    summary = evaluate_adapter(args.adapter, preset, data, rates=args.rates, task=args.task)
+    metric = preset.data.metric if preset and not args.task else TASK_METRICS[summary["task"]][0]
+    name = preset.data.dataset if preset else args.data
+    folder = write_evaluation(summary, args.output_dir, metric=metric, title=f"{args.adapter} on {name}")
     print((folder / "report.md").read_text(encoding="utf-8"))
     return 0
 
@@ -204,6 +283,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         raise SystemExit(f"The quickstart (no --preset) runs a tiny {list(TINY_BACKBONES)} backbone; got "
                          f"--backbone {backbone!r}. Pass --preset to train a real backbone.")
     args.backbone, args.epochs = backbone, 8.0 if args.epochs is None else args.epochs
+    args.method, args.rate = args.method or DEFAULT_METHOD, 0.7 if args.rate is None else args.rate
     args.output_dir = args.output_dir or "runs/quickstart"
     torch.manual_seed(args.seed)
     labels = list(CLASSES)
@@ -212,7 +292,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     modalities = model.interface.modalities
     data = simulate_missing(shapes_dataset(args.n_train, args.n_test, seed=args.seed, audio="audio" in modalities),
-                            rate=args.rate, pattern="both", protocol="map", seed=args.seed, modalities=modalities)
+                            rate=args.rate, pattern=args.pattern or "both", protocol=args.protocol or "map",
+                            seed=args.seed, modalities=modalities)
     model.add_adapter(get_method_config(args.method))
     training_args = TrainingArguments(
         output_dir=args.output_dir, use_cpu=True, report_to="none", num_train_epochs=args.epochs,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ from .backbones.fused import FeatureCache, FusedProcessor, build_fused_backbone
 from .data import MissingModalityCollator, simulate_missing
 from .data.emoji import load_emoji_dataset
 from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, plot_metric_curves, predict_patterns
-from .methods import get_method_config, list_methods, prepare_for_evaluation, prepare_for_training
+from .methods import list_methods, prepare_for_evaluation, prepare_for_training
 from .modeling import MissingModalityForClassification
-from .presets import Preset, list_presets, load_preset
+from .presets import Preset, method_preset
 
 TASK = "single_label"
 
@@ -77,12 +77,8 @@ def prepare(settings: DemoSettings) -> Workspace:
 
 def demo_preset(method: str, options: dict[str, Any] | None = None) -> Preset:
     """The method's ``<method>-demo`` preset, or the baseline's training settings with the method's defaults;
-    ``options`` override the preset's method options."""
-    name = f"{method}-demo"
-    preset = load_preset(name) if name in list_presets() else replace(load_preset("baseline-demo"), name=name,
-                                                                       method=method, method_options={})
-    merged = {**preset.method_options, **(options or {})}
-    return replace(preset, method_options=merged, method_config=get_method_config(method, **merged))
+    ``options`` override the preset's method options (:func:`hf_missing.presets.method_preset`)."""
+    return method_preset(method, options)
 
 
 def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, seed: int,

@@ -1,5 +1,10 @@
 """``compute_metrics`` factories for ``transformers.Trainer``, offline (scikit-learn), with a breakdown per
-missing pattern.
+missing pattern, served as an ``evaluate`` metric.
+
+:data:`METRIC_MODULE` is a local ``evaluate.Metric`` script (``metric_module/missing_modality_metrics.py``, shipped
+with the package, never downloaded): ``evaluate.load(METRIC_MODULE, config_name=task)`` (:func:`load_metric`) gives
+an ``EvaluationModule`` with ``add_batch`` / ``compute`` that ``evaluate.combine`` can join with others;
+:func:`for_task` computes through it. The arithmetic is :func:`classification_metrics` (scikit-learn).
 
 Multi-label metrics follow the MAP family: sigmoid(logits) >= 0.5, F1 macro / micro / samples /
 weighted (with the names the right way round: the released code writes samples and weighted swapped).
@@ -9,15 +14,19 @@ Binary AUROC follows MAP on Hateful Memes: softmax over two logits (or sigmoid o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import evaluate
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from transformers import EvalPrediction
 
-from .missingness import DEFAULT_MODALITIES, ModalityPattern
+from .missingness import DEFAULT_MODALITIES
 
 TASKS = ("single_label", "multilabel", "binary")
+METRIC_MODULE = str(Path(__file__).resolve().parent / "metric_module" / "missing_modality_metrics.py")
+PATTERN_SEPARATOR = "/"  # per-pattern keys are "<pattern>/<metric>"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -50,22 +59,31 @@ def classification_metrics(task: str, logits: np.ndarray, labels: np.ndarray,
     raise ValueError(f"Unknown task {task!r}; choose one of {list(TASKS)}.")
 
 
-def for_task(task: str, *, per_pattern: bool = True, modalities: Sequence[str] = DEFAULT_MODALITIES,
-             threshold: float = 0.5) -> Callable[[EvalPrediction], dict[str, float]]:
-    """A ``compute_metrics`` for ``Trainer``: overall metrics, and per missing pattern
-    (``missing_text/accuracy``, ...) from the ``missing_type`` that the model returns with its logits."""
+def load_metric(task: str) -> evaluate.EvaluationModule:
+    """The ``evaluate`` metric of ``task`` (overall and per missing pattern), loaded offline from
+    :data:`METRIC_MODULE`; combine it with others through ``evaluate.combine``."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {list(TASKS)}.")
-    names = ModalityPattern(tuple(modalities)).names
+    return evaluate.load(METRIC_MODULE, config_name=task, keep_in_memory=True)
+
+
+def for_task(task: str, *, per_pattern: bool = True, modalities: Sequence[str] = DEFAULT_MODALITIES,
+             threshold: float = 0.5) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A ``compute_metrics`` for ``Trainer`` computed by :func:`load_metric`'s ``evaluate`` module: overall
+    metrics, and per missing pattern (``missing_text/accuracy``, ...) from the ``missing_type`` that the model
+    returns with its logits."""
+    module = load_metric(task)
+    modalities = tuple(modalities)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         logits = _first(prediction.predictions)
         labels = np.asarray(prediction.label_ids)
-        metrics = classification_metrics(task, logits, labels, threshold)
         codes = _missing_types(prediction)
-        if per_pattern and codes is not None:
-            metrics.update(per_pattern_metrics(task, logits, labels, codes, names, threshold))
-        return metrics
+        breakdown = per_pattern and codes is not None
+        results = module.compute(predictions=logits, references=labels,
+                                 missing_type=codes if breakdown else np.zeros(len(labels), dtype=np.int64),
+                                 modalities=modalities, threshold=threshold)
+        return results if breakdown else {k: v for k, v in results.items() if PATTERN_SEPARATOR not in k}
 
     return compute_metrics
 
@@ -82,8 +100,8 @@ def per_pattern_metrics(task: str, logits: np.ndarray, labels: np.ndarray, codes
         rows = codes == code
         if rows.any():
             for key, value in classification_metrics(task, logits[rows], labels[rows], threshold).items():
-                out[f"{name}/{key}"] = value
-            out[f"{name}/count"] = float(rows.sum())
+                out[f"{name}{PATTERN_SEPARATOR}{key}"] = value
+            out[f"{name}{PATTERN_SEPARATOR}count"] = float(rows.sum())
     return out
 
 

@@ -254,6 +254,9 @@ class MissingModalityForClassification(PreTrainedModel):
         backbone_path = kwargs.pop("backbone_name_or_path", None) or backbone_of(source.folder, saved, source.remote)
         for key in (*HUB_KWARGS, "config", "trust_remote_code"):  # they address the adapter, not the backbone
             kwargs.pop(key, None)
+        kwargs.pop("_from_pipeline", None)  # transformers.pipeline's bookkeeping, no setting
+        if kwargs.get("dtype") == "auto":  # transformers.pipeline's default: the checkpoint's own dtype
+            kwargs.pop("dtype")
         backbone_config = validate_backbone(saved, backbone_path, config_file)
         # every head setting explicit: a wrapper checkpoint named as backbone must not supply unchecked ones
         settings = {**_setting_defaults(), **check_settings(saved["model_settings"], config_file), **kwargs}

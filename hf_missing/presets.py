@@ -22,7 +22,8 @@ import inspect
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "binary": ("accuracy", "auroc"),
 }
 DEMO_DATASETS = ("emoji",)
+FUSED_BACKBONE = "hf_missing/fused-minilm-effnet-lite0"  # the demo presets' name for the embedded default
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"name": str, "description": str, "reference": str, "method": str, "method_options": dict, "model": dict,
@@ -117,6 +119,23 @@ class Preset:
         return {**self.training, "per_device_train_batch_size": batch,
                 "gradient_accumulation_steps": self.effective_batch_size // per_step}
 
+    def with_settings(self, *, dataset: str | None = None, task: str | None = None, backbone: str | None = None,
+                      missing: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> Preset:
+        """This preset for other data or settings: ``dataset`` (a name for reports), ``task`` (the metric becomes
+        the task's first), ``backbone``, ``missing`` (any of rate / pattern / protocol / seed / both_ratio) and
+        ``training`` (``TrainingArguments`` fields, checked as :func:`training_overrides` checks them)."""
+        if task is not None and task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}; choose one of {list(TASKS)}.")
+        protocol = (missing or {}).get("protocol")
+        if protocol is not None and protocol not in PROTOCOLS:
+            raise ValueError(f"Unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}.")
+        data = replace(self.data, dataset=dataset or self.data.dataset, task=task or self.data.task,
+                       metric=TASK_METRICS[task][0] if task and task != self.data.task else self.data.metric,
+                       missing=replace(self.data.missing, **(missing or {})))
+        _check_types(training or {}, TrainingArguments, "training", Path("--training-args"))
+        return replace(self, backbone=backbone or self.backbone, data=data, training={**self.training,
+                                                                                      **(training or {})})
+
     def training_arguments(self, output_dir: str, num_devices: int = 1, **overrides: Any) -> TrainingArguments:
         """``TrainingArguments`` for this preset; ``overrides`` win (e.g. ``fp16=False`` on a CPU), and a
         ``per_device_train_batch_size`` override keeps the effective batch size."""
@@ -127,6 +146,35 @@ class Preset:
 def list_presets() -> list[str]:
     """Names accepted by :func:`load_preset` (the JSON files in ``hub_configs/``)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def method_preset(method: str, options: dict[str, Any] | None = None) -> Preset:
+    """The method's ``<method>-demo`` preset (CPU-sized settings on the embedded default), or the baseline's
+    training settings with the method's defaults; ``options`` override the preset's method options."""
+    name = f"{method}-demo"
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; known methods: {list_methods()}.")
+    preset = load_preset(name) if name in list_presets() else replace(load_preset("baseline-demo"), name=name,
+                                                                       method=method, method_options={})
+    merged = {**preset.method_options, **(options or {})}
+    return replace(preset, method_options=merged, method_config=get_method_config(method, **merged))
+
+
+def training_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``TrainingArguments`` fields from ``key=value`` strings (``--training-args learning_rate=1e-3 fp16=true``):
+    each value is read as JSON when it parses (numbers, true / false, null, lists), else as a string, then checked
+    against the field's type; an unknown field or a wrong type raises."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--training-args takes key=value pairs, got {pair!r}; e.g. learning_rate=1e-3.")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    _check_types(values, TrainingArguments, "training", Path("--training-args"))
+    return values
 
 
 def load_preset(name_or_path: str | Path) -> Preset:

@@ -1,11 +1,12 @@
-"""A preset's training and evaluation run on a published dataset, from the library's public pieces.
+"""A preset's training and evaluation run on a published dataset or any other, from the library's public pieces.
 
-:func:`build_training` turns a :class:`~hf_missing.presets.Preset` and a dataset folder into a ready
-``transformers.Trainer`` (dataset loaded by the preset's ``data.dataset``, missingness simulated with its
-protocol, the backbone wrapped with the preset's method, the method's training hooks applied);
-:func:`train_and_save` trains it and saves the adapter with its missing settings and an eval report.
-:func:`evaluate_adapter` reloads a saved adapter and measures it under every missing pattern and rate.
-``hf-missing train --preset`` and ``hf-missing evaluate`` are thin wrappers around these.
+:func:`build_training` turns a :class:`~hf_missing.presets.Preset` and a dataset (a published dataset's folder, read
+by the preset's loader, or any ``DatasetDict``, e.g. from :func:`hf_missing.data.sources.load_data`) into a ready
+``transformers.Trainer`` (natural missingness read from the data and the preset's protocol simulated on top, the
+backbone wrapped with the preset's method, the method's training hooks applied); :func:`train_and_save` trains it and
+saves the adapter with its missing settings and an eval report. :func:`evaluate_adapter` reloads a saved adapter and
+measures it under every missing pattern and rate. ``hf-missing train`` and ``hf-missing evaluate`` are thin wrappers
+around these, for the paper presets and for a user's data alike.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict
-from transformers import AutoConfig, AutoModel, AutoProcessor, Trainer
+from transformers import AutoModel, Trainer
 
 from . import metrics
-from .backbones.fused import MODEL_TYPE as FUSED_MODEL_TYPE
-from .backbones.fused import FusedProcessor
+from .backbones.fused import build_fused_backbone
+from .backbones.fused.alignment import alignment_splits
+from .backbones.processing import load_processor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
 from .evaluation import (
@@ -36,12 +38,13 @@ from .loading import MISSING_SETTINGS_NAME, AdapterLoadError, read_json_file, re
 from .methods import prepare_for_evaluation, prepare_for_training
 from .methods.options import is_int
 from .modeling import MissingModalityForClassification
-from .presets import Preset
+from .presets import FUSED_BACKBONE, Preset
 
 REPORT_NAME = "eval_report.json"
 PLOT_NAME = "robustness.png"
 ADAPTER_SUBDIR = "adapter"
 CURVE_PROTOCOLS = ("map", "redeem")  # the per-split protocols PatternPredictions can replay
+FUSED_NAMES = ("fused", FUSED_BACKBONE)  # backbone names meaning the embedded default, aligned on the data
 
 
 @dataclass
@@ -56,24 +59,33 @@ class TrainingRun:
     eval_split: str
 
 
-def load_dataset_for(preset: Preset, data_dir: str | Path) -> DatasetDict:
-    """The preset's dataset read from ``data_dir`` by its loader in :data:`DATASET_SPECS`."""
+def load_dataset_for(preset: Preset, data_dir: str | Path | DatasetDict) -> DatasetDict:
+    """The preset's dataset read from ``data_dir`` by its loader in :data:`DATASET_SPECS`; a ``DatasetDict`` is
+    used as it is (it needs ``train`` and ``test`` splits)."""
+    if isinstance(data_dir, DatasetDict):
+        _check_splits(data_dir, "The dataset")
+        return data_dir
     spec = DATASET_SPECS.get(preset.data.dataset)
     if spec is None:
         raise ValueError(f"Preset {preset.name!r} uses dataset {preset.data.dataset!r}, which has no folder loader; "
                          f"use one of {sorted(DATASET_SPECS)} (the emoji demo data runs with `hf-missing demo`).")
     data = spec.loader(data_dir, **preset.data.loader_options)
-    if "train" not in data or "test" not in data:
-        raise ValueError(f"{data_dir}: {preset.data.dataset} needs labelled 'train' and 'test' splits; "
-                         f"found {sorted(data)}.")
+    _check_splits(data, f"{data_dir}: {preset.data.dataset}")
     return data
 
 
-def load_processor(backbone: str | Path) -> Any:
-    """The backbone's processor: :class:`FusedProcessor` for the fused backbone, else ``AutoProcessor``."""
-    if AutoConfig.from_pretrained(str(backbone)).model_type == FUSED_MODEL_TYPE:
-        return FusedProcessor.from_pretrained(backbone)
-    return AutoProcessor.from_pretrained(str(backbone))
+def _check_splits(data: DatasetDict, what: str) -> None:
+    if "train" not in data or "test" not in data:
+        raise ValueError(f"{what} needs labelled 'train' and 'test' splits; found {sorted(data)}.")
+
+
+def resolve_backbone(backbone: str | Path, data: DatasetDict, cache_dir: str | Path | None = None) -> str:
+    """``backbone`` as a loadable path or Hub id: ``"fused"`` (or the demo presets' name for it) is the embedded
+    default, stage-1 aligned on ``data``'s complete training rows and cached under a key of that data
+    (:func:`~hf_missing.backbones.fused.build_fused_backbone`); anything else is returned as it is."""
+    if str(backbone) not in FUSED_NAMES:
+        return str(backbone)
+    return str(build_fused_backbone(cache_dir, alignment_splits(data)))
 
 
 def label_names(split: Dataset, num_labels: int | None) -> list[str]:
@@ -101,21 +113,27 @@ def build_model(preset: Preset, backbone: str | Path, labels: Sequence[str]) -> 
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}, **extra)
 
 
-def build_training(preset: Preset, data_dir: str | Path, output_dir: str | Path, backbone: str | Path | None = None,
+def build_training(preset: Preset, data_dir: str | Path | DatasetDict, output_dir: str | Path,
+                   backbone: str | Path | None = None, cache_dir: str | Path | None = None,
                    **overrides: Any) -> TrainingRun:
-    """Model, simulated data, collator and ``Trainer`` of ``preset`` on the dataset in ``data_dir``.
+    """Model, simulated data, collator and ``Trainer`` of ``preset`` on a dataset.
 
     Args:
-        preset: from :func:`hf_missing.load_preset`.
-        data_dir: the dataset folder in its published layout (see ``hf_missing.data.loaders``).
+        preset: from :func:`hf_missing.load_preset` (or :func:`hf_missing.presets.method_preset` with
+            :meth:`~hf_missing.presets.Preset.with_settings` for a user's data).
+        data_dir: a published dataset's folder in its layout (see ``hf_missing.data.loaders``), or a
+            ``DatasetDict`` with ``train`` and ``test`` splits (``validation`` optional) whose columns are the
+            modality names and ``label``; values absent in it are natural missingness.
         output_dir: the ``Trainer``'s output folder.
-        backbone: a path or Hub id replacing the preset's backbone.
+        backbone: a path or Hub id replacing the preset's backbone; ``"fused"`` is the embedded default
+            (:func:`resolve_backbone`).
+        cache_dir: where the fused backbone's alignments are cached (default ``$HF_MISSING_CACHE``).
         overrides: ``TrainingArguments`` fields that win over the preset's (``fp16=False``, ``max_steps=2``).
     """
-    backbone = backbone or preset.backbone
     raw = load_dataset_for(preset, data_dir)
+    backbone = resolve_backbone(backbone or preset.backbone, raw, cache_dir)
     model = build_model(preset, backbone, label_names(raw["train"], preset.data.num_labels))
-    data = simulate_missing(raw, **preset.data.missing.simulate_kwargs(), modalities=model.interface.modalities)
+    data = simulate_missing(raw, **preset.data.missing.simulate_kwargs(), modalities=model.interface.inputs)
     collator = MissingModalityCollator(load_processor(backbone), max_length=preset.max_text_len,
                                        modalities=model.interface.inputs)
     train, collator = prepare_for_training(model, data["train"], collator)
@@ -165,11 +183,6 @@ def _is_fraction(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
-def train_missing_settings(adapter_dir: str | Path, preset: Preset) -> dict[str, Any]:
-    """The missing settings the adapter was trained with (its ``missing_settings.json``), else the preset's."""
-    return saved_missing_settings(adapter_dir) or preset.data.missing.simulate_kwargs()
-
-
 def replay_protocol(settings: dict[str, Any]) -> dict[str, Any]:
     """``protocol`` / ``seed`` / ``both_ratio`` for :meth:`PatternPredictions.at`; protocols drawn over several
     splits at once (RAGPT's) are replayed with MAP's per-split draw."""
@@ -178,20 +191,32 @@ def replay_protocol(settings: dict[str, Any]) -> dict[str, Any]:
             "both_ratio": settings.get("both_ratio", 0.5)}
 
 
-def evaluate_adapter(adapter: str | Path, preset: Preset, data_dir: str | Path,
-                     rates: Sequence[float] = TEST_RATES) -> dict[str, Any]:
-    """Reload ``adapter`` (a folder or Hub repo id) and evaluate it on the test split of the preset's dataset:
-    per-pattern metrics, its train-pattern row of :func:`missing_grid` and metric-vs-missing-rate curves."""
+def task_of(model: MissingModalityForClassification) -> str:
+    """The ``metrics.for_task`` task of a model's head: multilabel when its problem type says so, else
+    single_label."""
+    return "multilabel" if model.config.problem_type == "multi_label_classification" else "single_label"
+
+
+def evaluate_adapter(adapter: str | Path, preset: Preset | None, data_dir: str | Path | DatasetDict,
+                     rates: Sequence[float] = TEST_RATES, task: str | None = None) -> dict[str, Any]:
+    """Reload ``adapter`` (a folder or Hub repo id) and evaluate it on the test split of the preset's dataset (or of
+    a ``DatasetDict``): per-pattern metrics (with a ``natural`` row where the data lacks values), its train-pattern
+    row of :func:`missing_grid` and metric-vs-missing-rate curves. ``task`` defaults to the preset's, else the one
+    the model's head implies (:func:`task_of`); the summary records it."""
     adapter_dir = resolve_adapter_dir(adapter)
     if adapter_dir is None:
         raise ValueError(f"{adapter} is not an hf_missing adapter (no adapter_config.json, or a full checkpoint).")
+    if preset is None and not isinstance(data_dir, DatasetDict):
+        raise ValueError("Without a preset, pass the data as a DatasetDict (hf_missing.data.sources.load_data).")
     model = AutoModel.from_pretrained(str(adapter))  # the name, not the download folder: a Hub adapter stays remote
-    test = load_dataset_for(preset, data_dir)["test"]
+    test = load_dataset_for(preset, data_dir)["test"] if preset else data_dir["test"]
     collator = MissingModalityCollator(load_processor(model.config.backbone_name_or_path),
                                        max_length=model.config.max_text_len, modalities=model.interface.inputs)
     test = prepare_for_evaluation(model, test, collator)
-    predictions = predict_patterns(model, test, collator, preset.data.task)
-    return summarise(predictions, train_missing_settings(adapter_dir, preset), rates)
+    task = task or (preset.data.task if preset else task_of(model))
+    predictions = predict_patterns(model, test, collator, task)
+    train = saved_missing_settings(adapter_dir) or (preset.data.missing.simulate_kwargs() if preset else {})
+    return {**summarise(predictions, train, rates), "task": task}
 
 
 def summarise(predictions: PatternPredictions, train: dict[str, Any], rates: Sequence[float]) -> dict[str, Any]:

@@ -144,9 +144,13 @@ def test_push_reads_train_and_evaluate_reports(trained, tmp_path):
 
 
 def test_train_preset_errors(tmp_path):
+    """Catches: a preset run without data, a real backbone sent to the tiny quickstart, a preset and a method that
+    contradict each other, and a bad --training-args field reaching TrainingArguments."""
     with pytest.raises(SystemExit, match="--data"):
         cli.main(["train", "--preset", "map-food101"])
     with pytest.raises(SystemExit, match="tiny"):
         cli.main(["train", "--backbone", "dandelin/vilt-b32-mlm"])
-    with pytest.raises(ValueError, match="hf-missing demo"):
-        cli.main(["train", "--preset", "map-demo", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not both"):
+        cli.main(["train", "--preset", "map-demo", "--method", "rep", "--data", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rat'\]"):
+        cli.main(["train", "--data", str(tmp_path), "--training-args", "learning_rat=0.1"])

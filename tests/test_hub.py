@@ -321,3 +321,20 @@ def test_adapter_onto_the_wrong_backbone_fails_clearly(hub, tmp_path):
     _trained("clip", "map").save_pretrained(tmp_path / "adapter")
     with pytest.raises(AdapterLoadError, match=r"trained on a clip backbone.*tiny/vilt is a vilt"):
         MissingModalityForClassification.from_pretrained(tmp_path / "adapter", backbone_name_or_path="tiny/vilt")
+
+
+def test_pipeline_loads_an_adapter_repo_by_its_hub_id(hub, shapes_missing):
+    """Catches: transformers.pipeline swapping a Hub adapter id for its base model (a backbone without the head
+    and adapter), or pipeline predictions that differ from the pushed model's."""
+    from transformers import pipeline
+
+    model = _trained("clip", "map").eval()
+    model.push_to_hub("org/clip-map-pipeline")
+    pipe = pipeline("missing-modality-classification", model="org/clip-map-pipeline",
+                    processor=tiny_processor("clip"))
+    sample = shapes_missing["test"][0]
+    out = pipe({"text": sample["text"], "image": None}, top_k=4)
+    batch = MissingModalityCollator(tiny_processor("clip"))([dict(sample, image=None, missing_type=2)])
+    probs = torch.softmax(_logits(model, batch), dim=-1)[0]
+    assert [o["label"] for o in out] == [model.config.id2label[i] for i in probs.argsort(descending=True).tolist()]
+    assert torch.allclose(torch.tensor([o["score"] for o in out]), probs.sort(descending=True).values, atol=1e-6)

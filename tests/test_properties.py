@@ -98,7 +98,7 @@ def test_simulate_rejects_rates_outside_unit_interval(rate):
 
 # ---- MissingModalityCollator -----------------------------------------------------------------------------
 texts = st.one_of(st.lists(st.sampled_from([*WORDS, "zebra", "ü", "😀"]), max_size=80).map(" ".join),
-                  st.text(max_size=40))
+                  st.text(max_size=40)).filter(str.strip)  # blank text is naturally missing, never "present"
 colours = st.tuples(st.integers(0, 254), st.integers(0, 255), st.integers(0, 255))  # not pure white: see below
 
 
@@ -176,8 +176,19 @@ def test_collator_errors_on_empty_batches_and_thin_images():
         collator([thin])
 
 
-def test_empty_text_marked_present_is_rejected_by_the_model():
-    sample = {"text": "", "image": Image.new("RGB", (30, 30), (200, 0, 0)), "label": 0, "missing_type": 0}
+@pytest.mark.parametrize("text", ["", "  \n\t"])
+def test_empty_text_marked_present_is_rejected_by_the_collator(text):
+    """Catches: an empty or blank text marked present reaching the model as the placeholder (it is naturally
+    missing; simulate_missing marks it)."""
+    sample = {"text": text, "image": Image.new("RGB", (30, 30), (200, 0, 0)), "label": 0, "missing_type": 0}
+    with pytest.raises(ValueError, match=r"has no 'text' \(absent, None or empty\)"):
+        MissingModalityCollator(PROCESSORS["clip"])([sample])
+
+
+def test_text_that_tokenises_to_nothing_marked_present_is_rejected_by_the_model():
+    """Catches: a present text whose tokens are only special tokens (here a lone control character) passing as
+    real text."""
+    sample = {"text": "\x00", "image": Image.new("RGB", (30, 30), (200, 0, 0)), "label": 0, "missing_type": 0}
     batch = MissingModalityCollator(PROCESSORS["clip"])([sample])
     with pytest.raises(ValueError, match="their text is the placeholder"):
         make_model("clip", None)(**batch)

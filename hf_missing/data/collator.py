@@ -22,8 +22,9 @@ class MissingModalityCollator:
     Works as ``Trainer(data_collator=...)`` on datasets that keep one raw column per modality (PIL ``image``,
     ``text`` strings, ``[T, F]`` feature sequences), lazily: no preprocessing is stored. Each sample's
     ``missing_type`` (an integer code or a pattern name such as ``"missing_text"``) decides which modalities are
-    dropped; a sample whose column is ``None`` must be marked missing. Labels (class indices, or multi-hot lists)
-    are emitted when every sample of the batch has one; a batch where only some do raises.
+    dropped; a sample whose value is absent (``None``, blank text, an image with no pixels: the modality's
+    ``is_absent``) must be marked missing, as :func:`~hf_missing.simulate_missing` marks it. Labels (class indices,
+    or multi-hot lists) are emitted when every sample of the batch has one; a batch where only some do raises.
 
     Args:
         processor: the backbone's processor (``tokenizer`` and ``image_processor`` for text and images).
@@ -98,7 +99,8 @@ class MissingModalityCollator:
 
     def _codes(self, features: list[dict[str, Any]]) -> torch.Tensor:
         if self.redraw_rate is not None:
-            return torch.tensor([self._redraw(f) for f in features])
+            return torch.tensor([int(self.patterns.codes(f.get(MISSING_TYPE_COLUMN, 0))[0]) or self._redraw(f)
+                                 for f in features])
         if MISSING_TYPE_COLUMN not in features[0]:
             raise ValueError(
                 f"Samples have no {MISSING_TYPE_COLUMN!r} column; run hf_missing.simulate_missing on the dataset "
@@ -118,11 +120,12 @@ class MissingModalityCollator:
     def _value(self, modality: ModalityInputs, sample: dict[str, Any], i: int) -> Any:
         column = self.column(modality.name)
         value = sample.get(column)
-        if value is None:
+        if modality.is_absent(value):
             missing = self.patterns.names[self.patterns.code((modality.name,))]
-            raise ValueError(f"Sample {i} has no {column!r} but its missing_type says the {modality.name} is present; "
-                             f"mark it {missing} (simulate_missing keeps naturally missing samples' codes only if "
-                             f"you set them) or supply the {modality.name}.")
+            raise ValueError(f"Sample {i} has no {column!r} (absent, None or empty) but its missing_type says the "
+                             f"{modality.name} is present; run hf_missing.simulate_missing on the dataset (it marks "
+                             f"naturally missing values itself, with columns= mapping modalities to columns), mark "
+                             f"the sample {missing}, or supply the {modality.name}.")
         return modality.check_value(value, i, column)
 
 

@@ -60,6 +60,11 @@ class ModalityInputs(ABC):
         """Raise a clear error on a raw value this modality cannot take; return it."""
         return value
 
+    def is_absent(self, value: Any) -> bool:
+        """Whether a raw value (as stored, decoded or not) is naturally missing: ``None`` for every modality;
+        subclasses add their own empty values (blank text, an image with no file, an empty sequence)."""
+        return value is None
+
 
 @dataclass(frozen=True)
 class TextInputs(ModalityInputs):
@@ -89,6 +94,10 @@ class TextInputs(ModalityInputs):
             raise ValueError(f"Sample {sample}: {column!r} must be a string, got {type(value).__name__}; cast the "
                              "column with datasets.Value('string').")
         return value
+
+    def is_absent(self, value: Any) -> bool:
+        """``None``, the empty string or whitespace only."""
+        return value is None or (isinstance(value, str) and not value.strip())
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,19 @@ class ImageInputs(ModalityInputs):
             raise ValueError(f"Sample {sample}: image mode {value.mode!r}, expected 'RGB'; convert with "
                              f"dataset.cast_column({column!r}, datasets.Image(mode='RGB')).")
         return value
+
+    def is_absent(self, value: Any) -> bool:
+        """``None``; an undecoded ``datasets.Image`` value ``{"bytes", "path"}`` with neither; an empty path or
+        byte string; a decoded image with no pixels."""
+        if isinstance(value, dict):
+            return not value.get("bytes") and not value.get("path")
+        if isinstance(value, str):
+            return not value.strip()
+        if isinstance(value, bytes):
+            return not value
+        if isinstance(value, Image.Image):
+            return value.width == 0 or value.height == 0
+        return value is None
 
 
 @dataclass(frozen=True)
@@ -179,6 +201,25 @@ class FeatureInputs(ModalityInputs):
         if not np.isfinite(frames).all():
             raise ValueError(f"Sample {sample}: {column!r} holds NaN or infinite values; clean or mark it missing.")
         return frames
+
+    def is_absent(self, value: Any) -> bool:
+        """``None`` or a sequence with no frames."""
+        return absent_sequence(value)
+
+
+def absent_sequence(value: Any) -> bool:
+    """``None`` or an empty list / tuple / array: how a stored feature sequence says "no recording"."""
+    return value is None or (isinstance(value, list | tuple | np.ndarray) and len(value) == 0)
+
+
+def absence_test(modality: str | ModalityInputs) -> Any:
+    """The function telling whether a raw value of ``modality`` is naturally missing: its declaration's
+    :meth:`ModalityInputs.is_absent`, the default text / image one for those names, else :func:`absent_sequence`."""
+    if isinstance(modality, ModalityInputs):
+        return modality.is_absent
+    if modality in ("text", "image"):
+        return default_inputs(modality).is_absent
+    return absent_sequence
 
 
 def default_inputs(name: str) -> ModalityInputs:

@@ -18,6 +18,15 @@ Protocols:
 * ``"per_epoch"`` — MPLMM: the pattern is redrawn every epoch by ``MissingModalityCollator``; this
   transform only adds the ``sample_index`` column the redraw is keyed on and an all-complete ``missing_type``.
 
+Natural missingness: values absent in the data itself (``None``, an image with no file or no pixels, blank text, an
+empty feature sequence; :meth:`~hf_missing.data.modalities.ModalityInputs.is_absent`) set a sample's pattern before
+anything is simulated. The simulated draw then only removes modalities from naturally complete samples, and a rate
+counts both: where ``N·rate`` samples should be incomplete and ``k`` already are, ``N·rate - k`` more are drawn (none
+if ``k`` is larger), spread over the patterns that still fall short of their share. The settings record the natural
+and the simulated counts separately. A split in which every row lacks a modality, or a row that lacks every
+modality, raises. Modalities whose column the dataset does not have are not inspected when none of them has one (an
+index table), and raise otherwise.
+
 Rates and shares are read as the fractions they stand for (``0.29`` is 29/100: 100 samples at 0.29 give
 29 incomplete, not the 28 of float ``int(100 * 0.29)``), except the ``"ragpt"`` total, which is RAGPT's float
 ``int(N·rate)``. Every table is a function of ``(seed, protocol,
@@ -30,9 +39,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -40,10 +50,13 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Value
 
 from ..missingness import DEFAULT_MODALITIES, MISSING_TYPE_COLUMN, ModalityPattern
+from .modalities import ModalityInputs, absence_test
 
+logger = logging.getLogger(__name__)
 PROTOCOLS = ("map", "ragpt", "redeem", "per_epoch")
 SETTINGS_KEY = "hf_missing.missing_settings"
 SAMPLE_INDEX_COLUMN = "sample_index"
+SCAN_BATCH = 1000  # rows read at a time when looking for naturally missing values
 
 
 def pattern_shares(
@@ -124,6 +137,78 @@ def missing_table(n: int, counts: dict[str, int], patterns: ModalityPattern, see
     for name, count in counts.items():
         codes[order[start : start + count]] = patterns.code(name)
         start += count
+    return codes
+
+
+def natural_table(split: Dataset, patterns: ModalityPattern, tests: Mapping[str, Callable[[Any], bool]],
+                  columns: Mapping[str, str], name: str = "dataset") -> np.ndarray:
+    """The pattern code of every row as the data has it: a modality whose value is absent (``tests[modality]``)
+    is missing. Images are read undecoded. Raises on a row with no modality left and on a modality absent from
+    every row of a non-empty split."""
+    inspected = [m for m in patterns.modalities if columns[m] in split.column_names]
+    if not inspected:
+        return np.zeros(len(split), dtype=np.int64)
+    if len(inspected) < len(patterns.modalities):
+        absent = [columns[m] for m in patterns.modalities if m not in inspected]
+        raise ValueError(f"Split {name!r} has no column {absent} for modalities "
+                         f"{[m for m in patterns.modalities if m not in inspected]}, but has columns for {inspected}; "
+                         f"its columns are {split.column_names}. Map each modality to its column with "
+                         "columns={modality: column}.")
+    raw = split.select_columns([columns[m] for m in inspected]).with_format("arrow")
+    missing = np.zeros((len(split), len(patterns.modalities)), dtype=bool)
+    for start, batch in zip(range(0, len(split), SCAN_BATCH), raw.iter(batch_size=SCAN_BATCH), strict=False):
+        for k, modality in enumerate(patterns.modalities):
+            values = batch.column(columns[modality]).to_pylist()
+            missing[start:start + len(values), k] = [tests[modality](v) for v in values]
+    _check_natural(missing, patterns, columns, name)
+    lookup = {tuple(row): code for code, row in enumerate((~patterns.present_matrix()).tolist())}
+    return np.array([lookup[tuple(row)] for row in missing.tolist()], dtype=np.int64)
+
+
+def _check_natural(missing: np.ndarray, patterns: ModalityPattern, columns: Mapping[str, str], name: str) -> None:
+    if len(missing) == 0:
+        return
+    for k, modality in enumerate(patterns.modalities):
+        if missing[:, k].all():
+            raise ValueError(f"Split {name!r}: every row's {columns[modality]!r} is None or empty, so the "
+                             f"{modality} is missing from the whole split. Check the column mapping "
+                             f"(columns={{{modality!r}: <column>}}, or --{modality}-column in the CLI), or use a "
+                             f"backbone without the {modality} modality.")
+    empty = np.flatnonzero(missing.all(axis=1))
+    if len(empty):
+        raise ValueError(f"Split {name!r}: rows {empty[:10].tolist()} ({len(empty)} in all) have no "
+                         f"{list(patterns.modalities)} at all (every value None or empty), so no input is left. Drop "
+                         "them, e.g. dataset.filter(lambda s: s['text'] or s['image']), or supply a modality.")
+
+
+def allot(counts: Mapping[str, int], natural: Mapping[str, int]) -> dict[str, int]:
+    """How many samples to draw per pattern from the naturally complete ones so that the natural and the
+    simulated incomplete samples together reach ``sum(counts)`` (none when they already do): each pattern's
+    shortfall ``counts - natural``, scaled down (largest remainder) when natural samples of another pattern
+    already cover part of the total."""
+    shortfall = {name: max(count - natural.get(name, 0), 0) for name, count in counts.items()}
+    extra = max(sum(counts.values()) - sum(natural.values()), 0)
+    total = sum(shortfall.values())
+    if total <= extra:
+        return shortfall
+    exact = {name: Fraction(extra * value, total) for name, value in shortfall.items()}
+    out = {name: math.floor(value) for name, value in exact.items()}
+    order = sorted(exact, key=lambda n: exact[n] - out[n], reverse=True)
+    for name in order[: extra - sum(out.values())]:
+        out[name] += 1
+    return out
+
+
+def combined_table(natural: np.ndarray, counts: dict[str, int], patterns: ModalityPattern, seed: int,
+                   key: int) -> np.ndarray:
+    """Natural codes kept; the naturally complete samples get the draw of :func:`missing_table` for the counts
+    :func:`allot` leaves. Without natural missingness this is ``missing_table(len(natural), counts, ...)``."""
+    names = patterns.names
+    found = np.bincount(natural, minlength=patterns.num_patterns)
+    extra = allot(counts, {names[c]: int(found[c]) for c in range(1, patterns.num_patterns) if found[c]})
+    complete = np.flatnonzero(natural == 0)
+    codes = natural.copy()
+    codes[complete] = missing_table(len(complete), extra, patterns, seed, key)
     return codes
 
 
@@ -221,7 +306,8 @@ def simulate_missing(
     protocol: str = "map",
     seed: int = 0,
     *,
-    modalities: tuple[str, ...] = DEFAULT_MODALITIES,
+    modalities: Sequence[str | ModalityInputs] = DEFAULT_MODALITIES,
+    columns: Mapping[str, str] | None = None,
     both_ratio: float = 0.5,
     column: str = MISSING_TYPE_COLUMN,
     num_proc: int | None = None,
@@ -229,7 +315,8 @@ def simulate_missing(
     return_settings: bool = False,
     split: str | None = None,
 ) -> Dataset | DatasetDict | tuple[Dataset | DatasetDict, dict[str, Any]]:
-    """Add a ``missing_type`` ClassLabel column that says which modalities each sample lacks.
+    """Add a ``missing_type`` ClassLabel column that says which modalities each sample lacks: those absent in the
+    data (natural missingness, see the module docstring), plus those the protocol removes at ``rate``.
 
     Also writes each sample's row index into a ``sample_index`` column (per-epoch redraws are keyed on it).
 
@@ -239,6 +326,9 @@ def simulate_missing(
         rate: share of samples with at least one modality missing, in [0, 1]: a finite int or float. NumPy
             floats are read as the decimal they print as (``np.float32(0.29)`` is 0.29); bools and strings raise.
         pattern: a modality name, ``"both"``, or ``{pattern name: share}`` (see :func:`pattern_shares`).
+        modalities: the modalities in code order: names, or declarations (``model.interface.inputs``) whose
+            ``is_absent`` recognises a naturally missing value.
+        columns: the dataset column of each modality (default: its name).
         protocol: ``"map"``, ``"ragpt"``, ``"redeem"`` or ``"per_epoch"`` (module docstring).
         seed: a non-negative int (None raises: the table is a function of the seed, never of processing
             order or ``num_proc``).
@@ -255,17 +345,24 @@ def simulate_missing(
     """
     rate, seed = _validate(dataset, rate, protocol, seed, column, overwrite)
     both_ratio = _real("both_ratio", both_ratio)
-    patterns = ModalityPattern(tuple(modalities))
+    names = tuple(m.name if isinstance(m, ModalityInputs) else m for m in modalities)
+    patterns = ModalityPattern(names)
     shares = pattern_shares(pattern, patterns.modalities, both_ratio)
     splits = dict(dataset) if isinstance(dataset, DatasetDict) else {split or str(dataset.split or "dataset"): dataset}
-    sizes = {name: len(split) for name, split in splits.items()}
-    tables = _tables(sizes, rate, shares, protocol, patterns, seed)
+    tests = {name: absence_test(m) for name, m in zip(names, modalities, strict=True)}
+    columns = {m: (columns or {}).get(m, m) for m in names}
+    natural = {name: natural_table(s, patterns, tests, columns, name) for name, s in splits.items()}
+    tables = _tables(natural, rate, shares, protocol, patterns, seed)
     settings = {
         "protocol": protocol, "rate": rate, "pattern": pattern if isinstance(pattern, str) else dict(pattern),
         "shares": shares, "both_ratio": both_ratio, "seed": seed, "modalities": list(patterns.modalities),
         "column": column, "pattern_names": patterns.names,
-        "counts": {name: np.bincount(t, minlength=patterns.num_patterns).tolist() for name, t in tables.items()},
+        "counts": _counts(tables, patterns), "natural_counts": _counts(natural, patterns),
+        "simulated_counts": {name: (np.bincount(tables[name], minlength=patterns.num_patterns)
+                                    - np.bincount(natural[name], minlength=patterns.num_patterns)).tolist()
+                             for name in tables},
     }
+    _warn_if_over(settings, rate)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     out = {}
     for name, split in splits.items():
@@ -276,17 +373,33 @@ def simulate_missing(
     return (result, settings) if return_settings else result
 
 
-def _tables(sizes: dict[str, int], rate: float, shares: dict[str, float], protocol: str,
+def _counts(tables: Mapping[str, np.ndarray], patterns: ModalityPattern) -> dict[str, list[int]]:
+    return {name: np.bincount(t, minlength=patterns.num_patterns).tolist() for name, t in tables.items()}
+
+
+def _warn_if_over(settings: dict[str, Any], rate: float) -> None:
+    """Natural missingness above the requested rate cannot be undone: say so rather than pretend."""
+    for name, counts in settings["natural_counts"].items():
+        n = sum(counts)
+        if n and (n - counts[0]) / n > rate and settings["protocol"] != "per_epoch":
+            logger.warning("Split %r: %d of %d samples already miss a modality in the data, more than rate=%s; "
+                           "none is simulated and the split's missing rate is %.3f.", name, n - counts[0], n, rate,
+                           (n - counts[0]) / n)
+
+
+def _tables(natural: dict[str, np.ndarray], rate: float, shares: dict[str, float], protocol: str,
             patterns: ModalityPattern, seed: int) -> dict[str, np.ndarray]:
+    """Each split's codes: its natural codes, plus the protocol's draw among its naturally complete samples."""
     if protocol == "per_epoch":
-        return {name: np.zeros(n, dtype=np.int64) for name, n in sizes.items()}
+        return dict(natural)
     if protocol == "ragpt":
-        total = sum(sizes.values())
-        table = missing_table(total, pattern_counts(total, rate, shares, protocol), patterns, seed, key=0)
-        bounds = np.cumsum([0, *sizes.values()])
-        return {name: table[bounds[i] : bounds[i + 1]] for i, name in enumerate(sizes)}
-    return {name: missing_table(n, pattern_counts(n, rate, shares, protocol), patterns, seed, key=split_key(name))
-            for name, n in sizes.items()}
+        whole = np.concatenate([*natural.values(), np.zeros(0, dtype=np.int64)])
+        table = combined_table(whole, pattern_counts(len(whole), rate, shares, protocol), patterns, seed, key=0)
+        bounds = np.cumsum([0, *(len(t) for t in natural.values())])
+        return {name: table[bounds[i] : bounds[i + 1]] for i, name in enumerate(natural)}
+    return {name: combined_table(codes, pattern_counts(len(codes), rate, shares, protocol), patterns, seed,
+                                 key=split_key(name))
+            for name, codes in natural.items()}
 
 
 def split_key(name: str) -> int:

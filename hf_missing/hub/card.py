@@ -101,14 +101,15 @@ def _eval_results(by_pattern: dict[str, dict[str, float]], dataset: str | None, 
 
 
 def _missing_protocol(missing: Any, config: dict[str, Any]) -> dict[str, Any] | None:
-    """rate / pattern / protocol / seed / both_ratio of the simulated data, plus the model's policy."""
+    """rate / pattern / protocol / seed / both_ratio of the simulated data, the natural (in the data) and simulated
+    counts per split and pattern, plus the model's policy."""
     if missing is None:
         return None
     if isinstance(missing, DatasetDict):
         missing = next(iter(missing.values()))
     if isinstance(missing, Dataset):
         missing = missing_settings(missing)
-    keys = ("rate", "pattern", "protocol", "seed", "both_ratio", "shares")
+    keys = ("rate", "pattern", "protocol", "seed", "both_ratio", "shares", "natural_counts", "simulated_counts")
     return {**{k: missing[k] for k in keys if k in missing}, "policy": config.get("missing_policy"),
             "modalities": config.get("modalities")}
 

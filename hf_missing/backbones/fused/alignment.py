@@ -1,30 +1,41 @@
 """Stage 1 of the fused backbone: align the image tokens with MiniLM on complete data, once, and cache the result.
 
 :func:`build_fused_backbone` trains only the image projection, the image type and position embeddings (and a
-temporary head) on complete emoji training data and saves a regular HF checkpoint (``config.json`` +
-``model.safetensors`` + tokenizer + image processor) in the cache.
+temporary head) on complete labelled training data (the emoji set by default) and saves a regular HF checkpoint
+(``config.json`` + ``model.safetensors`` + tokenizer + image processor) in the cache. Stage 1 uses the data's labels,
+so a checkpoint belongs to the data it was aligned on: its folder name ends in a key of that data (the training and
+validation splits' fingerprints and sizes, the label names) and of the stage-1 settings, and ``stage1.json`` records
+them. Another dataset gets its own alignment (:func:`alignment_splits` picks its complete rows), never the emoji one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import ClassLabel, Value
 from torch import nn
 
 from ...cache import default_cache_dir
 from ...data.emoji import load_emoji_dataset
+from ...data.modalities import absence_test
+from ...data.simulate import natural_table
+from ...missingness import DEFAULT_MODALITIES, ModalityPattern
 from .configuration import CHECKPOINT_VERSION, DEFAULT_IMAGE_SIZE
 from .modeling import FusedModel
 from .processing import FusedProcessor
 
 STAGE1_FILE = "stage1.json"
+ALIGNMENT_SPLITS = ("train", "validation")
+VALIDATION_SHARE = 0.1  # of the complete training rows, when the data has no validation split
 
 
 @dataclass
@@ -39,11 +50,51 @@ class Stage1Settings:
     seed: int = 0
 
 
-def fused_checkpoint_dir(cache_dir: str | os.PathLike | None = None,
-                         image_size: int = DEFAULT_IMAGE_SIZE) -> Path:
-    """Where :func:`build_fused_backbone` keeps its checkpoint (``$HF_MISSING_CACHE`` or ~/.cache/hf_missing)."""
+def alignment_record(dataset: Mapping[str, Any], settings: Stage1Settings) -> dict[str, Any]:
+    """What a stage-1 checkpoint is aligned on: each split's ``datasets`` fingerprint and size, the label names and
+    the stage-1 settings. (An in-memory dataset built without a fixed fingerprint gets a fresh one per process, so it
+    is aligned again rather than matched to another's checkpoint.)"""
+    splits = {name: {"fingerprint": getattr(dataset[name], "_fingerprint", None), "rows": len(dataset[name])}
+              for name in ALIGNMENT_SPLITS}
+    label = getattr(dataset["train"], "features", {}).get("label")
+    return {"splits": splits, "labels": list(getattr(label, "names", []) or []), "settings": asdict(settings)}
+
+
+def alignment_key(record: Mapping[str, Any]) -> str:
+    """A short hash of :func:`alignment_record`: the suffix of the checkpoint's folder name."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def fused_checkpoint_dir(cache_dir: str | os.PathLike | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
+                         key: str = "") -> Path:
+    """Where :func:`build_fused_backbone` keeps the checkpoint aligned on the data of ``key``
+    (:func:`alignment_key`) under ``$HF_MISSING_CACHE`` or ~/.cache/hf_missing."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"fused-minilm-effnetlite0-{image_size}px-v{CHECKPOINT_VERSION}"
+    return root / f"fused-minilm-effnetlite0-{image_size}px-v{CHECKPOINT_VERSION}-aligned-{key}"
+
+
+def alignment_splits(data: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+    """The ``train`` / ``validation`` splits stage 1 can use from a user's ``DatasetDict``: its rows with both text
+    and image (stage 1 aligns complete pairs), ``validation`` carved from them (``VALIDATION_SHARE``) when the data
+    has none. Stage 1 trains a temporary single-label head, so multi-label data raises."""
+    label = data["train"].features.get("label")
+    if not (isinstance(label, ClassLabel) or (isinstance(label, Value) and label.dtype.startswith("int"))):
+        raise ValueError(f"Stage-1 alignment of the fused backbone trains a temporary single-label head, but the "
+                         f"'label' column is {label}; for multi-label data pass --backbone <an aligned fused "
+                         "checkpoint folder> or a CLIP / ViLT checkpoint.")
+    complete = {name: _complete_rows(split, name) for name, split in data.items() if name in ("train", "validation")}
+    if "validation" not in complete:
+        carved = complete["train"].train_test_split(test_size=VALIDATION_SHARE, seed=seed)
+        complete = {"train": carved["train"], "validation": carved["test"]}
+    return complete
+
+
+def _complete_rows(split: Any, name: str) -> Any:
+    patterns = ModalityPattern(DEFAULT_MODALITIES)
+    codes = natural_table(split, patterns, {m: absence_test(m) for m in DEFAULT_MODALITIES},
+                          {m: m for m in DEFAULT_MODALITIES}, name)
+    rows = (codes == 0).nonzero()[0]
+    return split if len(rows) == len(split) else split.select(rows)
 
 
 def build_fused_backbone(cache_dir: str | os.PathLike | None = None, dataset: Any = None,
@@ -51,24 +102,28 @@ def build_fused_backbone(cache_dir: str | os.PathLike | None = None, dataset: An
     """The stage-1 fused checkpoint folder, trained and saved on first use.
 
     Stage 1 freezes MiniLM and EfficientNet-Lite0 and trains the image projection, the image type and
-    position embeddings and a temporary linear head on the complete emoji training split (category
-    labels), then saves ``config.json`` + ``model.safetensors``, the tokenizer, the image processor and
-    ``stage1.json`` (time, validation accuracy). Load the result with ``AutoModel.from_pretrained(path)``
-    and the processor with ``FusedProcessor.from_pretrained(path)``.
+    position embeddings and a temporary linear head on the complete training split (the emoji categories by
+    default), then saves ``config.json`` + ``model.safetensors``, the tokenizer, the image processor and
+    ``stage1.json`` (time, validation accuracy, what it was aligned on) in a folder keyed by the data
+    (:func:`fused_checkpoint_dir`): another dataset is aligned anew, never served the emoji checkpoint. Load the
+    result with ``AutoModel.from_pretrained(path)`` and the processor with ``FusedProcessor.from_pretrained(path)``.
 
     Args:
         cache_dir: cache root (default ``$HF_MISSING_CACHE`` or ``~/.cache/hf_missing``).
-        dataset: an emoji-like ``DatasetDict`` with "train" and "validation" splits (``image``, ``text``,
-            ``label``); defaults to :func:`hf_missing.data.emoji.load_emoji_dataset`.
+        dataset: an emoji-like ``DatasetDict`` with "train" and "validation" splits of complete samples (``image``,
+            ``text``, single-label ``label``; :func:`alignment_splits` makes them from a user's data); defaults to
+            :func:`hf_missing.data.emoji.load_emoji_dataset`.
         settings: stage-1 hyper-parameters.
     """
     settings = settings or Stage1Settings()
-    folder = fused_checkpoint_dir(cache_dir, settings.image_size)
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return folder
     if dataset is None:
         dataset = load_emoji_dataset(None if cache_dir is None else Path(cache_dir) / "emoji")
+    record = alignment_record(dataset, settings)
+    folder = fused_checkpoint_dir(cache_dir, settings.image_size, alignment_key(record))
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
     model, processor, report = align_fused_backbone(dataset, settings)
+    report["aligned_on"] = record
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -1,0 +1,138 @@
+"""Natural missingness: values absent in the data (None image, empty / blank text, empty feature sequence) set the
+pattern; simulate_missing only removes present modalities, counts both towards the rate and records them apart;
+evaluation keeps it and reports it as its own row."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_missing import MissingModalityCollator, missing_settings, simulate_missing
+from hf_missing.data.simulate import allot
+from hf_missing.data.synthetic import shapes_dataset, tiny_processor
+from hf_missing.evaluation import NATURAL_ROW, predict_patterns
+from tests.conftest import make_model
+
+NO_IMAGE = (1, 4, 7)  # rows whose image is None in the data
+NO_TEXT = {2: "", 5: "   ", 8: None}  # rows whose text is empty, blank or None
+
+
+def with_gaps(split: Dataset) -> Dataset:
+    """``split`` with images and texts removed the way real data lacks them."""
+    def blank(sample: dict, index: int) -> dict:
+        image = None if index in NO_IMAGE else sample["image"]
+        return {"image": image, "text": NO_TEXT.get(index, sample["text"])}
+    return split.map(blank, with_indices=True)
+
+
+@pytest.fixture(scope="module")
+def gappy():
+    return with_gaps(shapes_dataset(n_train=40, n_test=20, seed=0)["test"])
+
+
+def test_absent_values_set_the_pattern_and_simulation_keeps_them(gappy):
+    """Catches: a None image or an empty / whitespace text marked complete (the collator then fails), or a simulated
+    draw that overwrites a natural pattern."""
+    out = simulate_missing(gappy, rate=0.0, seed=0)
+    codes = out["missing_type"]
+    assert [codes[i] for i in NO_IMAGE] == [2, 2, 2] and [codes[i] for i in NO_TEXT] == [1, 1, 1]
+    assert sum(c != 0 for c in codes) == 6
+    drawn = simulate_missing(gappy, rate=0.7, pattern="both", seed=3)["missing_type"]
+    assert all(drawn[i] == 2 for i in NO_IMAGE) and all(drawn[i] == 1 for i in NO_TEXT)
+
+
+def test_a_rate_counts_natural_and_simulated_and_records_them_apart(gappy):
+    """Catches: a rate applied on top of the natural gaps (more incomplete samples than asked), or settings that do
+    not tell natural from simulated missingness."""
+    out = simulate_missing(gappy, rate=0.7, pattern="both", seed=0, split="test")
+    settings = missing_settings(out)
+    assert np.bincount(out["missing_type"], minlength=3).tolist() == [6, 7, 7]  # 14 of 20 = 0.7, 35% each
+    assert settings["natural_counts"] == {"test": [14, 3, 3]}
+    assert settings["simulated_counts"] == {"test": [-8, 4, 4]}
+    assert settings["counts"] == {"test": [6, 7, 7]}
+
+
+def test_natural_missingness_above_the_rate_is_kept_not_undone(gappy):
+    """Catches: complete samples made incomplete (or natural gaps filled) when the data already lacks more than the
+    rate asks."""
+    out = simulate_missing(gappy, rate=0.1, pattern="image", seed=0)
+    assert np.bincount(out["missing_type"], minlength=3).tolist() == [14, 3, 3]
+
+
+def test_allot_fills_the_shortfall_of_each_pattern_up_to_the_total():
+    """Catches: an over-represented natural pattern pushing the total past the rate, or shortfalls misallocated."""
+    assert allot({"missing_text": 35, "missing_image": 35}, {}) == {"missing_text": 35, "missing_image": 35}
+    assert allot({"missing_text": 35, "missing_image": 35}, {"missing_text": 50}) == {"missing_text": 0,
+                                                                                        "missing_image": 20}
+    assert allot({"missing_text": 35, "missing_image": 35}, {"missing_text": 5, "missing_image": 5}) == {
+        "missing_text": 30, "missing_image": 30}
+    assert allot({"missing_text": 3}, {"missing_image": 9}) == {"missing_text": 0}
+
+
+def test_a_dataset_with_gaps_collates_without_a_manual_missing_type(gappy):
+    """Catches: the issue's failure, 'Sample 1 has no image but its missing_type says the image is present'."""
+    out = simulate_missing(gappy, rate=0.5, seed=0)
+    batch = MissingModalityCollator(tiny_processor("clip"))([out[i] for i in range(10)])
+    assert batch["missing_type"][list(NO_IMAGE)].tolist() == [2, 2, 2]
+    assert make_model("clip", "map", prompt_length=2)(**batch).logits.shape == (10, 4)
+
+
+def test_a_modality_absent_from_every_row_is_a_clear_error(gappy):
+    """Catches: a wrong column mapping (every image None) silently trained as 100% image-missing."""
+    no_images = gappy.map(lambda s: {"image": None})
+    with pytest.raises(ValueError, match=r"every row's 'image' is None or empty.*columns="):
+        simulate_missing(no_images, rate=0.5)
+
+
+def test_a_row_without_any_modality_is_a_clear_error(gappy):
+    """Catches: a row with nothing left reaching the model as two placeholders."""
+    empty = gappy.map(lambda s, i: {"text": "" if i == 1 else s["text"]}, with_indices=True)
+    with pytest.raises(ValueError, match=r"rows \[1\].*have no \['text', 'image'\] at all"):
+        simulate_missing(empty, rate=0.5)
+
+
+def test_columns_map_modalities_and_a_half_mapped_dataset_raises(gappy):
+    """Catches: natural gaps ignored in a dataset whose modality columns have other names, or a missing column
+    silently treated as present."""
+    renamed = gappy.rename_columns({"text": "caption", "image": "photo"})
+    out = simulate_missing(renamed, rate=0.0, columns={"text": "caption", "image": "photo"})
+    assert [out["missing_type"][i] for i in NO_IMAGE] == [2, 2, 2]
+    with pytest.raises(ValueError, match=r"no column \['image'\].*columns="):
+        simulate_missing(gappy.rename_column("image", "photo"), rate=0.0)
+
+
+def test_empty_feature_sequences_are_naturally_missing():
+    """Catches: an empty audio recording ([] frames) treated as present for a third modality."""
+    data = Dataset.from_dict({"text": ["a b", "c", "d"], "image": ["x.png", "y.png", ""],
+                              "audio": [[[0.1, 0.2]], [], [[0.3, 0.4]]]})
+    out = simulate_missing(data, rate=0.0, modalities=("text", "image", "audio"))
+    names = out.features["missing_type"].names
+    assert [names[c] for c in out["missing_type"]] == ["complete", "missing_audio", "missing_image"]
+
+
+def test_per_epoch_redraws_keep_natural_gaps(gappy):
+    """Catches: MPLMM's per-epoch redraw giving a sample with no image in the data a 'complete' pattern."""
+    out = simulate_missing(gappy, rate=0.0, protocol="per_epoch", seed=0)
+    collator = MissingModalityCollator(tiny_processor("clip"), redraw_rate=1.0)
+    codes = collator([out[i] for i in range(10)])["missing_type"].tolist()
+    assert [codes[i] for i in NO_IMAGE] == [2, 2, 2] and [codes[i] for i in (2, 5, 8)] == [1, 1, 1]
+
+
+def test_evaluation_keeps_natural_gaps_and_reports_them_as_a_row(gappy):
+    """Catches: evaluation forcing a None image 'present' (crash), a 'complete' row that includes samples lacking
+    a modality, no row for the data as it is, or test rates that disagree with simulate_missing's table."""
+    torch.manual_seed(0)
+    model = make_model("clip", "map", prompt_length=2).eval()
+    collator = MissingModalityCollator(tiny_processor("clip"))
+    preds = predict_patterns(model, gappy, collator, "single_label", batch_size=8, progress=False)
+    assert set(preds.per_pattern()) == {"complete", "missing_text", "missing_image", NATURAL_ROW}
+    natural = simulate_missing(gappy, rate=0.0)
+    with torch.no_grad():
+        direct = model(**collator([natural[i] for i in range(20)])).logits.numpy()
+    assert np.allclose(preds.logits["complete"], direct, atol=1e-5)
+    labels = np.asarray(gappy["label"])
+    complete_rows = np.asarray(natural["missing_type"]) == 0
+    expected = (preds.logits["complete"][complete_rows].argmax(-1) == labels[complete_rows]).mean()
+    assert preds.per_pattern()["complete"]["accuracy"] == pytest.approx(expected)
+    drawn = simulate_missing(gappy, rate=0.7, pattern="both", seed=3, split="test")
+    assert np.array_equal(preds.codes_at(0.7, "both", seed=3), np.asarray(drawn["missing_type"]))
