@@ -60,6 +60,8 @@ def test_eq7_private_update_is_the_residual_bypass():
 
 
 def test_eq8_shared_update_mixes_the_concatenated_private_buffers():
+    """Eq. 8 on the chain: H of the concatenated new private buffers mixed with the previous shared one by eps_s;
+    catches H fed the previous private buffers, a missing GELU, or a shared chain of the wrong length."""
     buffers = _buffers()
     states = buffers.chain(PATTERNS)
     concat = torch.cat([states.private["text"][2], states.private["image"][2]], dim=-1)
@@ -88,6 +90,8 @@ def test_eq9_replay_selects_each_samples_pattern():
 
 
 def test_private_rows_follow_presence_for_three_modalities():
+    """K = 3: each pattern's private row is "present" or "missing" by that modality's presence; catches rows indexed
+    by pattern code (only right for two modalities) or one row for every pattern."""
     widths = {"text": 8, "image": 8, "audio": 6}
     buffers = _buffers(widths)
     states = buffers.chain(torch.arange(7))
@@ -151,6 +155,8 @@ def test_clip_init_sources_are_eot_and_class_embeddings():
 
 
 def test_eq6_orthogonality_on_small_tensors():
+    """Eq. 6 recomputed by hand over every state: shared vs. private and private vs. private through Theta_m^T;
+    catches raw inner products, a skipped state, or private buffers of different widths compared unprojected."""
     buffers = _buffers()
     states = buffers.chain(PATTERNS)
     expected = 0.0
@@ -202,6 +208,8 @@ def test_ablation_switches_change_the_parameter_set(options, present, absent):
 
 
 def test_without_private_buffer_the_shared_chain_updates_itself():
+    """Table 4 "w/o private buffer" on the released chain: H updates the shared buffer from itself; catches an H
+    that expects the (absent) private concatenation, or slots that still include a private part."""
     buffers = _buffers(use_private_buffer=False, buffer_source="parameters")
     states = buffers.chain(PATTERNS)
     expected = buffers.eps_s * buffers.H(states.shared[0]) + (1 - buffers.eps_s) * states.shared[0]
@@ -224,6 +232,8 @@ def test_insert_blocks_places_slots_before_each_span_and_restores():
 
 
 def test_slots_replayed_before_layer_one_are_carried_plus_buffers(shapes_missing, monkeypatch):
+    """Eq. 9 before layer 1: the slots are layer 0's slot outputs plus the replayed buffers, before each modality's
+    span; catches replay that replaces the carried slots, or buffers placed at the wrong span."""
     runs = _capture_runs(monkeypatch)
     model = make_model("vilt", "rep", **TINY).eval()
     batch = make_batch(shapes_missing["train"], "vilt", n=6)
