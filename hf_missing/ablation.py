@@ -120,8 +120,7 @@ def run_summary(result: dict[str, Any]) -> dict[str, Any]:
     """What the table needs from one run: accuracy at 70% of each column, the gates, whether it collapsed."""
     at = {c: next(p["accuracy"] for p in result["curves"][c] if abs(p["rate"] - RATE) < 1e-9) for c in COLUMNS}
     return {"accuracy": at, "complete": result["per_pattern"]["complete"]["accuracy"],
-            "gates": result.get("gates", {}), "collapsed": result.get("collapsed", False),
-            "train_loss": result.get("train_loss")}
+            "gates": result["gates"], "collapsed": result["collapsed"], "train_loss": result["train_loss"]}
 
 
 def summarise_rows(rows: Sequence[AblationRow], runs: dict[str, dict[str, Any]],
