@@ -80,12 +80,14 @@ def run_ablation(settings: DemoSettings, method: str = "rep",
     folder = Path(settings.output_dir)
     store = folder / "runs.json"
     runs: dict[str, dict[str, Any]] = json.loads(store.read_text(encoding="utf-8")) if store.exists() else {}
-    todo = [(row, seed) for row in rows for seed in settings.seeds if not _stored(runs, row, seed, settings, store)]
-    work = prepare(settings) if todo else None
+    work = prepare(settings)
+    backbone = Path(work.backbone_dir).name
+    todo = [(row, seed) for row in rows for seed in settings.seeds
+            if not _stored(runs, row, seed, run_settings(settings, row, backbone), store)]
     for row, seed in todo:
         row_settings = replace(settings, method_options={row.method: row.options})
         result = train_and_evaluate(row.method, work, row_settings, seed, settings.train_pattern)
-        runs[_key(row, seed)] = run_summary(result) | {"settings": run_settings(settings, row)}
+        runs[_key(row, seed)] = run_summary(result) | {"settings": run_settings(settings, row, backbone)}
         atomic_write_text(store, json.dumps(runs, indent=2))
     table = summarise_rows(rows, runs, settings.seeds)
     atomic_write_text(folder / "ablation.json", json.dumps(table, indent=2))
@@ -97,22 +99,24 @@ def _key(row: AblationRow, seed: int) -> str:
     return f"{row.name} | seed {seed}"
 
 
-def run_settings(settings: DemoSettings, row: AblationRow) -> dict[str, Any]:
-    """What a stored run must share with the current ablation to be reused."""
+def run_settings(settings: DemoSettings, row: AblationRow, backbone: str) -> dict[str, Any]:
+    """What a stored run must share with the current ablation to be reused: the row, the training settings and
+    the stage-1 checkpoint (its folder name carries the hash of the data and settings it was aligned on)."""
     return {"method": row.method, "options": row.options, "epochs": settings.epochs, "rate": settings.train_rate,
-            "pattern": settings.train_pattern, "train_limit": settings.train_limit, "test_limit": settings.test_limit}
+            "pattern": settings.train_pattern, "train_limit": settings.train_limit, "test_limit": settings.test_limit,
+            "backbone": backbone}
 
 
-def _stored(runs: dict[str, dict[str, Any]], row: AblationRow, seed: int, settings: DemoSettings,
+def _stored(runs: dict[str, dict[str, Any]], row: AblationRow, seed: int, wanted: dict[str, Any],
             store: Path) -> bool:
-    """Whether ``runs`` holds this row and seed under the same settings; a run under other settings is an error."""
+    """Whether ``runs`` holds this row and seed under the ``wanted`` settings; a run under others is an error."""
     run = runs.get(_key(row, seed))
     if run is None:
         return False
-    if run.get("settings") != run_settings(settings, row):
+    if run.get("settings") != wanted:
         raise ValueError(f"{store} holds {_key(row, seed)!r} trained under {run.get('settings')}, not under the "
-                         f"current {run_settings(settings, row)}; pass another --output-dir (or delete the file) "
-                         "rather than mixing runs of different settings in one table.")
+                         f"current {wanted}; pass another --output-dir (or delete the file) rather than mixing runs "
+                         "of different settings or stage-1 checkpoints in one table.")
     return True
 
 

@@ -2,6 +2,7 @@
 Training is replaced by a stub that returns fixed accuracies, so these tests check the bookkeeping only."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,8 +39,9 @@ def test_direction_is_a_paired_interval_over_seeds():
 
 
 def test_runs_resume_and_other_settings_are_refused(tmp_path, monkeypatch):
-    """An interrupted ablation resumes without retraining stored runs, and a stored run of other settings (here
-    other epochs) is an error naming the file instead of being mixed into the table."""
+    """An interrupted ablation resumes without retraining stored runs, and a stored run of other settings (other
+    epochs, or another stage-1 checkpoint of the backbone) is an error naming the file instead of being mixed into
+    the table."""
     trained = []
 
     def fake_train(method, work, settings, seed, pattern):
@@ -47,7 +49,8 @@ def test_runs_resume_and_other_settings_are_refused(tmp_path, monkeypatch):
         return {"curves": {c: [{"rate": 0.7, "accuracy": 0.5 + seed / 10}] for c in ("text", "image", "both")},
                 "per_pattern": {"complete": {"accuracy": 0.9}}, "gates": {}, "collapsed": False, "train_loss": 1.0}
 
-    monkeypatch.setattr(ablation, "prepare", lambda settings: None)
+    backbone = {"dir": "fused-aligned-aaaa"}
+    monkeypatch.setattr(ablation, "prepare", lambda settings: SimpleNamespace(backbone_dir=backbone["dir"]))
     monkeypatch.setattr(ablation, "train_and_evaluate", fake_train)
     settings = DemoSettings(output_dir=str(tmp_path), seeds=[0, 1], epochs=1)
     run_ablation(settings, "rep", ROWS[:2])
@@ -59,6 +62,9 @@ def test_runs_resume_and_other_settings_are_refused(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "runs.json").read_text())["full | seed 0"]["settings"]["epochs"] == 1
     with pytest.raises(ValueError, match=r"runs.json holds 'full \| seed 0' trained under .*another --output-dir"):
         run_ablation(DemoSettings(output_dir=str(tmp_path), seeds=[0], epochs=2), "rep", ROWS[:1])
+    backbone["dir"] = "fused-aligned-bbbb"
+    with pytest.raises(ValueError, match=r"fused-aligned-aaaa.*stage-1 checkpoints"):
+        run_ablation(settings, "rep", ROWS[:1])
 
 
 def test_rep_rows_are_the_papers_tables_and_each_names_a_known_comparison():
