@@ -384,3 +384,32 @@ def test_a_samples_logits_do_not_depend_on_its_batch(folders, data, method, kind
     for i, sample in enumerate(samples):
         torch.testing.assert_close(_logits(model, collator([sample]))[0], together[i], atol=1e-5, rtol=1e-4,
                                    msg=lambda m, i=i: f"sample {i} ({raw[i]['missing_type']}): {m}")
+
+
+@pytest.fixture(scope="module")
+def sampling_vilt(tmp_path_factory):
+    """The tiny ViLT with ``max_image_length`` 10, below a 30x30 image's 25 patches (and a 60x30 one's 50): here
+    transformers draws a random subset of each image's patches on every forward."""
+    backbone = tiny_backbone("vilt")
+    backbone.config.max_image_length = 10
+    folder = tmp_path_factory.mktemp("vilt-max10")
+    backbone.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("method", hf_missing.list_methods())
+def test_vilt_evaluation_is_deterministic_when_it_samples_patches(sampling_vilt, data, method):
+    """Catches transformers' patch draw at evaluation (a fresh random subset of ViLT's patches per forward, which
+    also changed REDEEM's bank between two builds) and a draw seeded per batch (a sample's patches, hence its
+    logits, would depend on its batch neighbours): two evaluations under different global seeds are bit-identical,
+    and each sample alone gives its row of the batch."""
+    model, _, collator = _build(sampling_vilt, method, "vilt", data["vilt"])
+    perturbed(model)
+    split = Dataset.from_list(_mixed_samples(data["vilt"], "vilt"), features=data["vilt"].features)
+    samples = list(prepare_for_evaluation(model, split, collator))
+    with torch.no_grad():
+        first = model(**collator(samples)).logits
+        torch.manual_seed(123)
+        _same(model(**collator(samples)).logits, first, f"{method}: a second evaluation")
+        for i, sample in enumerate(samples):
+            torch.testing.assert_close(model(**collator([sample])).logits[0], first[i], atol=1e-5, rtol=1e-4)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Callable
+from functools import partial
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import ViltModel
-from transformers.models.vilt.modeling_vilt import ViltSelfAttention
+from transformers.models.vilt.modeling_vilt import ViltEmbeddings, ViltSelfAttention
 
 from ..context import ForwardContext
 from .base import (
@@ -37,6 +39,37 @@ def _prefixed_vilt_self_attention(self: ViltSelfAttention, hidden_states: torch.
     return (context, probs) if output_attentions else (context,)
 
 
+def _visual_embed(embeddings: ViltEmbeddings, sample: Callable[..., Any], pixel_values: torch.Tensor,
+                  pixel_mask: torch.Tensor, max_image_length: Any = 200) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """``ViltEmbeddings.visual_embed`` (``sample``), made deterministic in eval mode.
+
+    transformers' ViLT draws its patches with ``torch.multinomial`` on every forward, in training and evaluation
+    alike: a random order always, and a random subset of ``max_image_length`` patches when an image has more, so
+    two evaluations of one sample differ (and REDEEM's bank changed between builds). Training keeps that draw
+    (ViLT's pre-training augmentation). In eval mode every valid patch is embedded, put in raster order, and an
+    image with more than ``max_image_length`` keeps the evenly spaced ones (ranks ``floor(k·v/m)``); padding comes
+    last, zeroed and masked. The draw runs under a forked CPU RNG, so evaluation leaves the caller's random state
+    as it found it. The selection depends on the sample alone, never on the rest of the batch.
+    """
+    if embeddings.training:
+        return sample(pixel_values, pixel_mask, max_image_length=max_image_length)
+    with torch.random.fork_rng(devices=[]):
+        x, x_mask, (patch_index, size) = sample(pixel_values, pixel_mask, max_image_length=-1)
+    valid, counts = x_mask[:, 1:].bool(), x_mask[:, 1:].sum(1)
+    area = size[0] * size[1]
+    raster = patch_index[..., 0] * size[1] + patch_index[..., 1]
+    order = torch.sort(torch.where(valid, raster, raster + area), dim=1, stable=True).indices
+    length = int(counts.max())
+    if isinstance(max_image_length, int) and max_image_length >= 0:
+        length = min(length, max_image_length)
+    k = torch.arange(length, device=order.device)[None]
+    pick = order.gather(1, torch.where(counts[:, None] > length, k * counts[:, None] // length, k))
+    keep = valid.gather(1, pick)
+    tokens = x[:, 1:].gather(1, pick[..., None].expand(-1, -1, x.shape[-1])) * keep[..., None]
+    index = patch_index.gather(1, pick[..., None].expand(-1, -1, 2))
+    return (torch.cat([x[:, :1], tokens], 1), torch.cat([x_mask[:, :1], keep.to(x_mask.dtype)], 1), (index, size))
+
+
 @register_backbone
 class ViltBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     """ViLT: the fused feature is the pooler output at the text [CLS] token (MAP's classifier input)."""
@@ -49,6 +82,14 @@ class ViltBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     prefixed_attention = _prefixed_vilt_self_attention
     pooler_modules = ("pooler",)
     model: ViltModel
+
+    def _install_policy_hooks(self) -> None:
+        """The joint stream's policy hooks, and patch selection that is deterministic at evaluation
+        (:func:`_visual_embed`)."""
+        super()._install_policy_hooks()
+        embeddings = self.model.embeddings
+        if not isinstance(embeddings.visual_embed, partial):  # wrap once, however often the model is wrapped
+            embeddings.visual_embed = partial(_visual_embed, embeddings, embeddings.visual_embed)
 
     @property
     def streams(self) -> tuple[Stream, ...]:
