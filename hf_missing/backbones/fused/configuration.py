@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 from transformers import BertConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ..frames import check_feature_modalities, check_frame_limit
+
 MODEL_TYPE = "hf_missing_fused"
 EFFICIENTNET = "efficientnet-lite0"
 TINY_CONV = "tiny_conv"
@@ -51,12 +53,9 @@ class FusedConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if self.image_encoder not in IMAGE_ENCODERS:
             raise ValueError(f"image_encoder must be one of {list(IMAGE_ENCODERS)}, got {self.image_encoder!r}.")
-        self.feature_modalities = dict(self.feature_modalities or {})
-        bad = {k: v for k, v in self.feature_modalities.items()
-               if k in RESERVED_MODALITIES or not k.isidentifier() or not isinstance(v, int) or v < 1}
-        if bad:
-            raise ValueError(f"feature_modalities maps new modality names (identifiers other than "
-                             f"{list(RESERVED_MODALITIES)}) to positive frame widths, got {bad}.")
+        self.feature_modalities = check_feature_modalities(self.feature_modalities, "feature_modalities",
+                                                           RESERVED_MODALITIES)
+        check_frame_limit(self.max_feature_frames, "max_feature_frames")
 
     @property
     def grid_size(self) -> int:

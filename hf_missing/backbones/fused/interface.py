@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
 
 from ...context import ForwardContext
 from ...data.modalities import FeatureInputs, ImageInputs, ModalityInputs, TextInputs
-from ..base import (
-    JointStreamBackbone,
-    Stream,
-    kv_prefixed,
-    prefixed_projections,
-    register_backbone,
-)
+from ..base import JointStreamBackbone, Stream, register_backbone
+from ..bert import BERT_ATTENTION_PATH, BERT_LORA_ROLES, prefixed_bert_self_attention
 from ..capabilities import ClassTokens, PretrainedTokens
+from ..frames import check_frames
 from .configuration import MODEL_TYPE
 from .modeling import FusedModel
-
-
-@kv_prefixed(BertSelfAttention.forward)
-def _prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.Tensor,
-                                  attention_mask: torch.Tensor | None, prefix: tuple[torch.Tensor, torch.Tensor],
-                                  **kwargs: Any):
-    """BertSelfAttention.forward with key/value prefixes (prefix tuning, MAP's attention-level prompts)."""
-    kwargs.pop("past_key_values", None)
-    input_shape = hidden_states.shape[:-1]
-    query, key, value, attention_mask = prefixed_projections(hidden_states, (self.query, self.key, self.value),
-                                                             self.attention_head_size, prefix, attention_mask, False)
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-    output, weights = attention(self, query, key, value, attention_mask, scaling=self.scaling,
-                                dropout=0.0 if not self.training else self.dropout.p, **kwargs)
-    return output.reshape(*input_shape, -1).contiguous(), weights
 
 
 @register_backbone
@@ -45,10 +24,8 @@ class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
 
     model_type = MODEL_TYPE
     display_name = "The fused backbone"
-    prefixed_attention = _prefixed_bert_self_attention
-    lora_roles: ClassVar[dict[str, str]] = {
-        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-        "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"}
+    prefixed_attention = prefixed_bert_self_attention
+    lora_roles: ClassVar[dict[str, str]] = BERT_LORA_ROLES
     model: FusedModel
 
     @functools.cached_property
@@ -64,7 +41,7 @@ class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     def streams(self) -> tuple[Stream, ...]:
         text = self.model.config.text_config
         return (Stream("joint", "encoder.layer", text.hidden_size, text.num_hidden_layers, self.modalities,
-                       "attention.self"),)
+                       BERT_ATTENTION_PATH),)
 
     @property
     def pooled_size(self) -> int:
@@ -77,18 +54,8 @@ class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
         max_len = config.text_config.max_position_embeddings
         self.check_text_length(inputs, max_len, f"tokenize with truncation=True, max_length={max_len}.")
         for spec in self.inputs[2:]:
-            self._check_frames(spec, inputs)
-
-    def _check_frames(self, spec: FeatureInputs, inputs: dict[str, torch.Tensor]) -> None:
-        values_name, mask_name = spec.input_names
-        values, mask = inputs[values_name], inputs.get(mask_name)
-        limit = self.model.config.max_feature_frames
-        if values.dim() != 3 or values.shape[-1] != spec.width or not 1 <= values.shape[1] <= limit:
-            raise ValueError(f"{values_name} must have shape [B, T, {spec.width}] with 1 <= T <= {limit} frames, got "
-                             f"{tuple(values.shape)}; resample longer sequences or raise max_feature_frames.")
-        if mask is not None and mask.shape != values.shape[:2]:
-            raise ValueError(f"{mask_name} must have shape {tuple(values.shape[:2])} (one entry per frame of "
-                             f"{values_name}), got {tuple(mask.shape)}.")
+            check_frames(spec, inputs, config.max_feature_frames,
+                         "resample longer sequences or raise max_feature_frames.")
 
     def encode(self, inputs: dict[str, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
         ctx.spans = {"joint": self._spans(inputs)}

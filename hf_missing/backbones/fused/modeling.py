@@ -33,10 +33,10 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 
+from ..frames import FrameEmbedding, Frames, frames_of, masked_means
 from .configuration import DEFAULT_IMAGE_SIZE, EFFICIENTNET, TINY_CONV, FusedConfig
 
 FEATURE_CACHE_SIZE = 4096
-Frames = dict[str, tuple[torch.Tensor, torch.Tensor]]  # feature modality -> (values [B, T, F], mask [B, T])
 
 
 def _build_image_encoder(config: FusedConfig) -> nn.Module:
@@ -130,8 +130,9 @@ class FusedEmbeddings(nn.Module):
         self.image_position_embeddings = nn.Embedding(config.num_image_tokens, text.hidden_size)
         self.image_feature_mean = nn.Buffer(torch.zeros(config.image_feature_dim))
         self.feature_cache = FeatureCache()
-        self.frames = nn.ModuleDict({name: FrameEmbedding(width, text.hidden_size, config.max_feature_frames)
-                                     for name, width in config.feature_modalities.items()})
+        self.frames = nn.ModuleDict({
+            name: FrameEmbedding(nn.Linear(width, text.hidden_size), text.hidden_size, config.max_feature_frames)
+            for name, width in config.feature_modalities.items()})
 
     def train(self, mode: bool = True) -> FusedEmbeddings:
         """Like ``nn.Module.train``, but the frozen image encoder stays in eval mode (fixed BatchNorm)."""
@@ -186,20 +187,6 @@ class FusedEmbeddings(nn.Module):
     def normed(self, tokens: torch.Tensor) -> torch.Tensor:
         """MiniLM's embedding LayerNorm and dropout, which every non-text token passes too."""
         return self.text.dropout(self.text.LayerNorm(tokens))
-
-
-class FrameEmbedding(nn.Module):
-    """Tokens of a feature modality: ``Linear(F -> H)`` of each frame plus a type and a position embedding."""
-
-    def __init__(self, width: int, hidden: int, max_frames: int) -> None:
-        super().__init__()
-        self.projection = nn.Linear(width, hidden)
-        self.type_embedding = nn.Parameter(torch.zeros(hidden))
-        self.position_embeddings = nn.Embedding(max_frames, hidden)
-
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
-        positions = self.position_embeddings.weight[: values.shape[1]]
-        return self.projection(values) + self.type_embedding + positions
 
 
 class FusedPreTrainedModel(PreTrainedModel):
@@ -258,36 +245,14 @@ class FusedModel(FusedPreTrainedModel):
         """
         if pixel_values is None and image_features is None:
             raise ValueError("Pass pixel_values (or precomputed image_features) to the fused backbone.")
-        frames = self.frames_of(kwargs, input_ids)
+        frames = frames_of(self.config.feature_modalities, kwargs, input_ids, "This fused backbone")
         embeddings, mask = self.embeddings(input_ids, attention_mask, token_type_ids, pixel_values, image_features,
                                            frames)
         additive = (1.0 - mask[:, None, None, :].to(embeddings.dtype)) * torch.finfo(embeddings.dtype).min
         hidden = self.encoder(embeddings, attention_mask=additive).last_hidden_state
         n_image = self.config.num_image_tokens if image_features is None else image_features.shape[1]
         lengths = [input_ids.shape[1], n_image, *(values.shape[1] for values, _ in frames.values())]
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.pool(hidden, mask, lengths))
-
-    def frames_of(self, kwargs: dict[str, Any], input_ids: torch.Tensor) -> Frames:
-        """Each feature modality's ``(values, mask)`` from ``<name>_features`` / ``<name>_mask`` (mask: all ones when
-        not given)."""
-        frames = {}
-        for name in self.config.feature_modalities:
-            values = kwargs.get(f"{name}_features")
-            if values is None:
-                raise ValueError(f"This fused backbone has a {name!r} modality: pass {name}_features [B, T, F] (and "
-                                 f"{name}_mask [B, T]); MissingModalityCollator fills a missing one.")
-            mask = kwargs.get(f"{name}_mask")
-            frames[name] = (values, mask if mask is not None else input_ids.new_ones(values.shape[:2]))
-        return frames
-
-    def pool(self, hidden: torch.Tensor, mask: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """The attention-masked mean of each modality's tokens of ``hidden [B, L, H]`` (text, image, then each
-        feature modality; ``lengths`` their token counts), concatenated."""
-        means = []
-        for tokens, weights in zip(hidden.split(lengths, dim=1), mask.split(lengths, dim=1), strict=True):
-            weights = weights.to(hidden.dtype)[..., None]
-            means.append((tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0))
-        return torch.cat(means, dim=-1)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=masked_means(hidden, mask, lengths))
 
     @classmethod
     def from_packaged_encoders(cls, image_size: int = DEFAULT_IMAGE_SIZE) -> FusedModel:

@@ -1,0 +1,32 @@
+"""What every backbone built on transformers' BERT layers shares (the fused default, the sequence backbone): the
+self-attention forward with key/value prefixes and the layers' LoRA roles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
+
+from .base import kv_prefixed, prefixed_projections
+
+# The Linear of a BertLayer that plays each attention / MLP role (LoRA targets given by role).
+BERT_LORA_ROLES = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+                   "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"}
+BERT_ATTENTION_PATH = "attention.self"  # a BertLayer's self-attention module, relative to the layer
+
+
+@kv_prefixed(BertSelfAttention.forward)
+def prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.Tensor,
+                                 attention_mask: torch.Tensor | None, prefix: tuple[torch.Tensor, torch.Tensor],
+                                 **kwargs: Any):
+    """BertSelfAttention.forward with key/value prefixes (prefix tuning, MAP's attention-level prompts)."""
+    kwargs.pop("past_key_values", None)
+    input_shape = hidden_states.shape[:-1]
+    query, key, value, attention_mask = prefixed_projections(hidden_states, (self.query, self.key, self.value),
+                                                             self.attention_head_size, prefix, attention_mask, False)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    output, weights = attention(self, query, key, value, attention_mask, scaling=self.scaling,
+                                dropout=0.0 if not self.training else self.dropout.p, **kwargs)
+    return output.reshape(*input_shape, -1).contiguous(), weights
