@@ -3,7 +3,8 @@
 Each test is parametrised over ``hf_missing.list_methods()`` x ``TINY_BACKBONES`` (ids such as ``rep-fused_audio``):
 which parameters train, a frozen backbone under an optimiser step, local and Hub round trips, disabling, switching
 and deleting adapters, one ``Trainer`` step, and per-sample independence inside a batch. ``fused_audio`` is the
-three-modality (text + image + audio) backbone; its data covers all seven missing patterns.
+three-modality (text + image + audio) backbone and ``sequence`` the backbone of three feature sequences (text, audio
+and vision frames); the data of each covers all seven missing patterns.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from transformers import AutoModel, Trainer, TrainingArguments
 import hf_missing
 from hf_missing import MissingModalityCollator, MissingModalityForClassification, simulate_missing
 from hf_missing.backbones.tiny import TINY_BACKBONES, tiny_backbone, tiny_processor
-from hf_missing.data.synthetic import shapes_dataset
+from hf_missing.data.synthetic import SEQUENCE_WIDTHS, sequence_dataset, shapes_dataset
 from hf_missing.methods import METHODS, prepare_for_evaluation, prepare_for_training
 from hf_missing.methods.base import MissingMethodLayer
 from tests.conftest import perturbed
@@ -40,6 +41,10 @@ OPTIONS = {
 AUDIO_MODALITIES = ("text", "image", "audio")
 AUDIO_SHARES = {"missing_text": 0.2, "missing_image": 0.2, "missing_audio": 0.15, "missing_text_image": 0.15,
                 "missing_text_audio": 0.15, "missing_image_audio": 0.15}
+SEQUENCE_MODALITIES = tuple(SEQUENCE_WIDTHS)
+SEQUENCE_SHARES = {"missing_text": 0.2, "missing_audio": 0.2, "missing_vision": 0.15, "missing_text_audio": 0.15,
+                   "missing_text_vision": 0.15, "missing_audio_vision": 0.15}
+MODALITIES = {"fused_audio": AUDIO_MODALITIES, "sequence": SEQUENCE_MODALITIES}
 CASES = [pytest.param(m, b, id=f"{m}-{b}") for m in hf_missing.list_methods() for b in TINY_BACKBONES]
 BATCH = 8
 
@@ -47,7 +52,7 @@ BATCH = 8
 def test_every_registered_method_and_tiny_backbone_is_covered():
     """Catches a newly registered method (or tiny backbone) that the common suite silently leaves out."""
     assert set(OPTIONS) == set(hf_missing.list_methods())
-    assert {"clip", "vilt", "fused", "fused_audio"} <= set(TINY_BACKBONES)
+    assert {"clip", "vilt", "fused", "fused_audio", "sequence"} <= set(TINY_BACKBONES)
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------
@@ -82,17 +87,20 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data():
     """Tiny train splits: text + image for the two-modality backbones; text + image + audio with every one of the
-    seven missing patterns for ``fused_audio``."""
+    seven missing patterns for ``fused_audio``; text, audio and vision frames with all seven for ``sequence``."""
     pair = simulate_missing(shapes_dataset(n_train=12, n_test=2, seed=0), rate=0.75, pattern="both", seed=0)
     triple = simulate_missing(shapes_dataset(n_train=16, n_test=2, seed=0, audio=True), rate=0.85,
                               pattern=AUDIO_SHARES, modalities=AUDIO_MODALITIES, seed=0)
-    assert set(triple["train"]["missing_type"]) == set(range(7))
-    return {kind: (triple if kind == "fused_audio" else pair)["train"] for kind in TINY_BACKBONES}
+    frames = simulate_missing(sequence_dataset(n_train=16, n_test=2, seed=0), rate=0.85, pattern=SEQUENCE_SHARES,
+                              modalities=SEQUENCE_MODALITIES, seed=0)
+    assert set(triple["train"]["missing_type"]) == set(frames["train"]["missing_type"]) == set(range(7))
+    splits = {"fused_audio": triple, "sequence": frames}
+    return {kind: splits.get(kind, pair)["train"] for kind in TINY_BACKBONES}
 
 
 @pytest.fixture(scope="module")
 def hub_backbones(hub, folders):  # noqa: F811
-    """The four tiny backbones as Hub repos ``common/<kind>`` on the fake Hub."""
+    """The tiny backbones as Hub repos ``common/<kind>`` on the fake Hub."""
     api = HfApi()
     for kind, folder in folders.items():
         api.create_repo(f"common/{kind}")
@@ -107,7 +115,7 @@ def test_auto_model_injects_the_method_into_a_raw_checkpoint(method, kind, folde
     model = AutoModel.from_pretrained(folders[kind], adapter=method, adapter_options=OPTIONS[method], num_labels=3)
     assert isinstance(model, MissingModalityForClassification) and model.config.num_labels == 3
     assert model.peft_config["default"].method_name == method
-    assert model.interface.modalities == (AUDIO_MODALITIES if kind == "fused_audio" else ("text", "image"))
+    assert model.interface.modalities == MODALITIES.get(kind, ("text", "image"))
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -344,7 +352,10 @@ def test_trainer_runs_one_step(folders, data, method, kind, tmp_path):
 # ---- 8. per-sample independence -----------------------------------------------------------------------------
 def _mixed_samples(train, kind: str) -> list[dict]:
     """Samples of different text lengths, missing patterns and image sizes (a 60x30 image next to 30x30 ones and
-    next to missing images), and for ``fused_audio`` audio of different lengths."""
+    next to missing images), and for ``fused_audio`` audio of different lengths; for ``sequence`` every modality's
+    frames of different lengths next to missing ones."""
+    if kind == "sequence":
+        return _mixed_sequences(train)
     base = [train[i] for i in range(5)]
     long_text = "a photo of the small red circle on white picture some"
     wide = Image.new("RGB", (60, 30))
@@ -366,6 +377,24 @@ def _mixed_samples(train, kind: str) -> list[dict]:
         sample["image"] = image or sample["image"]
         if frames:
             sample["audio"] = [[0.1 * (i + 1) + 0.05 * t] * len(sample["audio"][0]) for t in range(frames)]
+        samples.append(sample)
+    return samples
+
+
+def _mixed_sequences(train) -> list[dict]:
+    """Samples of the sequence backbone: patterns with one, two or three modalities, each present one of 3 to 8
+    frames (so the batch pads each modality differently)."""
+    specs = [("complete", {"text": 3, "audio": 8, "vision": 5}), ("missing_text", {"audio": 4, "vision": 8}),
+             ("missing_audio_vision", {"text": 8}), ("missing_vision", {"text": 5, "audio": 3}),
+             ("complete", {"text": 8, "audio": 3, "vision": 3}), ("missing_text_audio", {"vision": 6})]
+    names = train.features["missing_type"].names
+    samples = []
+    for i, (pattern, lengths) in enumerate(specs):
+        sample = dict(train[i])
+        sample["missing_type"] = names.index(pattern)
+        for modality, frames in lengths.items():
+            width = SEQUENCE_WIDTHS[modality]
+            sample[modality] = [[0.1 * (i + 1) + 0.05 * t + 0.01 * j for j in range(width)] for t in range(frames)]
         samples.append(sample)
     return samples
 

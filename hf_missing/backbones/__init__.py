@@ -16,6 +16,7 @@ from .base import (
 from .capabilities import ClassTokens, PretrainedTokens, capability
 from .clip import ClipBackbone
 from .fused import FusedBackbone, FusedConfig, FusedModel, FusedProcessor, build_fused_backbone
+from .sequence import SequenceBackbone, SequenceConfig, SequenceModel
 from .vilt import ViltBackbone
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "FusedProcessor",
     "LockstepStream",
     "PretrainedTokens",
+    "SequenceBackbone",
+    "SequenceConfig",
+    "SequenceModel",
     "Stream",
     "ViltBackbone",
     "backbone_interface_for",

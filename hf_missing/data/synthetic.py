@@ -1,4 +1,5 @@
-"""A small offline image+text(+audio) classification set and tiny random CLIP/ViLT backbones.
+"""A small offline image+text(+audio) classification set, a text/audio/vision frame-sequence set, and tiny random
+CLIP/ViLT backbones.
 
 Used by ``hf-missing train`` (a short end-to-end run) and by the tests: no weights or data are
 downloaded. Each class has a colour and a shape, drawn into the image, and a name, written into the
@@ -31,6 +32,8 @@ FILLER = ("a", "photo", "of", "the", "small", "big", "shape", "drawing", "on", "
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 IMAGE_SIZE = 30
 AUDIO_WIDTH = 8  # features per audio frame
+# The feature modalities of sequence_dataset (MOSI's text / audio / vision frames, much narrower): name -> width.
+SEQUENCE_WIDTHS = {"text": 12, "audio": AUDIO_WIDTH, "vision": 6}
 
 
 def _draw(label: int, rng: np.random.Generator) -> PILImage.Image:
@@ -64,6 +67,30 @@ def _audio(label: int, rng: np.random.Generator) -> list[list[float]]:
     tone[[2 * label, 2 * label + 1]] = 1.0
     frames = tone + 0.3 * rng.standard_normal((int(rng.integers(3, 9)), AUDIO_WIDTH)).astype(np.float32)
     return frames.tolist()
+
+
+def _frames(label: int, rng: np.random.Generator, width: int) -> list[list[float]]:
+    """3-8 frames of ``width`` features: the class's tone (every len(CLASSES)-th feature from the label on) plus
+    noise."""
+    tone = np.zeros(width, np.float32)
+    tone[label::len(CLASSES)] = 1.0
+    frames = tone + 0.3 * rng.standard_normal((int(rng.integers(3, 9)), width)).astype(np.float32)
+    return frames.tolist()
+
+
+def sequence_dataset(n_train: int = 256, n_test: int = 128, seed: int = 0) -> DatasetDict:
+    """Train/test splits of samples whose modalities are all frame sequences (``SEQUENCE_WIDTHS``: text, audio and
+    vision columns of ``[T, F]`` frames, T in 3..8, as MOSI's precomputed features), plus ``label``; each modality
+    alone identifies the class."""
+    columns = {name: List(List(Value("float32"))) for name in SEQUENCE_WIDTHS}
+    columns["label"] = ClassLabel(names=list(CLASSES))
+    splits = {}
+    for key, (name, n) in enumerate((("train", n_train), ("test", n_test))):
+        rng = np.random.default_rng([seed, key, 2])
+        labels = rng.integers(0, len(CLASSES), size=n).tolist()
+        rows = {m: [_frames(y, rng, width) for y in labels] for m, width in SEQUENCE_WIDTHS.items()}
+        splits[name] = Dataset.from_dict({**rows, "label": labels}, features=Features(columns))
+    return DatasetDict(splits)
 
 
 def shapes_dataset(n_train: int = 256, n_test: int = 128, seed: int = 0, audio: bool = False) -> DatasetDict:
