@@ -25,11 +25,11 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from . import metrics
-from .backbones.tiny import TINY_BACKBONES, tiny_backbone, tiny_processor
+from .backbones.tiny import TINY_BACKBONES, tiny_backbone, tiny_dataset, tiny_processor
 from .data import MissingModalityCollator, missing_settings, simulate_missing
 from .data.loaders import DATASET_SPECS
 from .data.sources import load_data
-from .data.synthetic import CLASSES, shapes_dataset
+from .data.synthetic import CLASSES
 from .hub import push_adapter
 from .methods import get_method_config, list_methods
 from .metrics import TASKS
@@ -291,7 +291,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         tiny_backbone(args.backbone, seed=args.seed), num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     modalities = model.interface.modalities
-    data = simulate_missing(shapes_dataset(args.n_train, args.n_test, seed=args.seed, audio="audio" in modalities),
+    data = simulate_missing(tiny_dataset(args.backbone, args.n_train, args.n_test, seed=args.seed),
                             rate=args.rate, pattern=args.pattern or "both", protocol=args.protocol or "map",
                             seed=args.seed, modalities=modalities)
     model.add_adapter(get_method_config(args.method))

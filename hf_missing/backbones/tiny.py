@@ -52,6 +52,16 @@ def tiny_backbone(kind: str, seed: int = 0) -> PreTrainedModel:
     return AutoModel.from_config(tiny_fused_config({"audio": AUDIO_WIDTH} if kind == "fused_audio" else None))
 
 
+def tiny_dataset(kind: str, n_train: int = 256, n_test: int = 128, seed: int = 0) -> Any:
+    """The synthetic ``DatasetDict`` whose columns :func:`tiny_backbone` ``kind`` reads: frame sequences for
+    "sequence", text + image (+ audio for "fused_audio") otherwise."""
+    if kind not in TINY_BACKBONES:
+        raise ValueError(f"No tiny dataset for {kind!r}; use one of {list(TINY_BACKBONES)}.")
+    if kind == "sequence":
+        return synthetic.sequence_dataset(n_train, n_test, seed=seed)
+    return synthetic.shapes_dataset(n_train, n_test, seed=seed, audio=kind == "fused_audio")
+
+
 def tiny_processor(kind: str) -> Any:
     """The processor matching :func:`tiny_backbone` (``tokenizer`` + ``image_processor``)."""
     if kind in ("clip", "vilt"):
