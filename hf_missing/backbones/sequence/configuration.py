@@ -42,7 +42,7 @@ class SequenceConfig(PretrainedConfig):
     modality_order: list | None = None
     max_feature_frames: dict | int = DEFAULT_MAX_FRAMES
     hidden_size: int = 128
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 6  # every method's default depth (MAP, REP: 6 layers) fits
     num_attention_heads: int = 4
     intermediate_size: int = 512
     hidden_act: str = "gelu"
