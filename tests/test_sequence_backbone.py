@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from hf_missing import MissingModalityCollator, MissingModalityForClassification
+from hf_missing import MissingModalityCollator, MissingModalityForClassification, cli
 from hf_missing.backbones.sequence import (
     SequenceConfig,
     SequenceModel,
@@ -279,3 +279,15 @@ def test_modality_dropping_never_drops_every_modality():
     assert torch.all((dropped > 0.35) & (dropped < 0.5)), dropped  # 0.5, less the redrawn all-dropped draws
     assert _dropped_codes([7, 11], patterns, 0.5, 0, 0) == [codes[7], codes[11]]
     assert _dropped_codes(list(range(50)), patterns, 0.5, 0, 1) != codes[:50]
+
+
+def test_quickstart_trains_on_the_sequence_backbone(tmp_path):
+    """Catches a quickstart that feeds the sequence backbone text and images (columns it has no modality for) instead
+    of frame sequences, or that asks it for a tokenizer: ``hf-missing train --backbone sequence`` trains, simulates
+    the six incomplete patterns of text / audio / vision and reports them by name."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--backbone", "sequence", "--method", "map", "--epochs", "1", "--n-train", "32",
+                     "--n-test", "16", "--output-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["missing"]["modalities"] == list(MODALITIES) and len(report["missing"]["shares"]) == 6
+    assert {"eval_missing_audio/accuracy", "eval_missing_text_vision/accuracy"} <= set(report["eval"])
