@@ -74,6 +74,15 @@ def test_config_refuses_what_it_cannot_build(change, message):
         SequenceConfig(**settings)
 
 
+def test_a_hostile_config_file_is_refused_before_anything_is_built(tmp_path):
+    """Catches sizes from an untrusted config.json that reach module construction unchecked (a 10^7-wide layer would
+    allocate terabytes before any weight is read)."""
+    settings = {**tiny_sequence_config().to_dict(), "hidden_size": 10**7}
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"hidden_size must be an int in \[1, 8192\]"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
 def test_saved_config_keeps_the_modality_order(tmp_path):
     """Catches a modality order taken from ``config.json``'s dict, which transformers writes with sorted keys: a
     reloaded backbone would read (text, audio, vision) as (audio, text, vision), so spans, missing_type codes and
@@ -260,8 +269,11 @@ def test_stage1_checkpoint_loads_bit_identically(stage1, tmp_path):
 
 def test_stage1_refuses_incomplete_rows_and_writes_nothing(tmp_path):
     """Catches a stage 1 that trains on rows with an absent modality as if they were complete (collating an empty
-    sequence), and a failed run that leaves a partial folder behind."""
+    sequence), one that takes a bare split for a dict of splits, and a failed run that leaves a partial folder
+    behind."""
     data = sequence_dataset(n_train=8, n_test=2, seed=0)["train"]
+    with pytest.raises(ValueError, match="splits by name"):
+        pretrain_sequence_backbone(data, tiny_sequence_config(), tmp_path / "out", STAGE1)
     data = data.map(lambda s, i: {"audio": [] if i == 3 else s["audio"]}, with_indices=True)
     with pytest.raises(ValueError, match=r"rows \[3\] have no audio"):
         pretrain_sequence_backbone({"train": data}, tiny_sequence_config(), tmp_path / "out", STAGE1)

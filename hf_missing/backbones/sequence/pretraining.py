@@ -90,6 +90,9 @@ def pretrain_sequence_backbone(dataset: Mapping[str, Any], backbone: SequenceCon
 def train_sequence_backbone(dataset: Mapping[str, Any], backbone: SequenceConfig | SequenceModel,
                             settings: SequencePretrainSettings) -> tuple[SequenceModel, dict[str, Any]]:
     """Stage 1 in memory: the trained model (frozen, in eval mode) and its report."""
+    if not isinstance(dataset, Mapping) or "train" not in dataset:
+        raise ValueError(f"Stage 1 takes splits by name (a DatasetDict or dict with 'train', optionally "
+                         f"'validation'), got {type(dataset).__name__}; pass {{'train': your_dataset}}.")
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     model = backbone if isinstance(backbone, SequenceModel) else SequenceModel(backbone)
