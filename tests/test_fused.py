@@ -105,6 +105,20 @@ def test_feature_modality_tokens_follow_the_image() -> None:
     assert not torch.allclose(pooled[1, 64:], shorter[1, 64:])
 
 
+def test_saved_config_keeps_the_feature_modality_order(tmp_path) -> None:
+    """Catches feature modalities taken in ``config.json``'s order, which transformers writes with sorted keys: a
+    fused backbone with (vision, audio) frames reloaded as (audio, vision), silently swapping their spans, codes
+    and an adapter's per-modality tensors."""
+    from transformers import AutoConfig
+
+    from hf_missing.backbones.tiny import tiny_fused_config
+
+    tiny_fused_config({"vision": 6, "audio": 8}).save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert list(loaded.feature_modalities) == ["vision", "audio"] == loaded.modality_order
+    assert FusedBackbone(AutoModel.from_config(loaded)).modalities == ("text", "image", "vision", "audio")
+
+
 @pytest.mark.parametrize("policy", ["mask", "zero"])
 def test_policies_change_only_incomplete_samples(shapes_missing, policy: str) -> None:
     model = tiny_wrapper().eval()

@@ -36,6 +36,19 @@ def check_feature_modalities(value: Mapping[str, Any] | None, field: str,
     return value
 
 
+def ordered_modalities(modalities: dict[str, int], order: Any) -> dict[str, int]:
+    """``modalities`` in the stored ``order`` (``modality_order`` of a config; None: the dict's own order).
+    transformers writes ``config.json`` with sorted keys, so a config that did not store the order would reload its
+    feature modalities alphabetically, silently swapping their spans, missing-type codes and adapter tensors."""
+    if order is None:
+        return modalities
+    if (not isinstance(order, list | tuple) or not all(isinstance(name, str) for name in order)
+            or sorted(order) != sorted(modalities)):
+        raise ValueError(f"modality_order must list each of feature_modalities {sorted(modalities)} once, got "
+                         f"{order!r}.")
+    return {name: modalities[name] for name in order}
+
+
 def check_frame_limit(value: Any, field: str) -> int:
     """A maximum frame count: an int in [1, MAX_FRAMES], else a ValueError."""
     return check_positive_int(value, field, MAX_FRAMES, "frames per sequence")

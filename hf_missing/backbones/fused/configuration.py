@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from transformers import BertConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..frames import check_feature_modalities, check_frame_limit
+from ..frames import check_feature_modalities, check_frame_limit, ordered_modalities
 
 MODEL_TYPE = "hf_missing_fused"
 EFFICIENTNET = "efficientnet-lite0"
@@ -34,6 +34,8 @@ class FusedConfig(PretrainedConfig):
         feature_modalities: further modalities given as precomputed frame sequences, name -> frame width (e.g.
             ``{"audio": 74}`` for COVAREP features); each frame becomes one token of the joint stream after the
             image tokens (projection + type + position embedding, then the embedding LayerNorm).
+        modality_order: the order of ``feature_modalities`` (default: the dict's own), stored because
+            ``config.json`` is written with sorted keys; a loaded config restores it.
         max_feature_frames: how many frames a feature sequence may hold (its position embeddings).
     """
 
@@ -47,6 +49,7 @@ class FusedConfig(PretrainedConfig):
     image_stride: int = 32
     cls_token_id: int = 101
     feature_modalities: dict | None = None
+    modality_order: list | None = None
     max_feature_frames: int = 64
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -55,6 +58,8 @@ class FusedConfig(PretrainedConfig):
             raise ValueError(f"image_encoder must be one of {list(IMAGE_ENCODERS)}, got {self.image_encoder!r}.")
         self.feature_modalities = check_feature_modalities(self.feature_modalities, "feature_modalities",
                                                            RESERVED_MODALITIES)
+        self.feature_modalities = ordered_modalities(self.feature_modalities, self.modality_order)
+        self.modality_order = list(self.feature_modalities)
         check_frame_limit(self.max_feature_frames, "max_feature_frames")
 
     @property

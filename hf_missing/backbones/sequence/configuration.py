@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import BertConfig, PretrainedConfig
 
-from ..frames import check_feature_modalities, check_frame_limit, check_positive_int
+from ..frames import check_feature_modalities, check_frame_limit, check_positive_int, ordered_modalities
 
 MODEL_TYPE = "hf_missing_sequence"
 DEFAULT_MAX_FRAMES = 64
@@ -59,20 +59,10 @@ class SequenceConfig(PretrainedConfig):
             raise ValueError(f"feature_modalities must name at least two modalities (a missing-modality backbone "
                              f"needs one to remain), got {list(self.feature_modalities)}; e.g. "
                              "{'text': 768, 'audio': 74, 'vision': 35}.")
-        self.feature_modalities = self._ordered(self.feature_modalities, self.modality_order)
+        self.feature_modalities = ordered_modalities(self.feature_modalities, self.modality_order)
         self.modality_order = list(self.feature_modalities)
         self.max_feature_frames = self._frame_limits(self.max_feature_frames)
         self._check_sizes()
-
-    @staticmethod
-    def _ordered(modalities: dict[str, int], order: Any) -> dict[str, int]:
-        if order is None:
-            return modalities
-        if (not isinstance(order, list | tuple) or not all(isinstance(name, str) for name in order)
-                or sorted(order) != sorted(modalities)):
-            raise ValueError(f"modality_order must list each of feature_modalities {sorted(modalities)} once, got "
-                             f"{order!r}.")
-        return {name: modalities[name] for name in order}
 
     def _frame_limits(self, value: Any) -> dict[str, int]:
         if not isinstance(value, dict):
