@@ -192,9 +192,10 @@ def replay_protocol(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_of(model: MissingModalityForClassification) -> str:
-    """The ``metrics.for_task`` task of a model's head: multilabel when its problem type says so, else
-    single_label."""
-    return "multilabel" if model.config.problem_type == "multi_label_classification" else "single_label"
+    """The ``metrics.for_task`` task of a model's head: multilabel or regression (MOSI / MOSEI sentiment; pass
+    ``task="regression_sims"`` for CH-SIMS) when its problem type says so, else single_label."""
+    problem = model.config.problem_type
+    return {"multi_label_classification": "multilabel", "regression": "regression"}.get(problem, "single_label")
 
 
 def evaluate_adapter(adapter: str | Path, preset: Preset | None, data_dir: str | Path | DatasetDict,
@@ -211,7 +212,8 @@ def evaluate_adapter(adapter: str | Path, preset: Preset | None, data_dir: str |
     model = AutoModel.from_pretrained(str(adapter))  # the name, not the download folder: a Hub adapter stays remote
     test = load_dataset_for(preset, data_dir)["test"] if preset else data_dir["test"]
     collator = MissingModalityCollator(load_processor(model.config.backbone_name_or_path),
-                                       max_length=model.config.max_text_len, modalities=model.interface.inputs)
+                                       max_length=model.config.max_text_len, modalities=model.interface.inputs,
+                                       regression=model.config.problem_type == "regression")
     test = prepare_for_evaluation(model, test, collator)
     task = task or (preset.data.task if preset else task_of(model))
     predictions = predict_patterns(model, test, collator, task)
