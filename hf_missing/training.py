@@ -88,8 +88,11 @@ def resolve_backbone(backbone: str | Path, data: DatasetDict, cache_dir: str | P
     return str(build_fused_backbone(cache_dir, alignment_splits(data)))
 
 
-def label_names(split: Dataset, num_labels: int | None) -> list[str]:
-    """Class names of ``split``: its ClassLabel, the ClassLabel list of MM-IMDb's ``genres``, else indices."""
+def label_names(split: Dataset, num_labels: int | None, task: str | None = None) -> list[str]:
+    """Class names of ``split``: its ClassLabel, the ClassLabel list of MM-IMDb's ``genres``, else indices; the one
+    output ``"label"`` of a regression task."""
+    if task in metrics.REGRESSION_TASKS:
+        return ["label"]
     features = split.features
     if isinstance(features["label"], ClassLabel):
         return list(features["label"].names)
@@ -106,6 +109,8 @@ def build_model(preset: Preset, backbone: str | Path, labels: Sequence[str]) -> 
     extra: dict[str, Any] = {}
     if preset.data.task == "multilabel":
         extra["problem_type"] = "multi_label_classification"
+    if preset.data.task in metrics.REGRESSION_TASKS:
+        extra["problem_type"] = "regression"
     if preset.max_text_len is not None:
         extra["max_text_len"] = preset.max_text_len
     return MissingModalityForClassification.from_pretrained(
@@ -132,10 +137,11 @@ def build_training(preset: Preset, data_dir: str | Path | DatasetDict, output_di
     """
     raw = load_dataset_for(preset, data_dir)
     backbone = resolve_backbone(backbone or preset.backbone, raw, cache_dir)
-    model = build_model(preset, backbone, label_names(raw["train"], preset.data.num_labels))
+    model = build_model(preset, backbone, label_names(raw["train"], preset.data.num_labels, preset.data.task))
     data = simulate_missing(raw, **preset.data.missing.simulate_kwargs(), modalities=model.interface.inputs)
     collator = MissingModalityCollator(load_processor(backbone), max_length=preset.max_text_len,
-                                       modalities=model.interface.inputs)
+                                       modalities=model.interface.inputs,
+                                       regression=preset.data.task in metrics.REGRESSION_TASKS)
     train, collator = prepare_for_training(model, data["train"], collator)
     eval_split = "validation" if "validation" in data else "test"
     evaluation = prepare_for_evaluation(model, data[eval_split], collator)

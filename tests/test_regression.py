@@ -178,3 +178,26 @@ def test_bad_regression_settings_and_targets_are_refused(sentiment):
     batch = _collator(model)([sentiment["train"][i] for i in range(2)])
     with pytest.raises(ValueError, match="num_labels=1 value"):
         model(**{**batch, "labels": torch.zeros(2, 3)})
+
+
+def test_a_regression_preset_trains_saves_and_evaluates_end_to_end(sentiment, tmp_path):
+    """Catches the training helpers building a classification head and a class-index collator for a regression
+    task (float labels refused or truncated), and evaluate_adapter reporting classification metrics for a
+    regression adapter."""
+    from hf_missing.backbones.fused import FusedProcessor
+    from hf_missing.presets import method_preset
+    from hf_missing.training import build_training, evaluate_adapter, train_and_save
+
+    backbone = tmp_path / "backbone"
+    tiny_backbone("fused_audio").save_pretrained(backbone)
+    parts = tiny_processor("fused_audio")
+    FusedProcessor(parts.tokenizer, parts.image_processor).save_pretrained(backbone)
+    raw = sentiment.remove_columns("missing_type")
+    preset = method_preset("map", MAP_OPTIONS).with_settings(dataset="sentiment", task="regression")
+    run = build_training(preset, raw, tmp_path / "run", backbone=str(backbone), max_steps=1, eval_strategy="no",
+                         per_device_train_batch_size=8, disable_tqdm=True, fp16=False)
+    assert run.model.config.problem_type == "regression" and run.model.config.num_labels == 1
+    report = train_and_save(run)
+    assert "eval_mae" in report["eval"]
+    summary = evaluate_adapter(report["adapter_dir"], None, raw, rates=(0.0, 1.0))
+    assert summary["task"] == "regression" and "acc2_non0" in summary["per_pattern"]["complete"]
