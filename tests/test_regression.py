@@ -201,3 +201,29 @@ def test_a_regression_preset_trains_saves_and_evaluates_end_to_end(sentiment, tm
     assert "eval_mae" in report["eval"]
     summary = evaluate_adapter(report["adapter_dir"], None, raw, rates=(0.0, 1.0))
     assert summary["task"] == "regression" and "acc2_non0" in summary["per_pattern"]["complete"]
+
+
+def test_pipeline_returns_a_regression_heads_value(tmp_path):
+    """Catches the pipeline squashing a regression output through a sigmoid (every sentiment would read as a
+    probability in (0, 1))."""
+    from transformers import pipeline
+
+    from hf_missing.backbones.fused import FusedProcessor
+    from hf_missing.pipeline import TASK
+
+    tiny_backbone("fused").save_pretrained(tmp_path / "backbone")
+    parts = tiny_processor("fused")
+    FusedProcessor(parts.tokenizer, parts.image_processor).save_pretrained(tmp_path / "backbone")
+    model = MissingModalityForClassification.from_pretrained(str(tmp_path / "backbone"), adapter="map",
+                                                             adapter_options=MAP_OPTIONS, num_labels=1,
+                                                             problem_type="regression")
+    with torch.no_grad():
+        model.head.out.bias.fill_(-2.5)  # a strongly negative sentiment, outside (0, 1)
+    model.save_pretrained(tmp_path / "adapter")
+    text = shapes_dataset(n_train=1, n_test=1, seed=0)["test"][0]["text"]
+    [out] = pipeline(TASK, model=str(tmp_path / "adapter"))({"text": text})
+    loaded = MissingModalityForClassification.from_pretrained(str(tmp_path / "adapter")).eval()
+    collator = MissingModalityCollator(FusedProcessor.from_pretrained(str(tmp_path / "backbone")),
+                                       modalities=loaded.interface.inputs)
+    expected = loaded(**collator([{"text": text, "image": None, "missing_type": "missing_image"}])).logits.item()
+    assert out["score"] == pytest.approx(expected, abs=1e-5) and expected < 0
