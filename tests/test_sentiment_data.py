@@ -207,7 +207,7 @@ def csd_files(tmp_path):
     audio = write_csd(tmp_path / "covarep.csd", "COVAREP", {
         "v1": ([[0, .5], [.5, 1], [1, 1.5], [1.5, 2]], np.arange(8.0).reshape(4, 2)),
         "v2": ([[5, 6]], np.ones((1, 2))),  # no frame inside v2's segment
-        "v3": ([[0, 1]], np.full((1, 2), 7.0)),
+        "v3": ([[0.5, 1], [0, 0.5]], [[8.0, 8.0], [7.0, 7.0]]),  # rows out of time order
     })
     text = write_csd(tmp_path / "glove.csd", "glove_vectors", {
         "v1[0]": ([[0, .5], [.5, 1]], np.ones((2, 3))),
@@ -229,7 +229,8 @@ def test_load_csd_reads_entries_and_metadata(csd_files):
 
 
 def test_align_csd_joins_by_segment_and_splits_by_video_folds(csd_files, caplog):
-    """Catches an alignment that mixes frames of other segments into a segment (no interval cut), drops a segment
+    """Catches an alignment that mixes frames of other segments into a segment (no interval cut, or a frame that
+    only touches the segment's end kept), keeps a video's rows out of time order (the SDK sorts them), drops a segment
     that lacks one modality instead of marking it missing (None), numbers segments differently from the SDK
     (``<video>[<row>]``), assigns folds by segment instead of video id, or skips zero-length segments silently."""
     ds = align_csd({"text": csd_files["text"], "audio": csd_files["audio"]}, csd_files["labels"],
@@ -240,7 +241,7 @@ def test_align_csd_joins_by_segment_and_splits_by_video_folds(csd_files, caplog)
     assert train[0]["audio"] == [[0.0, 1.0], [2.0, 3.0]] and train[1]["audio"] == [[4.0, 5.0], [6.0, 7.0]]
     assert train[0]["text"] == [[1.0] * 3] * 2
     assert ds["valid"][0]["audio"] is None and ds["valid"][0]["text"] == [[2.0] * 3]
-    assert ds["test"]["label"] == [-2.0]
+    assert ds["test"]["label"] == [-2.0] and ds["test"][0]["audio"] == [[7.0, 7.0], [8.0, 8.0]]
     assert "1 labelled segment(s) of zero duration skipped" in caplog.text
     assert "1 of 4 segment(s) have no audio frame" in caplog.text
 

@@ -66,11 +66,11 @@ def load_csd(path: str | os.PathLike, *, max_bytes: int = MAX_CSD_BYTES,
     except OSError as err:
         raise ValueError(f"{file} is not an HDF5 computational sequence ({err}).") from err
     with handle:
-        root = _root(handle, file)
+        name, root = _root(handle, file)
         shapes = _entry_shapes(root["data"], file, h5py)
         _check_budget(shapes, file, max_bytes)
         entries = {key: _read_entry(root["data"][key], f"{file}: data/{key}", nonfinite) for key in shapes}
-        return ComputationalSequence(_root_name(handle), str(file), _metadata(root["metadata"], file), entries)
+        return ComputationalSequence(name, str(file), _metadata(root["metadata"], file), entries)
 
 
 def _h5py() -> Any:
@@ -81,11 +81,8 @@ def _h5py() -> Any:
     return h5py
 
 
-def _root_name(handle: Any) -> str:
-    return next(iter(handle.keys()))
-
-
-def _root(handle: Any, file: Path) -> Any:
+def _root(handle: Any, file: Path) -> tuple[str, Any]:
+    """The name and group of the file's one root group."""
     roots = list(handle.keys())
     if len(roots) != 1:
         raise ValueError(f"{file} has root groups {roots}; a computational sequence has exactly one (its name).")
@@ -94,7 +91,7 @@ def _root(handle: Any, file: Path) -> Any:
     if missing:
         raise ValueError(f"{file}: the root group {roots[0]!r} has no {missing}; a computational sequence holds "
                          "<root>/data/<id>/{features,intervals} and <root>/metadata.")
-    return root
+    return roots[0], root
 
 
 def _entry_shapes(data: Any, file: Path, h5py: Any) -> dict[str, tuple[tuple, tuple, int]]:
@@ -162,7 +159,8 @@ def align_csd(modalities: Mapping[str, str | os.PathLike | ComputationalSequence
     Each labels row is a segment: an entry ``"<video>[<i>]"`` (aligned files) is one segment; an entry keyed by video
     id holds one row per segment, which becomes ``"<video>[<row>]"`` (the SDK's numbering). A modality's frames for a
     segment are its entry of the same id, else the rows of its video's entry whose intervals overlap the segment's
-    (the SDK's ``align`` to the labels, without collapsing); a segment with no frame of a modality holds ``None``
+    by more than the SDK's epsilon, in order of start time (the SDK's ``align`` to the labels, without collapsing
+    functions); a segment with no frame of a modality holds ``None``
     there (natural missingness). Segments of zero duration, which the SDK's ``align`` skips, are skipped and counted
     in the log.
 
@@ -223,8 +221,9 @@ def _frames(seq: ComputationalSequence, segment: str, interval: np.ndarray) -> n
     if video is None:
         return None
     times, features = video
-    overlap = (times[:, 1] > interval[0] + EPSILON) & (times[:, 0] < interval[1] - EPSILON)
-    return features[overlap] if overlap.any() else None
+    overlap = np.minimum(times[:, 1], interval[1]) - np.maximum(times[:, 0], interval[0])
+    rows = np.flatnonzero(overlap > EPSILON)  # the SDK's __intersect_and_copy: an intersection longer than epsilon
+    return features[rows[np.argsort(times[rows, 0], kind="stable")]] if len(rows) else None
 
 
 def _check_coverage(rows: dict[str, list[np.ndarray | None]], sequences: dict[str, ComputationalSequence]) -> None:
