@@ -173,6 +173,7 @@ def align_csd(modalities: Mapping[str, str | os.PathLike | ComputationalSequence
         label_index: the labels' column holding the sentiment (0 for MOSI and for MOSEI's sentiment).
         unassigned: segments whose video is in no fold: ``"error"``, or ``"drop"`` them (counted in the log; the SDK
             skips them too).
+        nonfinite: for the modalities' features, as in :func:`load_csd`; NaN / infinite labels are always refused.
     """
     if unassigned not in UNASSIGNED_POLICIES:
         raise ValueError(f"unassigned must be one of {list(UNASSIGNED_POLICIES)}, got {unassigned!r}.")
