@@ -23,6 +23,10 @@ Sentiment regression (one real output per sample) follows MMSA's ``MetricsTop`` 
   0.7; ``f1`` weighted F1 of the two classes; ``mae`` and ``corr`` of the clipped values.
 
 A correlation of constant predictions, and the non-zero metrics of a set whose labels are all 0, are NaN.
+MPLMM (REP's audio code, zrguo/MPLMM ``src/eval_metrics.py``) and MulT report the binary accuracy as ``acc2_non0``
+(``exclude_zero=True``) but call ``f1_score(preds, truth)`` with the arguments swapped, which weights the F1 by the
+predicted classes' counts instead of the labels'; their F1 can therefore differ slightly from ``f1_non0``. For CH-SIMS
+MPLMM takes every sample with ``> 0`` (as ``acc2`` here) and its MAE on unclipped values.
 """
 
 from __future__ import annotations
