@@ -12,7 +12,9 @@ from . import evaluation, hub, methods, metrics, pipeline
 from .backbones import BackboneInterface, register_backbone
 from .compat import auto as _loader_hooks
 from .data import MissingModalityCollator, missing_settings, simulate_missing
+from .data.csd import align_csd, load_csd
 from .data.loaders import load_food101, load_hateful_memes, load_mmimdb
+from .data.sentiment import load_mmsa_features
 from .evaluation import missing_grid, predict_patterns
 from .hub import push_adapter
 from .loading import AdapterLoadError
@@ -41,15 +43,18 @@ __all__ = [
     "MissingModalityConfig",
     "MissingModalityForClassification",
     "ModalityPattern",
+    "align_csd",
     "callbacks",
     "evaluation",
     "get_method_config",
     "hub",
     "list_methods",
     "list_presets",
+    "load_csd",
     "load_food101",
     "load_hateful_memes",
     "load_mmimdb",
+    "load_mmsa_features",
     "load_preset",
     "methods",
     "metrics",

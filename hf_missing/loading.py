@@ -61,8 +61,9 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 BACKBONE_SLACK = 2.5  # a backbone's tensors may outgrow its weights file (float16 files load as float32, buffers)
 BACKBONE_MARGIN = 256 * 2**20
 SETTING_KEYS = ("num_labels", "id2label", "label2id", "problem_type", "missing_policy", "modalities",
-                "max_text_len", "head_hidden_ratio")
-TASKS = ("single_label_classification", "multi_label_classification")
+                "max_text_len", "head_hidden_ratio", "regression_loss")
+TASKS = ("single_label_classification", "multi_label_classification", "regression")
+REGRESSION_LOSSES = ("mse", "l1")  # l1: MMSA's and MulT's regression criterion (nn.L1Loss)
 _PLANNING: ContextVar[bool] = ContextVar("hf_missing_planning", default=False)
 
 
@@ -453,6 +454,8 @@ def check_settings(settings: Any, source: str) -> dict[str, Any]:
     max_text_len = settings.get("max_text_len")
     _require(max_text_len is None or (is_int(max_text_len) and 1 <= max_text_len <= MAX_TEXT_LEN), where,
              "max_text_len", f"None or an integer in [1, {MAX_TEXT_LEN}]", max_text_len)
+    _require(settings.get("regression_loss", "mse") in REGRESSION_LOSSES, where, "regression_loss",
+             f"one of {list(REGRESSION_LOSSES)}", settings.get("regression_loss"))
     ratio = settings.get("head_hidden_ratio", 2)
     _require(is_int(ratio) and 1 <= ratio <= MAX_HEAD_RATIO, where, "head_hidden_ratio",
              f"an integer in [1, {MAX_HEAD_RATIO}]", ratio)

@@ -41,6 +41,7 @@ from .loading import (
     ADAPTER_WEIGHTS_NAME,
     CHECKPOINT_PREFIX,
     HUB_KWARGS,
+    REGRESSION_LOSSES,
     RESUME_INDEX_FORMAT,
     SETTING_KEYS,
     TASKS,
@@ -81,9 +82,12 @@ class MissingModalityConfig(PretrainedConfig):
         modalities: names of the modalities, in the order ``missing_type`` codes use (default: the backbone's).
         max_text_len: text length the backbone must take (ViLT interpolates its 40 positions).
         head_hidden_ratio: the head is Linear(D, r·D)–LayerNorm–GELU–Linear(r·D, C) as in MAP (r = 2).
-        problem_type: "single_label_classification" (softmax + cross-entropy) or
-            "multi_label_classification" (sigmoid + BCE); leave it unset with ``num_labels=1`` for a
+        problem_type: "single_label_classification" (softmax + cross-entropy),
+            "multi_label_classification" (sigmoid + BCE) or "regression" (``num_labels`` real outputs, e.g. 1 for
+            MOSI / MOSEI / CH-SIMS sentiment; loss ``regression_loss``); leave it unset with ``num_labels=1`` for a
             binary task with one logit (sigmoid + BCE).
+        regression_loss: "mse" (mean squared error, transformers' regression loss) or "l1" (mean absolute error,
+            what MMSA and MulT train sentiment regression with: ``nn.L1Loss``).
     """
 
     model_type = "hf_missing"
@@ -100,6 +104,7 @@ class MissingModalityConfig(PretrainedConfig):
     modalities: list | tuple | None = None
     max_text_len: int | None = None
     head_hidden_ratio: int = 2
+    regression_loss: str = "mse"
 
     def __post_init__(self, **kwargs: Any) -> None:
         num_labels = kwargs.get("num_labels")
@@ -117,6 +122,8 @@ class MissingModalityConfig(PretrainedConfig):
             raise ValueError(f"missing_policy must be one of {list(POLICIES)}, got {self.missing_policy!r}.")
         if self.problem_type is not None and self.problem_type not in TASKS:
             raise ValueError(f"problem_type must be one of {list(TASKS)}, got {self.problem_type!r}.")
+        if self.regression_loss not in REGRESSION_LOSSES:
+            raise ValueError(f"regression_loss must be one of {list(REGRESSION_LOSSES)}, got {self.regression_loss!r}.")
 
 
 @dataclass
@@ -275,9 +282,7 @@ class MissingModalityForClassification(PreTrainedModel):
     # ---- adapters -----------------------------------------------------------------------------
     def model_settings(self) -> dict[str, Any]:
         """What a saved adapter needs to rebuild this model around its backbone (head included)."""
-        keys = ("num_labels", "id2label", "label2id", "problem_type", "missing_policy", "modalities",
-                "max_text_len", "head_hidden_ratio")
-        settings = {k: getattr(self.config, k) for k in keys}
+        settings = {k: getattr(self.config, k) for k in SETTING_KEYS}
         settings["id2label"] = {str(k): v for k, v in settings["id2label"].items()}
         return settings
 
@@ -426,7 +431,8 @@ class MissingModalityForClassification(PreTrainedModel):
                 codes raise. Omit it only for complete inputs.
             missing_policy: how the collator filled absent modalities; defaults to the config's.
             labels: class indices ``[B]`` (single-label) or multi-hot ``[B, C]`` (multi-label), or
-                ``[B]`` 0/1 for binary classification.
+                ``[B]`` 0/1 for binary classification, or real targets ``[B]`` / ``[B, num_labels]``
+                (``problem_type="regression"``).
         """
         named = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
                  "token_type_ids": token_type_ids, "pixel_mask": pixel_mask}
@@ -517,6 +523,8 @@ class MissingModalityForClassification(PreTrainedModel):
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         problem = self.config.problem_type or "single_label_classification"
         num_labels = self.config.num_labels
+        if problem == "regression":
+            return self._regression_loss(logits, labels)
         if problem == "multi_label_classification":
             if labels.shape != logits.shape:
                 raise ValueError(f"Multi-label targets must be multi-hot [B, {num_labels}], got {tuple(labels.shape)}.")
@@ -544,6 +552,19 @@ class MissingModalityForClassification(PreTrainedModel):
         if num_labels == 1:
             return nn.functional.binary_cross_entropy_with_logits(logits.view(-1), labels.to(logits.dtype))
         return nn.functional.cross_entropy(logits, labels.long())
+
+    def _regression_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """MSE or L1 (``config.regression_loss``) between the outputs and real targets of the same size."""
+        if labels.numel() != logits.numel():
+            raise ValueError(f"Regression targets must hold num_labels={self.config.num_labels} value(s) per sample "
+                             f"([B] or [B, {self.config.num_labels}]); got shape {tuple(labels.shape)} for outputs "
+                             f"{tuple(logits.shape)}.")
+        labels = labels.reshape(logits.shape).to(logits.dtype)
+        if not torch.isfinite(labels).all():
+            raise ValueError("Regression targets hold NaN or infinite values; clean the labels or drop those samples.")
+        if self.config.regression_loss == "l1":
+            return nn.functional.l1_loss(logits, labels)
+        return nn.functional.mse_loss(logits, labels)
 
 
 def _setting_defaults() -> dict[str, Any]:

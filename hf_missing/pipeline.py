@@ -105,6 +105,8 @@ class MissingModalityClassificationPipeline(Pipeline):
     def postprocess(self, model_outputs: dict[str, torch.Tensor], top_k: int = DEFAULT_TOP_K) -> list[dict[str, Any]]:
         logits = model_outputs["logits"][0].float()
         config = self.model.config
+        if config.problem_type == "regression":  # the predicted values themselves, one per output
+            return [{"label": config.id2label[i], "score": float(v)} for i, v in enumerate(logits.tolist())]
         sigmoid = config.problem_type == "multi_label_classification" or logits.numel() == 1
         scores = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=-1)
         order = torch.argsort(scores, descending=True)[:top_k].tolist()

@@ -39,6 +39,8 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "multilabel": ("f1_macro", "f1_micro", "f1_samples", "f1_weighted"),
     "single_label": ("accuracy", "f1_macro"),
     "binary": ("accuracy", "auroc"),
+    "regression": ("acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7", "acc5", "mae", "corr"),
+    "regression_sims": ("acc2", "f1", "acc3", "acc5", "mae", "corr"),
 }
 DEMO_DATASETS = ("emoji",)
 FUSED_BACKBONE = "hf_missing/fused-minilm-effnet-lite0"  # the demo presets' name for the embedded default

@@ -88,8 +88,11 @@ def resolve_backbone(backbone: str | Path, data: DatasetDict, cache_dir: str | P
     return str(build_fused_backbone(cache_dir, alignment_splits(data)))
 
 
-def label_names(split: Dataset, num_labels: int | None) -> list[str]:
-    """Class names of ``split``: its ClassLabel, the ClassLabel list of MM-IMDb's ``genres``, else indices."""
+def label_names(split: Dataset, num_labels: int | None, task: str | None = None) -> list[str]:
+    """Class names of ``split``: its ClassLabel, the ClassLabel list of MM-IMDb's ``genres``, else indices; the one
+    output ``"label"`` of a regression task."""
+    if task in metrics.REGRESSION_TASKS:
+        return ["label"]
     features = split.features
     if isinstance(features["label"], ClassLabel):
         return list(features["label"].names)
@@ -106,6 +109,8 @@ def build_model(preset: Preset, backbone: str | Path, labels: Sequence[str]) -> 
     extra: dict[str, Any] = {}
     if preset.data.task == "multilabel":
         extra["problem_type"] = "multi_label_classification"
+    if preset.data.task in metrics.REGRESSION_TASKS:
+        extra["problem_type"] = "regression"
     if preset.max_text_len is not None:
         extra["max_text_len"] = preset.max_text_len
     return MissingModalityForClassification.from_pretrained(
@@ -132,10 +137,11 @@ def build_training(preset: Preset, data_dir: str | Path | DatasetDict, output_di
     """
     raw = load_dataset_for(preset, data_dir)
     backbone = resolve_backbone(backbone or preset.backbone, raw, cache_dir)
-    model = build_model(preset, backbone, label_names(raw["train"], preset.data.num_labels))
+    model = build_model(preset, backbone, label_names(raw["train"], preset.data.num_labels, preset.data.task))
     data = simulate_missing(raw, **preset.data.missing.simulate_kwargs(), modalities=model.interface.inputs)
     collator = MissingModalityCollator(load_processor(backbone), max_length=preset.max_text_len,
-                                       modalities=model.interface.inputs)
+                                       modalities=model.interface.inputs,
+                                       regression=preset.data.task in metrics.REGRESSION_TASKS)
     train, collator = prepare_for_training(model, data["train"], collator)
     eval_split = "validation" if "validation" in data else "test"
     evaluation = prepare_for_evaluation(model, data[eval_split], collator)
@@ -192,9 +198,10 @@ def replay_protocol(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_of(model: MissingModalityForClassification) -> str:
-    """The ``metrics.for_task`` task of a model's head: multilabel when its problem type says so, else
-    single_label."""
-    return "multilabel" if model.config.problem_type == "multi_label_classification" else "single_label"
+    """The ``metrics.for_task`` task of a model's head: multilabel or regression (MOSI / MOSEI sentiment; pass
+    ``task="regression_sims"`` for CH-SIMS) when its problem type says so, else single_label."""
+    problem = model.config.problem_type
+    return {"multi_label_classification": "multilabel", "regression": "regression"}.get(problem, "single_label")
 
 
 def evaluate_adapter(adapter: str | Path, preset: Preset | None, data_dir: str | Path | DatasetDict,
@@ -211,7 +218,8 @@ def evaluate_adapter(adapter: str | Path, preset: Preset | None, data_dir: str |
     model = AutoModel.from_pretrained(str(adapter))  # the name, not the download folder: a Hub adapter stays remote
     test = load_dataset_for(preset, data_dir)["test"] if preset else data_dir["test"]
     collator = MissingModalityCollator(load_processor(model.config.backbone_name_or_path),
-                                       max_length=model.config.max_text_len, modalities=model.interface.inputs)
+                                       max_length=model.config.max_text_len, modalities=model.interface.inputs,
+                                       regression=model.config.problem_type == "regression")
     test = prepare_for_evaluation(model, test, collator)
     task = task or (preset.data.task if preset else task_of(model))
     predictions = predict_patterns(model, test, collator, task)

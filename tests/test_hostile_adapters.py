@@ -6,9 +6,9 @@ Every payload below is a pickle whose ``__reduce__`` creates a marker file; each
 does not exist afterwards. The loading contract these tests hold the library to:
 
 * ``adapter_config.json``'s ``model_settings`` holds only the head/task settings (``num_labels``, ``id2label``,
-  ``label2id``, ``problem_type``, ``missing_policy``, ``modalities``, ``max_text_len``, ``head_hidden_ratio``),
-  type- and range-checked; nothing from an adapter file reaches a ``from_pretrained`` keyword (attack 1:
-  ``"weights_only": false`` plus a backbone checkpoint that is a pickle);
+  ``label2id``, ``problem_type``, ``missing_policy``, ``modalities``, ``max_text_len``, ``head_hidden_ratio``,
+  ``regression_loss``), type- and range-checked; nothing from an adapter file reaches a ``from_pretrained``
+  keyword (attack 1: ``"weights_only": false`` plus a backbone checkpoint that is a pickle);
 * backbones named by an adapter load from safetensors only (attack 2), an adapter pulled from the Hub may not
   name a local path as its backbone, and ``adapter_model.safetensors`` must hold exactly the adapter's keys,
   with float, finite tensors of the right shapes (attack 3);
@@ -377,7 +377,8 @@ CRAFTED = [
     # ... and each allowed setting is type- and range-checked
     pytest.param(setting("num_labels", "4"), "num_labels", id="settings-num_labels-string"),
     pytest.param(setting("num_labels", True), "num_labels", id="settings-num_labels-bool"),
-    pytest.param(setting("problem_type", "regression"), "problem_type", id="settings-problem_type"),
+    pytest.param(setting("problem_type", "ordinal_regression"), "problem_type", id="settings-problem_type"),
+    pytest.param(setting("regression_loss", "__import__('os')"), "regression_loss", id="settings-regression_loss"),
     pytest.param(setting("missing_policy", "__import__('os')"), "missing_policy", id="settings-missing_policy"),
     pytest.param(setting("id2label", ["a", "b", "c", "d"]), "id2label", id="settings-id2label-list"),
     pytest.param(setting("head_hidden_ratio", 0), "head_hidden_ratio", id="settings-head_hidden_ratio-zero"),
@@ -756,7 +757,8 @@ VALUES = st.one_of(
 )
 FIELDS = ["prompt_length", "prompt_depth", "prompt_type", "model_settings.num_labels", "model_settings.id2label",
           "model_settings.label2id", "model_settings.problem_type", "model_settings.missing_policy",
-          "model_settings.modalities", "model_settings.max_text_len", "model_settings.head_hidden_ratio"]
+          "model_settings.modalities", "model_settings.max_text_len", "model_settings.head_hidden_ratio",
+          "model_settings.regression_loss"]
 
 
 @pytest.fixture(scope="module")

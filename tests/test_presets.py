@@ -86,9 +86,11 @@ def test_method_numbers():
 def test_task_metrics_match_the_metrics_module():
     logits = np.array([[2.0, -1.0], [-1.0, 2.0], [0.5, -0.5]])
     labels = {"multilabel": np.array([[1, 0], [0, 1], [1, 1]]), "single_label": np.array([0, 1, 0]),
-              "binary": np.array([0, 1, 0])}
+              "binary": np.array([0, 1, 0]), "regression": np.array([1.5, -0.5, 0.0]),
+              "regression_sims": np.array([0.5, -0.5, 0.0])}
     for task, metrics in TASK_METRICS.items():
-        assert set(metrics) == set(classification_metrics(task, logits, labels[task]))
+        outputs = logits[:, :1] if task in ("regression", "regression_sims") else logits
+        assert set(metrics) == set(classification_metrics(task, outputs, labels[task]))
 
 
 def test_effective_batch_size_with_devices_and_overrides(tmp_path):

@@ -41,12 +41,16 @@ class MissingModalityCollator:
             with this probability (uniform over patterns); needs the ``sample_index`` column that
             ``simulate_missing(protocol="per_epoch")`` adds. Call :meth:`set_epoch` each epoch
             (``trainer_callbacks.RedrawMissingCallback`` does).
+        regression: labels are real targets (a number, or a list of numbers, per sample) emitted as float32, for a
+            model with ``problem_type="regression"`` (MOSI / MOSEI / CH-SIMS sentiment); otherwise they are class
+            indices or multi-hot rows.
     """
 
     def __init__(self, processor: Any, policy: str = "dummy", *, text_column: str = "text",
                  image_column: str = "image", label_column: str = "label", max_length: int | None = None,
                  modalities: Sequence[str | ModalityInputs] = DEFAULT_MODALITIES,
-                 columns: dict[str, str] | None = None, redraw_rate: float | None = None, seed: int = 0) -> None:
+                 columns: dict[str, str] | None = None, redraw_rate: float | None = None, seed: int = 0,
+                 regression: bool = False) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}.")
         if redraw_rate is not None and not 0.0 <= redraw_rate <= 1.0:
@@ -60,6 +64,7 @@ class MissingModalityCollator:
             raise ValueError(f"columns names {unknown}, which are not modalities {list(self.patterns.modalities)}.")
         self.columns = {"text": text_column, "image": image_column, **(columns or {})}
         self.redraw_rate, self.seed, self.epoch = redraw_rate, seed, 0
+        self.regression = regression
 
     def column(self, modality: str) -> str:
         """The dataset column that holds ``modality``."""
@@ -95,7 +100,8 @@ class MissingModalityCollator:
                 f"others have one; a batch is labelled for every sample or for none. Drop or fill the unlabelled "
                 f"samples, e.g. dataset.filter(lambda s: s[{self.label_column!r}] is not None)."
             )
-        return _labels([f[self.label_column] for f in features])
+        values = [f[self.label_column] for f in features]
+        return _regression_targets(values, self.label_column) if self.regression else _labels(values)
 
     def _codes(self, features: list[dict[str, Any]]) -> torch.Tensor:
         if self.redraw_rate is not None:
@@ -141,6 +147,20 @@ def _labels(values: list[Any]) -> torch.Tensor:
     return torch.tensor([_class_index(value, i) for i, value in enumerate(values)], dtype=torch.long)
 
 
+def _regression_targets(values: list[Any], column: str) -> torch.Tensor:
+    """Real targets -> finite float32 ``[B]`` (or ``[B, C]``)."""
+    try:
+        targets = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Regression targets in {column!r} must be numbers (or equal-length lists of numbers): "
+                         f"{err}") from err
+    bad = ~np.isfinite(targets)
+    if bad.any():
+        rows = sorted(set(np.argwhere(bad)[:, 0].tolist()))
+        raise ValueError(f"Regression targets of samples {rows[:10]} are NaN or infinite; clean or drop them.")
+    return torch.from_numpy(targets)
+
+
 def _class_index(value: Any, sample: int) -> int:
     if isinstance(value, np.generic):
         value = value.item()
@@ -148,5 +168,5 @@ def _class_index(value: Any, sample: int) -> int:
         return int(value)
     hint = ("encode class names as indices with dataset.class_encode_column(...)" if isinstance(value, str) else
             "single-label targets are class indices (a float such as 1.7 would be truncated to the wrong class); "
-            "give multi-label targets as a multi-hot list per sample")
+            "give multi-label targets as a multi-hot list per sample, or pass regression=True for real targets")
     raise ValueError(f"The label of sample {sample} is {value!r}; {hint}.")

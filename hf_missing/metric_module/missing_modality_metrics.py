@@ -3,15 +3,16 @@
 Load it by path (it is never downloaded): ``evaluate.load(hf_missing.metrics.METRIC_MODULE, config_name=task)``
 with ``task`` one of ``single_label``, ``multilabel``, ``binary``. Inputs: ``predictions`` (each sample's logits),
 ``references`` (class indices, or multi-hot rows for ``multilabel``) and ``missing_type`` (pattern codes). Pass
-``modalities=`` to ``compute`` when the model has other modalities than text and image. scikit-learn does the
-arithmetic (:func:`hf_missing.metrics.classification_metrics`).
+``modalities=`` to ``compute`` when the model has other modalities than text and image. ``regression`` and
+``regression_sims`` take one real output per sample and real labels (MMSA's sentiment metrics). scikit-learn and scipy
+do the arithmetic (:func:`hf_missing.metrics.classification_metrics`).
 """
 
 import datasets
 import evaluate
 import numpy as np
 
-from hf_missing.metrics import TASKS, classification_metrics, per_pattern_metrics
+from hf_missing.metrics import REGRESSION_TASKS, TASKS, classification_metrics, per_pattern_metrics
 from hf_missing.missingness import DEFAULT_MODALITIES, ModalityPattern
 
 _DESCRIPTION = __doc__
@@ -19,7 +20,8 @@ _CITATION = ""
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: logits per sample, a list of floats each.
-    references: class indices (single_label, binary) or multi-hot rows (multilabel).
+    references: class indices (single_label, binary), multi-hot rows (multilabel) or real labels (regression,
+        regression_sims).
     missing_type: the sample's missing-pattern code (0 complete, 1 missing_text, 2 missing_image for text + image).
     modalities: the model's modalities in code order (default ("text", "image")).
     threshold: the sigmoid threshold of multi-label predictions (default 0.5).
@@ -30,12 +32,13 @@ Returns:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MissingModalityMetrics(evaluate.Metric):
-    """Accuracy / F1 / AUROC of a task, overall and per missing pattern."""
+    """Accuracy / F1 / AUROC (or MMSA's sentiment metrics) of a task, overall and per missing pattern."""
 
     def _info(self) -> evaluate.MetricInfo:
         if self.config_name not in TASKS:
             raise ValueError(f"config_name must be a task, one of {list(TASKS)}; got {self.config_name!r}.")
         reference = (datasets.Sequence(datasets.Value("float32")) if self.config_name == "multilabel"
+                     else datasets.Value("float32") if self.config_name in REGRESSION_TASKS
                      else datasets.Value("int64"))
         return evaluate.MetricInfo(
             description=_DESCRIPTION, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION,
