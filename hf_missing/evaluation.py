@@ -26,7 +26,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .data.simulate import combined_table, natural_table, pattern_counts, pattern_shares, split_key
+from .data.simulate import ONLY_PREFIX, combined_table, natural_table, pattern_counts, pattern_shares, split_key
 from .metrics import classification_metrics
 from .missingness import MISSING_TYPE_COLUMN, ModalityPattern
 
@@ -168,8 +168,10 @@ def _predict(model: torch.nn.Module, dataset: Dataset, collator: Any, codes: np.
 
 
 def grid_patterns(modalities: Sequence[str]) -> tuple[str, ...]:
-    """The test patterns of grids and curves: each modality missing alone, and "both" (every incomplete pattern)."""
-    return (*modalities, "both")
+    """The test patterns of grids and curves: each modality missing alone, from three modalities on each modality
+    left alone (``only_<m>``: REP Table 2's columns), and "both" (every incomplete pattern)."""
+    alone = tuple(f"{ONLY_PREFIX}{m}" for m in modalities) if len(modalities) > 2 else ()
+    return (*modalities, *alone, "both")
 
 
 def missing_grid(predictions: Mapping[str, PatternPredictions], rate: float = 0.7,

@@ -64,8 +64,9 @@ def test_bad_protocol_and_rate_are_clear_errors(predictions):
 
 
 def test_three_modality_grids_cover_every_modality():
-    """Catches grids and curves fixed to text and image: a text+image+audio model's grid has an 'audio' column,
-    and its 'both' test pattern draws the six incomplete patterns."""
+    """Catches grids and curves fixed to text and image: a text+image+audio model's grid has an 'audio' column and
+    REP Table 2's one-modality-left columns (an 'only_image' draw leaves the image alone), and its 'both' test
+    pattern draws the six incomplete patterns."""
     from hf_missing import ModalityPattern
     from hf_missing.evaluation import PatternPredictions, grid_patterns
 
@@ -73,7 +74,9 @@ def test_three_modality_grids_cover_every_modality():
     rng = np.random.default_rng(0)
     logits = {name: rng.normal(size=(60, 3)) for name in patterns.names}
     preds = PatternPredictions(logits, rng.integers(0, 3, 60), "single_label", patterns)
-    assert grid_patterns(patterns.modalities) == ("text", "image", "audio", "both")
+    columns = ("text", "image", "audio", "only_text", "only_image", "only_audio", "both")
+    assert grid_patterns(patterns.modalities) == columns
     grid = missing_grid({"both": preds}, rate=0.9)
-    assert set(grid["both"]) == {"text", "image", "audio", "both"}
+    assert set(grid["both"]) == set(columns)
+    assert set(preds.codes_at(0.9, "only_image").tolist()) == {0, patterns.code(("text", "audio"))}
     assert set(preds.codes_at(0.9, "both").tolist()) == set(range(7))

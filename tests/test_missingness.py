@@ -186,3 +186,16 @@ def test_feature_frames_are_checked_before_collation():
         audio.check_value([[float("nan")] * 8], 0, "audio")
     batch = audio.collate([np.ones((2, 8), np.float32), None], processor=None)
     assert batch["audio_mask"].tolist() == [[1, 1], [1, 0]] and audio.is_placeholder(batch).tolist() == [False, True]
+
+
+def test_one_modality_left_is_a_named_pattern_for_rep_table_2():
+    """REP Table 2's "text-only" column keeps the text alone in every incomplete sample. Catches ``only_text`` read
+    as "text missing" (the other column) or as one of the two-modality-missing patterns chosen by name order, and a
+    two-modality ``only_text`` that differs from "image missing"."""
+    three = ("text", "image", "audio")
+    assert pattern_shares("only_text", three) == {"missing_image_audio": 1.0}
+    assert pattern_shares("only_audio", three) == {"missing_text_image": 1.0}
+    assert pattern_shares("only_text", ("text", "image")) == pattern_shares("image", ("text", "image"))
+    with pytest.raises(ValueError, match="'only_<modality>'"):
+        pattern_shares("only_video", three)
+

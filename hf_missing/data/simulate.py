@@ -58,15 +58,18 @@ SETTINGS_KEY = "hf_missing.missing_settings"
 SAMPLE_INDEX_COLUMN = "sample_index"
 SCAN_BATCH = 1000  # rows read at a time when looking for naturally missing values
 
+ONLY_PREFIX = "only_"  # pattern "only_<m>": the incomplete samples keep modality m alone
+
 
 def pattern_shares(
     pattern: str | Mapping[str, float], modalities: tuple[str, ...], both_ratio: float = 0.5
 ) -> dict[str, float]:
     """Shares of the incomplete samples per missing pattern name.
 
-    ``pattern`` is a modality name (``"text"``: every incomplete sample misses the text), ``"both"`` /
-    ``"mixed"`` (all incomplete patterns; for two modalities ``both_ratio`` of them miss the image), or a
-    mapping ``{pattern name: share}`` whose shares sum to 1.
+    ``pattern`` is a modality name (``"text"``: every incomplete sample misses the text), ``"only_<m>"`` (every
+    incomplete sample keeps modality m alone: REP Table 2's "text-only" / "image-only" / "audio-only" columns; for
+    two modalities ``"only_text"`` is ``"image"``), ``"both"`` / ``"mixed"`` (all incomplete patterns; for two
+    modalities ``both_ratio`` of them miss the image), or a mapping ``{pattern name: share}`` whose shares sum to 1.
     """
     patterns = ModalityPattern(tuple(modalities))
     incomplete = patterns.names[1:]
@@ -79,6 +82,9 @@ def pattern_shares(
         return {name: float(share) for name, share in pattern.items()}
     if pattern in modalities:
         return {f"missing_{pattern}": 1.0}
+    kept = pattern.removeprefix(ONLY_PREFIX)
+    if kept != pattern and kept in modalities:
+        return {patterns.names[patterns.code(tuple(m for m in modalities if m != kept))]: 1.0}
     if pattern in ("both", "mixed"):
         if len(modalities) == 2:
             if not 0.0 <= both_ratio <= 1.0:
@@ -86,8 +92,9 @@ def pattern_shares(
             return {incomplete[0]: 1.0 - both_ratio, incomplete[1]: both_ratio}
         return {name: 1.0 / len(incomplete) for name in incomplete}
     raise ValueError(
-        f"Unknown pattern {pattern!r}: use a modality name from {list(modalities)}, 'both' (alias 'mixed'), "
-        f"or a dict of shares over {incomplete}."
+        f"Unknown pattern {pattern!r}: use a modality name from {list(modalities)} (that modality missing), "
+        f"'{ONLY_PREFIX}<modality>' (that modality alone left), 'both' (alias 'mixed'), or a dict of shares over "
+        f"{incomplete}."
     )
 
 
