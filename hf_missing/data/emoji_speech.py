@@ -7,7 +7,8 @@ Each sample of :func:`~hf_missing.data.emoji.load_emoji_dataset` (image, text, l
 - ``voice``, ``rate``, ``pitch``, ``pitch_range``: how it was spoken, drawn per sample from
   ``np.random.default_rng([seed, split, index])``: one of :data:`LANGUAGES` x :data:`VARIANTS`, 120-220 words per
   minute, pitch 20-80, range 20-80. The audio says the name, not the short names, in a varied voice, so it is not a
-  copy of the text column.
+  copy of the text column. One synthesiser speaks a whole build in order, so a rebuild is identical (eSpeak NG
+  carries some state from one utterance to the next: :mod:`hf_missing.data.espeak`).
 
 The dataset is built once and saved under ``$HF_MISSING_CACHE/emoji-speech/dataset-v<version>-seed<seed>-<key>``
 (``key``: a hash of the base data's texts and labels), written to a temporary sibling folder and renamed into place.
@@ -26,7 +27,7 @@ from datasets import Dataset, DatasetDict, List, Value, load_from_disk
 from ..cache import default_cache_dir
 from .audio import FEATURE_SIZE, SpeechEmbeddingExtractor
 from .emoji import load_emoji_dataset
-from .espeak import EspeakSynthesizer, Voice, espeak_synthesizer
+from .espeak import EspeakSynthesizer, Voice
 
 DATASET_VERSION = 1
 LANGUAGES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029")
@@ -57,7 +58,8 @@ def load_emoji_speech_dataset(cache_dir: str | os.PathLike | None = None, seed: 
     saved = emoji_speech_cache_dir(cache_dir) / f"dataset-v{DATASET_VERSION}-seed{seed}-{content_key(base)}"
     if (saved / "dataset_dict.json").is_file():
         return load_from_disk(str(saved))
-    spoken = add_spoken_names(base, seed, espeak_synthesizer(), SpeechEmbeddingExtractor(num_threads=num_threads))
+    with EspeakSynthesizer() as synthesizer:
+        spoken = add_spoken_names(base, seed, synthesizer, SpeechEmbeddingExtractor(num_threads=num_threads))
     _save_atomically(spoken, saved)
     return load_from_disk(str(saved))
 
@@ -97,7 +99,7 @@ def _speak_split(split: Dataset, seed: list[int], synthesizer: EspeakSynthesizer
     columns: dict[str, list] = {name: [] for name in SPEECH_COLUMNS}
     for index, text in enumerate(split["text"]):
         voice = draw_voice(np.random.default_rng([*seed, index]))
-        waveform = synthesizer(spoken_name(text), voice)
+        waveform = synthesizer(spoken_name(text), voice, seed=index)
         columns["audio"].append(extractor.frames(waveform, synthesizer.sampling_rate).tolist())
         for column, value in zip(SPEECH_COLUMNS[1:], (voice.name, voice.rate, voice.pitch, voice.range),
                                  strict=True):
@@ -111,14 +113,15 @@ def _speak_split(split: Dataset, seed: list[int], synthesizer: EspeakSynthesizer
 
 
 def _save_atomically(dataset: DatasetDict, saved: Path) -> None:
-    """Write to a temporary sibling folder, then rename it to ``saved`` (a concurrent build that won keeps its copy)."""
+    """Write to a temporary sibling folder, then rename it to ``saved``; on failure the temporary folder is removed
+    (and a concurrent build that finished first keeps its copy)."""
     tmp = saved.with_name(f".{saved.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     saved.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_to_disk(str(tmp))
     try:
+        dataset.save_to_disk(str(tmp))
         tmp.rename(saved)
     except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
         if not (saved / "dataset_dict.json").is_file():
             raise
-        shutil.rmtree(tmp, ignore_errors=True)
