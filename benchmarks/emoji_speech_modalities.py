@@ -5,7 +5,7 @@ A logistic regression per modality on frozen features, fit on the train split, s
 - text: bag of words (TF-IDF of word uni- and bigrams) and, with ``--minilm``, MiniLM-L6's mean-pooled last layer;
 - image: EfficientNet-Lite0's feature map at 96 px (the fused backbone's image tokens), mean-pooled;
 - audio: the speech-embedding frames (:mod:`hf_missing.data.audio`), mean-pooled (and mean + std);
-- all: the standardised concatenation of the text (bag of words), image and audio (mean) features.
+- pairs and all three: the standardised concatenation of the text (bag of words), image and audio (mean) features.
 
 Usage: ``python benchmarks/emoji_speech_modalities.py [--cache-dir DIR] [--per-split N] [--minilm]``; ``--per-split``
 keeps the first N samples of each split (the set is built on those samples only).
@@ -94,8 +94,11 @@ def main() -> None:
     }
     if args.minilm:
         features["text (MiniLM-L6, mean)"] = (minilm_features(train["text"]), minilm_features(test["text"]))
-    keys = ["text (bag of words)", "image (EfficientNet-Lite0, mean)", "audio (speech embedding, mean)"]
-    features["all three"] = tuple(np.concatenate([features[k][i] for k in keys], axis=1) for i in range(2))
+    keys = {"text": "text (bag of words)", "image": "image (EfficientNet-Lite0, mean)",
+            "audio": "audio (speech embedding, mean)"}
+    for combo in (("text", "image"), ("text", "audio"), ("image", "audio"), ("text", "image", "audio")):
+        features[" + ".join(combo)] = tuple(np.concatenate([features[keys[k]][i] for k in combo], axis=1)
+                                            for i in range(2))
     majority = float(np.mean(np.asarray(test["label"]) == np.bincount(train["label"]).argmax()))
     results = {"train": len(train), "test": len(test), "majority class": majority}
     results.update({name: accuracy(tr, train["label"], te, test["label"]) for name, (tr, te) in features.items()})

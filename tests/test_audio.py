@@ -126,6 +126,18 @@ def test_synthesiser_voices() -> None:
             first, [again("dog face", Voice("en-us+m1", rate=150, pitch=40)), again("pizza", Voice("en-us+f2"))],
             strict=True))
         _check_voices(speak, first[0])
+    assert speak.sampling_rate == 22_050
+    with pytest.raises(RuntimeError, match="closed"):
+        speak("dog face", Voice("en-us"))
+
+
+def test_synthesiser_seed() -> None:
+    """Catches an ignored seed: a breathy variant's noise follows the seed, and the same seed repeats exactly."""
+    def say(seed: int) -> np.ndarray:
+        with EspeakSynthesizer() as speak:
+            return speak("dog face", Voice("en-us+f2"), seed=seed)
+
+    assert np.array_equal(say(1), say(1)) and not np.array_equal(say(0), say(1))
 
 
 def _check_voices(speak: EspeakSynthesizer, first: np.ndarray) -> None:

@@ -82,18 +82,21 @@ class EspeakSynthesizer:
         self._callback = _SYNTH_CALLBACK(self._collect)  # kept alive as long as the library may call it
         self._lib.espeak_SetSynthCallback(self._callback)
         self._lock = threading.Lock()
+        self._closed = False
 
     def __call__(self, text: str, voice: Voice, seed: int = 0) -> np.ndarray:
         """``text`` spoken by ``voice``: a 1-D int16 waveform at :attr:`sampling_rate`.
 
-        ``seed`` seeds eSpeak NG's own random generator; the result also depends on this synthesiser's earlier
-        calls (see the module docstring).
+        ``seed`` seeds eSpeak NG's own random generator (the breath noise of variants such as ``f2``); the result
+        also depends on this synthesiser's earlier calls (see the module docstring).
         """
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"Nothing to say: text must be a non-empty string, got {text!r}.")
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"Text of {len(text)} characters is over {MAX_TEXT_CHARS}; synthesise it in parts.")
         with self._lock:
+            if self._closed:
+                raise RuntimeError("This EspeakSynthesizer is closed; create a new one.")
             self._set_voice(voice)
             self._lib.espeak_ng_SetRandSeed(seed)
             self._chunks = []
@@ -108,8 +111,10 @@ class EspeakSynthesizer:
     def close(self) -> None:
         """Free eSpeak NG's data and delete the private copy of the library (the mapping stays until exit)."""
         with self._lock:
-            self._lib.espeak_Terminate()
-            self._folder.cleanup()
+            if not self._closed:
+                self._lib.espeak_Terminate()
+                self._folder.cleanup()
+            self._closed = True
 
     def __enter__(self) -> EspeakSynthesizer:
         return self
