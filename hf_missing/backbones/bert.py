@@ -1,11 +1,13 @@
 """What every backbone built on transformers' BERT layers shares (the fused default, the sequence backbone): the
-self-attention forward with key/value prefixes and the layers' LoRA roles."""
+self-attention forward with key/value prefixes, the layers' LoRA roles and BERT's weight initialisation."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import nn
+from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
 
@@ -30,3 +32,20 @@ def prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.T
     output, weights = attention(self, query, key, value, attention_mask, scaling=self.scaling,
                                 dropout=0.0 if not self.training else self.dropout.p, **kwargs)
     return output.reshape(*input_shape, -1).contiguous(), weights
+
+
+def init_bert_weights(module: nn.Module, std: float) -> bool:
+    """BERT's initialisation of a linear or convolution (normal weights, zero bias), an embedding (normal) or a
+    LayerNorm (ones, zeros); whether ``module`` was one of those (a backbone's ``_init_weights`` handles the rest)."""
+    if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+        init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        init.normal_(module.weight, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+    else:
+        return False
+    return True

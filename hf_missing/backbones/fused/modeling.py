@@ -33,6 +33,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 
+from ..bert import init_bert_weights
 from ..frames import FrameEmbedding, Frames, frames_of, masked_means
 from .configuration import DEFAULT_IMAGE_SIZE, EFFICIENTNET, TINY_CONV, FusedConfig
 
@@ -198,17 +199,9 @@ class FusedPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation; the image type embedding and the mean image feature start at zero."""
-        std = self.config.text_config.initializer_range
-        if isinstance(module, nn.Linear | nn.Conv2d):
-            init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, BertEmbeddings):
+        if init_bert_weights(module, self.config.text_config.initializer_range):
+            return
+        if isinstance(module, BertEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
             init.zeros_(module.token_type_ids)
         elif isinstance(module, FusedEmbeddings):

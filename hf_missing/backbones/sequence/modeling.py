@@ -23,6 +23,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertEncoder
 
+from ..bert import init_bert_weights
 from ..frames import FrameEmbedding, Frames, TemporalConv, frames_of, masked_means
 from .configuration import SequenceConfig
 
@@ -59,18 +60,8 @@ class SequencePreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation; the type embeddings are drawn too, so the modalities start apart."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear | nn.Conv1d):
-            init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, FrameEmbedding):
-            init.normal_(module.type_embedding, std=std)
+        if not init_bert_weights(module, self.config.initializer_range) and isinstance(module, FrameEmbedding):
+            init.normal_(module.type_embedding, std=self.config.initializer_range)
 
 
 class SequenceModel(SequencePreTrainedModel):
