@@ -23,6 +23,7 @@ from hf_missing.demo import (
     prepare,
     table2_columns,
     train_and_evaluate,
+    write_benchmark,
     write_outputs,
 )
 from hf_missing.evaluation import PatternPredictions
@@ -77,6 +78,9 @@ def test_three_modality_pipeline_reports_rep_table2(speech_workspace, tmp_path):
     assert [float(c.split(" ± ")[0]) for c in cells] == pytest.approx(expected, abs=1e-3)
     assert "spoken emoji" in report and (tmp_path / "robustness.png").stat().st_size > 1000
     assert json.loads((tmp_path / "results.json").read_text())["methods"]["rep"]["at_70"]["only_audio"] >= 0
+    write_benchmark({"settings": {"task": "speech"}, "grid": {"only_audio": methods}}, tmp_path)
+    benchmark = (tmp_path / "benchmark.md").read_text()
+    assert "trained with 70% missing 'only_audio'" in benchmark and "| audio-only 70% |" in benchmark
 
 
 @pytest.mark.parametrize(("pattern", "heading"), table2_columns(MODALITIES))
