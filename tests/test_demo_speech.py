@@ -2,6 +2,7 @@
 frames (fast), the real spoken emoji set (slow)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +149,23 @@ def test_cli_speech_demo_on_real_assets_tiny_subset(tmp_path):
     assert main(["demo", "--task", "speech", "--methods", "baseline", "rep", "--epochs", "1", "--train-limit", "64",
                  "--test-limit", "32", "--output-dir", str(tmp_path), "--no-progress"]) == 0
     assert "audio-only 70%" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_task_speech_reaches_the_settings_and_its_own_output_folder(monkeypatch, tmp_path):
+    """Catches: ``--task speech`` parsed but not passed on (the emoji demo runs instead), or its default output
+    folder overwriting the emoji demo's runs/demo."""
+    from hf_missing.cli import main
+
+    seen = []
+
+    def run(settings):
+        seen.append(settings)
+        Path(settings.output_dir).mkdir(parents=True)
+        (Path(settings.output_dir) / "report.md").write_text("report")
+
+    monkeypatch.setattr(demo_module, "run_demo", run)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--task", "speech", "--methods", "baseline", "--no-progress"]) == 0
+    assert seen[0].task == "speech" and seen[0].output_dir == "runs/demo-speech"
+    with pytest.raises(SystemExit):
+        main(["demo", "--task", "video"])
