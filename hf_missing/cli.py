@@ -157,7 +157,9 @@ def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> Non
     parser.add_argument("--methods", nargs="+", default=list_methods(), help=f"Subset of {list_methods()}.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--rate", type=float, default=0.7, help="Training missing rate.")
-    parser.add_argument("--pattern", default="both", help="Training missing pattern (demo only).")
+    parser.add_argument("--pattern", default="both", help="Training missing pattern (demo only): a modality name, "
+                                                          "'both' (alias 'mixed': every incomplete pattern) or, "
+                                                          "with --task speech, only_<modality>.")
     parser.add_argument("--epochs", type=float, default=None, help="Override the presets' epochs.")
     parser.add_argument("--train-limit", type=int, default=None, help="Use only this many training samples.")
     parser.add_argument("--test-limit", type=int, default=None, help="Use only this many test samples.")
