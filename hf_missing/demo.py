@@ -6,6 +6,13 @@ one stream, stage-1 aligned once and cached), both offline. Every method is trai
 with :func:`hf_missing.evaluation.predict_patterns` under every test pattern and missing rate. A method
 plugs in by name: it is trained with its ``<name>-demo`` preset from ``hub_configs/`` when there is one,
 else with its defaults and the baseline's demo training settings.
+
+Two tasks (``DemoSettings.task``, ``--task``): ``emoji`` (text + image, the default) and ``speech``, the spoken emoji
+set (:func:`hf_missing.data.emoji_speech.load_emoji_speech_dataset`: the same samples plus each name spoken, as 96-wide
+speech-embedding frames) on a fused backbone whose stage 1 also aligns an audio frame embedding. With three modalities
+the report shows REP's Table 2 columns at 70% test missing: each modality left alone (``only_<m>``), each modality
+missing, and every incomplete pattern mixed. A method's ``<method>-speech-demo`` preset, where there is one, trains it
+on the speech task.
 """
 
 from __future__ import annotations
@@ -22,18 +29,69 @@ from transformers import AutoModel, Trainer
 
 from .backbones.fused import FeatureCache, FusedProcessor, build_fused_backbone
 from .data import MissingModalityCollator, simulate_missing
+from .data.audio import FEATURE_SIZE
 from .data.emoji import load_emoji_dataset
-from .evaluation import TEST_PATTERNS, TEST_RATES, PatternPredictions, plot_metric_curves, predict_patterns
+from .data.emoji_speech import load_emoji_speech_dataset
+from .data.modalities import FeatureInputs
+from .data.simulate import ONLY_PREFIX
+from .evaluation import (
+    TEST_RATES,
+    PatternPredictions,
+    grid_patterns,
+    plot_metric_curves,
+    predict_patterns,
+)
 from .methods import list_methods, prepare_for_evaluation, prepare_for_training
+from .missingness import DEFAULT_MODALITIES
 from .modeling import MissingModalityForClassification
 from .presets import Preset, method_preset
 
 TASK = "single_label"
+TABLE_RATE = 0.7  # the test missing rate of the report's "<m>-only" / "<m>-missing" / mixed columns (REP Table 2)
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """One embedded task: its data, its modalities beyond text and image (frame widths) and its preset suffix."""
+
+    name: str
+    description: str
+    feature_modalities: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return (*DEFAULT_MODALITIES, *self.feature_modalities)
+
+    @property
+    def preset_suffix(self) -> str:
+        """Presets tried first for a method: ``<method>-<suffix>`` (then ``<method>-demo``)."""
+        return "demo" if self.name == "emoji" else f"{self.name}-demo"
+
+    def load(self, cache: Path | None) -> Any:
+        """The task's ``DatasetDict`` (built and cached on first use)."""
+        emoji = load_emoji_dataset(None if cache is None else cache / "emoji")
+        if self.name == "emoji":
+            return emoji
+        return load_emoji_speech_dataset(None if cache is None else cache / "emoji-speech", emoji=emoji)
+
+
+DEMO_TASKS = {
+    "emoji": DemoTask("emoji", "emoji test split (text + image)"),
+    "speech": DemoTask("speech", "spoken emoji test split (text + image + audio)", {"audio": FEATURE_SIZE}),
+}
+
+
+def demo_task(name: str) -> DemoTask:
+    """The embedded task called ``name`` (:data:`DEMO_TASKS`)."""
+    if name not in DEMO_TASKS:
+        raise ValueError(f"Unknown demo task {name!r}; known tasks: {list(DEMO_TASKS)}.")
+    return DEMO_TASKS[name]
 
 
 @dataclass
 class DemoSettings:
-    """What to run. ``epochs`` / ``train_limit`` / ``test_limit`` shrink the run (tests, quick looks)."""
+    """What to run. ``epochs`` / ``train_limit`` / ``test_limit`` shrink the run (tests, quick looks); ``task`` is
+    "emoji" (text + image) or "speech" (text + image + audio, :data:`DEMO_TASKS`)."""
 
     output_dir: str = "runs/demo"
     methods: Sequence[str] = field(default_factory=list_methods)
@@ -46,46 +104,54 @@ class DemoSettings:
     cache_dir: str | None = None
     progress: bool = True
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task: str = "emoji"
 
 
 @dataclass
 class Workspace:
-    """Data, backbone checkpoint and collator shared by every run."""
+    """Data, backbone checkpoint and collator shared by every run, and the task they belong to."""
 
     data: Any
     backbone_dir: Path
     collator: MissingModalityCollator
     labels: list[str]
     feature_cache: FeatureCache = field(default_factory=FeatureCache)  # frozen image features, shared by every run
+    task: DemoTask = DEMO_TASKS["emoji"]
 
 
 def prepare(settings: DemoSettings) -> Workspace:
-    """Build (or load from the cache) the emoji DatasetDict and the stage-1 fused backbone."""
+    """Build (or load from the cache) the task's DatasetDict and its stage-1 fused backbone (aligned on the task's
+    modalities: the speech task's also aligns the audio frame embedding)."""
     unknown = sorted(set(settings.methods) - set(list_methods()))
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; known methods: {list_methods()}.")
+    task = demo_task(settings.task)
     cache = None if settings.cache_dir is None else Path(settings.cache_dir)
-    data = load_emoji_dataset(None if cache is None else cache / "emoji")
+    data = task.load(cache)
     if settings.train_limit:
         data["train"] = data["train"].shuffle(seed=0).select(range(min(settings.train_limit, len(data["train"]))))
     if settings.test_limit:
         data["test"] = data["test"].shuffle(seed=0).select(range(min(settings.test_limit, len(data["test"]))))
-    folder = build_fused_backbone(cache, data)
-    collator = MissingModalityCollator(FusedProcessor.from_pretrained(folder))
-    return Workspace(data, folder, collator, data["train"].features["label"].names)
+    folder = build_fused_backbone(cache, data, feature_modalities=task.feature_modalities or None)
+    frames = [FeatureInputs(name, width) for name, width in task.feature_modalities.items()]
+    processor = FusedProcessor.from_pretrained(folder)
+    collator = (MissingModalityCollator(processor, modalities=[*DEFAULT_MODALITIES, *frames]) if frames
+                else MissingModalityCollator(processor))
+    return Workspace(data, folder, collator, data["train"].features["label"].names, task=task)
 
 
-def demo_preset(method: str, options: dict[str, Any] | None = None) -> Preset:
-    """The method's ``<method>-demo`` preset, or the baseline's training settings with the method's defaults;
-    ``options`` override the preset's method options (:func:`hf_missing.presets.method_preset`)."""
-    return method_preset(method, options)
+def demo_preset(method: str, options: dict[str, Any] | None = None, task: str = "emoji") -> Preset:
+    """The method's ``<method>-<task>-demo`` preset (speech task) or ``<method>-demo`` preset, else the baseline's
+    training settings with the method's defaults; ``options`` override the preset's method options
+    (:func:`hf_missing.presets.method_preset`)."""
+    return method_preset(method, options, suffix=demo_task(task).preset_suffix)
 
 
 def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, seed: int,
                        train_pattern: str) -> dict[str, Any]:
     """Train ``method`` on the training split with ``train_pattern`` missing at ``settings.train_rate`` and
     evaluate it under every test pattern and rate."""
-    preset = demo_preset(method, settings.method_options.get(method))
+    preset = demo_preset(method, settings.method_options.get(method), work.task.name)
     torch.manual_seed(seed)
     backbone = AutoModel.from_pretrained(work.backbone_dir)
     backbone.share_feature_cache(work.feature_cache)  # same checkpoint, same frozen image encoder
@@ -93,7 +159,8 @@ def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, see
         backbone, num_labels=len(work.labels),
         id2label=dict(enumerate(work.labels)), label2id={n: i for i, n in enumerate(work.labels)})
     model.add_adapter(preset.method_config)
-    train = simulate_missing(work.data["train"], rate=settings.train_rate, pattern=train_pattern, seed=seed)
+    train = simulate_missing(work.data["train"], rate=settings.train_rate, pattern=train_pattern, seed=seed,
+                             modalities=work.task.modalities)
     overrides = {"seed": seed, "disable_tqdm": not settings.progress, "eval_strategy": "no", "save_strategy": "no",
                  "report_to": "none", "logging_strategy": "no"}
     if settings.epochs is not None:
@@ -121,11 +188,12 @@ def summarise(model: MissingModalityForClassification, predictions: PatternPredi
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     beside_head = sum(v for n, v in trainable.items() if not n.startswith("head."))
     samples = len(predictions.labels) * len(predictions.logits)
+    patterns = grid_patterns(predictions.patterns.modalities)
     return {
         "method_options": {k: v for k, v in preset.method_config.to_dict().items() if k in
                            type(preset.method_config).options_help()},
         "per_pattern": predictions.per_pattern(),
-        "curves": {pattern: predictions.curve(TEST_RATES, pattern) for pattern in TEST_PATTERNS},
+        "curves": {pattern: predictions.curve(TEST_RATES, pattern) for pattern in patterns},
         "train_seconds": train_metrics["train_runtime"],
         "step_seconds": train_metrics["train_runtime"] / max(steps, 1),
         "inference_ms_per_sample": 1000 * predictions.seconds / samples,
@@ -141,19 +209,25 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     runs = {m: [train_and_evaluate(m, work, settings, s, settings.train_pattern) for s in settings.seeds]
             for m in settings.methods}
     results = {"settings": asdict(settings) | {"methods": list(settings.methods)}, "methods": aggregate(runs)}
-    write_outputs(results, Path(settings.output_dir), title="hf_missing demo")
+    write_outputs(results, Path(settings.output_dir), title=_title("hf_missing demo", work.task))
     return results
 
 
-def run_benchmark(settings: DemoSettings, train_patterns: Sequence[str] = TEST_PATTERNS) -> dict[str, Any]:
-    """``hf-missing benchmark``: the full grid, method x training pattern x test pattern x test rate, with
-    costs as ratios to the baseline measured in the same run."""
+def run_benchmark(settings: DemoSettings, train_patterns: Sequence[str] | None = None) -> dict[str, Any]:
+    """``hf-missing benchmark``: the full grid, method x training pattern x test pattern and rate, with costs as
+    ratios to the baseline measured in the same run; ``train_patterns`` defaults to the task's
+    :func:`~hf_missing.evaluation.grid_patterns` (text + image: text, image, both)."""
     work = prepare(settings)
+    patterns = train_patterns or grid_patterns(work.task.modalities)
     grid = {pattern: {m: aggregate_one([train_and_evaluate(m, work, settings, s, pattern) for s in settings.seeds])
-                      for m in settings.methods} for pattern in train_patterns}
+                      for m in settings.methods} for pattern in patterns}
     results = {"settings": asdict(settings) | {"methods": list(settings.methods)}, "grid": grid}
     write_benchmark(results, Path(settings.output_dir))
     return results
+
+
+def _title(title: str, task: DemoTask) -> str:
+    return title if task.name == "emoji" else f"{title}: {task.name} ({', '.join(task.modalities)})"
 
 
 # ---- aggregation over seeds ----------------------------------------------------------------------
@@ -162,7 +236,8 @@ def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
 
 
 def aggregate_one(seeds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over seeds of every number, with the standard deviation of the headline accuracies."""
+    """Mean over seeds of every number, with the standard deviation of the headline accuracies: ``at_70`` holds each
+    test pattern's accuracy at 70% test missing (``both_70``: the mixed pattern's)."""
     first = seeds[0]
     out = {"seeds": len(seeds), "method_options": first["method_options"]}
     out["per_pattern"] = {p: {k: _mean([s["per_pattern"][p][k] for s in seeds]) for k in first["per_pattern"][p]}
@@ -173,9 +248,15 @@ def aggregate_one(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("train_seconds", "step_seconds", "inference_ms_per_sample", "trainable_beside_head",
                 "trainable_beside_head_pct"):
         out[key] = _mean([s[key] for s in seeds])
-    both = [next(p for p in s["curves"]["both"] if abs(p["rate"] - 0.7) < 1e-9)["accuracy"] for s in seeds]
-    out["both_70"], out["both_70_std"] = _mean(both), _std(both)
+    at_70 = {pattern: [_accuracy_at(s["curves"][pattern], TABLE_RATE) for s in seeds] for pattern in first["curves"]}
+    out["at_70"] = {pattern: _mean(values) for pattern, values in at_70.items()}
+    out["at_70_std"] = {pattern: _std(values) for pattern, values in at_70.items()}
+    out["both_70"], out["both_70_std"] = out["at_70"]["both"], out["at_70_std"]["both"]
     return out
+
+
+def _accuracy_at(curve: list[dict[str, float]], rate: float) -> float:
+    return next(point for point in curve if abs(point["rate"] - rate) < 1e-9)["accuracy"]
 
 
 def _mean(values: list[float]) -> float:
@@ -188,20 +269,51 @@ def _std(values: list[float]) -> float:
 
 # ---- outputs -----------------------------------------------------------------------------------
 def markdown_table(methods: dict[str, dict[str, Any]]) -> str:
-    """Accuracy per test condition and costs relative to the baseline (when it ran)."""
-    base = methods.get("baseline")
+    """Accuracy per test condition and costs relative to the baseline (when it ran); with a third modality (curves
+    with ``only_<m>`` patterns) REP's Table 2 layout (:func:`table2_markdown`)."""
+    first = next(iter(methods.values()), {})
+    if any(pattern.startswith(ONLY_PREFIX) for pattern in first.get("curves", {})):
+        return table2_markdown(methods)
     lines = ["| method | complete | missing text | missing image | both 70% | train step (x baseline) | "
              "inference (x baseline) | trained beside head (% backbone) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in methods.items():
         acc = r["per_pattern"]
-        step = f"{r['step_seconds'] / base['step_seconds']:.2f}" if base else "n/a"
-        infer = f"{r['inference_ms_per_sample'] / base['inference_ms_per_sample']:.2f}" if base else "n/a"
         spread = f" ± {r['both_70_std']:.3f}" if r["seeds"] > 1 else ""
         lines.append(f"| {name} | {acc['complete']['accuracy']:.3f} | {acc['missing_text']['accuracy']:.3f} | "
-                     f"{acc['missing_image']['accuracy']:.3f} | {r['both_70']:.3f}{spread} | {step} | {infer} | "
-                     f"{r['trainable_beside_head_pct']:.2f} |")
+                     f"{acc['missing_image']['accuracy']:.3f} | {r['both_70']:.3f}{spread} | "
+                     f"{_costs(r, methods.get('baseline'))} |")
     return "\n".join(lines)
+
+
+def table2_columns(modalities: Sequence[str]) -> list[tuple[str, str]]:
+    """(test pattern, column heading) of REP's Table 2 at 70%: each modality left alone, each missing, then mixed."""
+    alone = [(f"{ONLY_PREFIX}{m}", f"{m}-only") for m in modalities]
+    missing = [(m, f"{m}-missing") for m in modalities]
+    return [*alone, *missing, ("both", "mixed")]
+
+
+def table2_markdown(methods: dict[str, dict[str, Any]]) -> str:
+    """Accuracy on complete data, then at 70% test missing under each of REP Table 2's patterns (mean ± std over
+    seeds when there are several), and the costs relative to the baseline."""
+    first = next(iter(methods.values()))
+    modalities = [p for p in first["curves"] if p != "both" and not p.startswith(ONLY_PREFIX)]
+    columns = table2_columns(modalities)
+    lines = ["| method | complete | " + " | ".join(f"{heading} 70%" for _, heading in columns)
+             + " | train step (x baseline) | inference (x baseline) | trained beside head (% backbone) |",
+             "|---|" + "---|" * (len(columns) + 4)]
+    for name, r in methods.items():
+        cells = [f"{r['at_70'][p]:.3f}" + (f" ± {r['at_70_std'][p]:.3f}" if r["seeds"] > 1 else "")
+                 for p, _ in columns]
+        lines.append(f"| {name} | {r['per_pattern']['complete']['accuracy']:.3f} | {' | '.join(cells)} | "
+                     f"{_costs(r, methods.get('baseline'))} |")
+    return "\n".join(lines)
+
+
+def _costs(r: dict[str, Any], base: dict[str, Any] | None) -> str:
+    step = f"{r['step_seconds'] / base['step_seconds']:.2f}" if base else "n/a"
+    infer = f"{r['inference_ms_per_sample'] / base['inference_ms_per_sample']:.2f}" if base else "n/a"
+    return f"{step} | {infer} | {r['trainable_beside_head_pct']:.2f}"
 
 
 def plot_curves(methods: dict[str, dict[str, Any]], path: Path, pattern: str = "both", title: str = "") -> None:
@@ -215,17 +327,29 @@ def write_outputs(results: dict[str, Any], folder: Path, title: str) -> None:
     (folder / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     plot_curves(results["methods"], folder / "robustness.png", title=title)
     settings = results["settings"]
+    task = demo_task(settings.get("task", "emoji"))
     report = [f"# {title}", "",
               f"Trained with {100 * settings['train_rate']:.0f}% missing ('{settings['train_pattern']}'), "
-              f"seeds {list(settings['seeds'])}; accuracy on the emoji test split.", "",
-              markdown_table(results["methods"]), "", "![robustness](robustness.png)", ""]
+              f"seeds {list(settings['seeds'])}; accuracy on the {task.description}.", "",
+              *_table2_note(task), markdown_table(results["methods"]), "", "![robustness](robustness.png)", ""]
     (folder / "report.md").write_text("\n".join(report), encoding="utf-8")
+
+
+def _table2_note(task: DemoTask) -> list[str]:
+    """How to read the three-modality table (nothing for text + image)."""
+    if len(task.modalities) < 3:
+        return []
+    return ["Columns as REP's Table 2, each at 70% test missing: '<m>-only': 70% of the test samples keep modality m "
+            "alone (pattern only_<m>); '<m>-missing': 70% lack m; 'mixed': 70% incomplete, spread evenly over "
+            "every incomplete pattern (pattern both). 'complete': no test sample misses anything. The plot shows "
+            "the mixed pattern over every test rate.", ""]
 
 
 def write_benchmark(results: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "benchmark.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    sections = ["# hf_missing benchmark (embedded default)", ""]
+    task = demo_task(results["settings"].get("task", "emoji"))
+    sections = [f"# {_title('hf_missing benchmark (embedded default)', task)}", "", *_table2_note(task)]
     for pattern, methods in results["grid"].items():
         sections += [f"## trained with 70% missing '{pattern}'", "", markdown_table(methods), "",
                      f"![{pattern}](robustness-{pattern}.png)", ""]

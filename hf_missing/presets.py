@@ -42,7 +42,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7", "acc5", "mae", "corr"),
     "regression_sims": ("acc2", "f1", "acc3", "acc5", "mae", "corr"),
 }
-DEMO_DATASETS = ("emoji",)
+DEMO_DATASETS = ("emoji", "emoji_speech")  # the embedded tasks' data: text + image, and text + image + audio
 FUSED_BACKBONE = "hf_missing/fused-minilm-effnet-lite0"  # the demo presets' name for the embedded default
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -150,14 +150,16 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
-def method_preset(method: str, options: dict[str, Any] | None = None) -> Preset:
-    """The method's ``<method>-demo`` preset (CPU-sized settings on the embedded default), or the baseline's
-    training settings with the method's defaults; ``options`` override the preset's method options."""
-    name = f"{method}-demo"
+def method_preset(method: str, options: dict[str, Any] | None = None, suffix: str = "demo") -> Preset:
+    """The method's ``<method>-<suffix>`` preset (e.g. ``rep-speech-demo``), else its ``<method>-demo`` preset
+    (CPU-sized settings on the embedded default), else the baseline's training settings with the method's defaults;
+    ``options`` override the preset's method options."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; known methods: {list_methods()}.")
-    preset = load_preset(name) if name in list_presets() else replace(load_preset("baseline-demo"), name=name,
-                                                                       method=method, method_options={})
+    available = list_presets()
+    name = next((n for n in (f"{method}-{suffix}", f"{method}-demo") if n in available), None)
+    preset = load_preset(name) if name else replace(load_preset("baseline-demo"), name=f"{method}-demo",
+                                                    method=method, method_options={})
     merged = {**preset.method_options, **(options or {})}
     return replace(preset, method_options=merged, method_config=get_method_config(method, **merged))
 

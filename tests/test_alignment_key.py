@@ -17,7 +17,7 @@ def fake_stage1(monkeypatch):
     """Stage 1 replaced by a tiny model (the real one runs EfficientNet); records the data of each alignment."""
     calls = []
 
-    def align(dataset, settings, model=None, processor=None):
+    def align(dataset, settings, model=None, processor=None, feature_modalities=None):
         calls.append(len(dataset["train"]))
         parts = tiny_processor("fused")
         return tiny_backbone("fused"), FusedProcessor(parts.tokenizer, parts.image_processor), {"seconds": 0.0}
@@ -42,6 +42,22 @@ def test_another_dataset_gets_its_own_checkpoint(tmp_path, fake_stage1):
     record = json.loads((path_b / "stage1.json").read_text())["aligned_on"]
     assert record["splits"]["train"] == {"fingerprint": second["train"]._fingerprint, "rows": 13}
     assert record["labels"] == list(second["train"].features["label"].names)
+
+
+def test_feature_modalities_get_their_own_checkpoint_and_text_image_keys_stay(tmp_path, fake_stage1):
+    """Catches: a three-modality (audio) alignment served the text + image checkpoint of the same data (or the
+    reverse) because the cache key ignores the modalities, and a text + image key that changed with the new field
+    (every cached emoji checkpoint would be aligned again)."""
+    data = _splits(0)
+    settings = alignment.Stage1Settings()
+    plain = build_fused_backbone(tmp_path, dataset=data)
+    audio = build_fused_backbone(tmp_path, dataset=data, feature_modalities={"audio": 96})
+    assert plain != audio and fake_stage1 == [12, 12]
+    assert "feature_modalities" not in alignment.alignment_record(data, settings)
+    assert plain.name.endswith(alignment.alignment_key(alignment.alignment_record(data, settings)))
+    record = json.loads((audio / "stage1.json").read_text())["aligned_on"]
+    assert record["feature_modalities"] == [["audio", 96]]
+    assert build_fused_backbone(tmp_path, dataset=data, feature_modalities={"audio": 64}) not in (plain, audio)
 
 
 def test_alignment_splits_keep_complete_rows_and_carve_a_validation_split():

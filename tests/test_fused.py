@@ -8,7 +8,7 @@ from transformers import AutoModel, BertTokenizerFast
 
 import hf_missing
 from hf_missing import MissingModalityCollator, MissingModalityForClassification
-from hf_missing.backbones import FusedBackbone, FusedConfig, FusedModel, FusedProcessor
+from hf_missing.backbones import FusedBackbone, FusedConfig, FusedModel, FusedProcessor, tiny
 from hf_missing.backbones.fused import (
     Stage1Settings,
     align_fused_backbone,
@@ -214,6 +214,23 @@ def test_stage1_trains_only_the_alignment(tmp_path, shapes) -> None:
                        "embeddings.image_type_embedding", "embeddings.image_position_embeddings.weight",
                        "embeddings.image_feature_mean"}
     assert 0.0 <= report["validation_accuracy"] <= 1.0 and report["train_size"] == 32
+
+
+def test_stage1_trains_the_audio_frame_embedding_too(tmp_path) -> None:
+    """Catches: a three-modality stage 1 that leaves the audio projection, type and position embeddings random (or
+    never feeds the audio frames, so the head's input is two modalities wide and the forward fails)."""
+    model = tiny.tiny_backbone("fused_audio")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = tiny.tiny_dataset("fused_audio", n_train=32, n_test=16)
+    dataset = {"train": data["train"], "validation": data["test"]}
+    parts = tiny.tiny_processor("fused")
+    model, _, report = align_fused_backbone(dataset, Stage1Settings(image_size=IMAGE_SIZE, epochs=1), model=model,
+                                            processor=FusedProcessor(parts.tokenizer, parts.image_processor))
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert {"embeddings.frames.audio.projection.weight", "embeddings.frames.audio.type_embedding",
+            "embeddings.frames.audio.position_embeddings.weight"} <= changed
+    assert not {k for k in changed if k.startswith(("encoder.", "embeddings.text."))}
+    assert report["train_size"] == 32
 
 
 # ---- the real packaged encoders ----------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -248,10 +249,13 @@ class FusedModel(FusedPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=masked_means(hidden, mask, lengths))
 
     @classmethod
-    def from_packaged_encoders(cls, image_size: int = DEFAULT_IMAGE_SIZE) -> FusedModel:
-        """The untrained fused model with the packaged MiniLM and EfficientNet-Lite0 weights (stage 0)."""
+    def from_packaged_encoders(cls, image_size: int = DEFAULT_IMAGE_SIZE,
+                               feature_modalities: Mapping[str, int] | None = None) -> FusedModel:
+        """The untrained fused model with the packaged MiniLM and EfficientNet-Lite0 weights (stage 0), with a
+        (random) frame embedding per ``feature_modalities`` entry (name -> frame width)."""
         bert = AutoModel.from_pretrained(minilm_path(), local_files_only=True)
-        config = FusedConfig(text_config=bert.config.to_dict(), image_encoder=EFFICIENTNET, image_size=image_size)
+        config = FusedConfig(text_config=bert.config.to_dict(), image_encoder=EFFICIENTNET, image_size=image_size,
+                             feature_modalities=dict(feature_modalities) if feature_modalities else None)
         model = cls(config)
         model.embeddings.text.load_state_dict(bert.embeddings.state_dict())
         model.encoder.load_state_dict(bert.encoder.state_dict())
