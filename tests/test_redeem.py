@@ -27,6 +27,7 @@ from hf_missing.methods.redeem import (
     attach_memory_bank,
     build_index,
     build_memory_bank,
+    evaluation_neighbors,
     load_memory_bank,
     prepare_for_training,
 )
@@ -621,6 +622,38 @@ def test_save_load_is_bit_identical_including_the_bank(shapes_missing, cache, tm
     assert np.array_equal(bank.search(q, 3)[1], original.search(q, 3)[1])
     torch.manual_seed(1)
     assert torch.equal(loaded(**batch).logits, logits)
+
+
+@pytest.mark.parametrize("method", ["redeem", "ragpt"])
+def test_reloaded_model_retrieves_and_predicts_a_new_split_bit_identically(shapes_missing, tmp_path, method,
+                                                                            batch_sensitive_images):
+    """Item 10: after save_pretrained and AutoModel.from_pretrained, a reloaded REDEEM / RAGPT adapter that retrieves
+    a held-out split anew (query vectors, neighbours) gives torch.equal logits, on the fused backbone whose image
+    encoder rounds by batch size as EfficientNet-Lite0 does on oneDNN. The trained process met the test images in one
+    batch of 36 (another method's prediction pass on the demo's shared feature cache); the reloaded one meets them in
+    the retrieval's batches of 32 and 4 samples (each twice: the query of each modality is embedded alone). Catches
+    the image encoder run on each call's uncached images as one batch of whatever size (the cache kept the bits of
+    the first batch an image met: 2e-6 to 5e-6 on the emoji logits, through the image tokens and the image query of
+    the last retrieval batch's samples), and a reload whose bank, index, query vectors or neighbours differ from
+    those the trained model used."""
+    tiny_backbone("fused").save_pretrained(tmp_path / "base")
+    model = AutoModel.from_pretrained(tmp_path / "base", adapter=method, adapter_options=TINY, num_labels=4)
+    collator = MissingModalityCollator(tiny_processor("fused"), modalities=model.interface.inputs)
+    _, redeem_collator = prepare_for_training(model, shapes_missing["train"], collator, cache_dir=tmp_path / "banks")
+    perturbed(model)
+    test = shapes_missing["test"].select(range(36))
+    with torch.no_grad():
+        model.backbone.embeddings.image_features(collator([{**f, "missing_type": 0} for f in test])["pixel_values"])
+    logits = _split_logits(model, evaluation_neighbors(test, model, collator), redeem_collator)
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = AutoModel.from_pretrained(tmp_path / "adapter").eval()
+    reloaded = evaluation_neighbors(test, loaded, collator)
+    assert torch.equal(_split_logits(loaded, reloaded, redeem_collator), logits)
+
+
+def _split_logits(model, dataset, collator) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**collator(list(dataset))).logits
 
 
 def test_bank_build_is_cached_by_fingerprint(shapes_missing, cache):
