@@ -32,7 +32,13 @@ from hf_missing.methods.redeem import (
     prepare_for_training,
 )
 from hf_missing.methods.redeem.bank import BANK_FILE, bank_fingerprint, content_hashes
-from hf_missing.methods.redeem.retrieval import _nearest, _random, memory_bank_of, pattern_queries
+from hf_missing.methods.redeem.retrieval import (
+    _nearest,
+    _random,
+    channel_table,
+    memory_bank_of,
+    pattern_queries,
+)
 from hf_missing.missingness import ModalityPattern
 from tests.conftest import make_model, perturbed
 
@@ -136,6 +142,48 @@ def test_a_sample_retrieves_no_copy_of_itself():
     drawn = _random(bank, 4, np.repeat(hashes, 40), list(range(40)), 0, 3)  # 40 draws of 5 rows out of 40
     assert drawn.shape == (40, 3, 4) and not np.isin(drawn, [3, 7]).any()
     assert bank.rows_of(hashes).tolist() == [3]
+
+
+def test_ragpt_multi_channel_retriever_gives_each_held_modality_its_own_neighbours():
+    """Item 8c, RAGPT's multi-channel retriever (METHODS_REFERENCE §1E; RAGPT's dataloaders): a complete sample's
+    text tokens come from its top-K text-to-text neighbours and its image tokens from its image-to-image ones; an
+    image-only sample reads both modalities of its image-to-image neighbours, a text-only one those of its
+    text-to-text neighbours; with three modalities a missing one comes from the summed cosines of the held ones, and
+    each distinct channel is searched once. Catches RAGPT retrieving a complete sample by the summed score (REDEEM's
+    eq. 1, which differs here), a missing modality read from its own absent channel, and channels swapped between
+    modalities."""
+    bank = _synthetic_bank()
+    rng = np.random.default_rng(1)
+    queries = {m: _unit(rng.normal(size=(3, d))) for m, d in (("text", 6), ("image", 5))}
+    channels, channel_of = channel_table(ModalityPattern().present_matrix().numpy())
+    assert channels.tolist() == [[1, 0], [0, 1]] and channel_of.tolist() == [[0, 1], [1, 1], [0, 0]]
+    ids = _nearest(bank, queries, channels, ("text", "image"), 4, np.full(3, -1))[:, channel_of]
+    cos = {m: queries[m] @ bank.arrays[f"query.{m}"].astype(np.float32).T for m in queries}
+    top = {m: np.argsort(-c, axis=1)[:, :4] for m, c in cos.items()}
+    assert ids.shape == (3, 3, 2, 4)  # samples, patterns (complete, missing_text, missing_image), modalities, K
+    assert (ids[:, 0, 0] == top["text"]).all() and (ids[:, 0, 1] == top["image"]).all()
+    assert (ids[:, 1] == top["image"][:, None]).all() and (ids[:, 2] == top["text"][:, None]).all()
+    summed = np.argsort(-(cos["text"] + cos["image"]), axis=1)[:, :4]
+    assert (ids[:, 0, 0] != summed).any() and (ids[:, 0, 1] != summed).any()
+    present = ModalityPattern(tuple(THREE)).present_matrix().numpy()
+    channels, channel_of = channel_table(present)
+    assert len({tuple(c) for c in channels.tolist()}) == len(channels)
+    for p, held in enumerate(present):
+        for j, has in enumerate(held):
+            assert (channels[channel_of[p, j]] == (np.eye(3)[j] if has else held)).all(), (p, j)
+
+
+def test_multi_channel_retrieval_never_returns_a_copy_of_the_sample():
+    """Item 8c with item 3 of issue 16: under RAGPT's multi-channel retriever a training sample with an exact
+    duplicate in the bank retrieves neither row in any channel. Catches self-exclusion left to the eq. 1 path only."""
+    bank = _synthetic_bank()
+    for key in ("query.text", "query.image", "tokens.text", "tokens.image", "content_hash"):
+        bank.arrays[key][7] = bank.arrays[key][3]
+    bank.index = build_index(np.concatenate([bank.arrays["query.text"], bank.arrays["query.image"]], axis=1), "flat")
+    queries = {m: bank.arrays[f"query.{m}"][[3]].astype(np.float32) for m in ("text", "image")}
+    channels, channel_of = channel_table(ModalityPattern().present_matrix().numpy())
+    ids = _nearest(bank, queries, channels, ("text", "image"), 4, bank.arrays["content_hash"][[3]])[:, channel_of]
+    assert ids.shape == (1, 3, 2, 4) and not np.isin(ids, [3, 7]).any()
 
 
 def test_training_samples_never_retrieve_themselves_and_test_samples_are_not_in_the_bank(shapes_missing, cache):
@@ -366,7 +414,7 @@ REFERENCE_CASES = {
     "vilt-redeem": ("vilt", "redeem", {}),
     "clip-redeem": ("clip", "redeem", {}),
     "vilt-cross_modal-static": ("vilt", "redeem", {"generator": "cross_modal", "prompter": "static"}),
-    "clip-ragpt-saim": ("clip", "ragpt", {"prompter": "saim"}),
+    "clip-ragpt-saim": ("clip", "ragpt", {"prompter": "saim", "retrieval": "msa"}),  # eq. 1: RAGPT's before 8c
     "vilt-random-mean": ("vilt", "redeem", {"retrieval": "random", "generator": "mean", "prompter": "none"}),
 }
 REFERENCE_LOGITS = {  # computed at commit f482799, before REDEEM took K modalities
@@ -417,7 +465,8 @@ REFERENCE_LOGITS = {  # computed at commit f482799, before REDEEM took K modalit
 def test_two_modality_logits_are_those_from_before_the_k_modality_generalisation(shapes_missing, tmp_path, case):
     """K = 2 regression: with fixed seeds, the logits of six training samples (all three patterns) equal those the
     two-modality implementation gave (commit f482799) for CMoE + SAIM (eq. 2-6) on ViLT and CLIP, the cross-modal
-    generator with static prompts, RAGPT's mean generator and label token with SAIM prompts, and random retrieval.
+    generator with static prompts, RAGPT's mean generator and label token with SAIM prompts (on eq. 1's neighbours,
+    which RAGPT retrieved before it had its own multi-channel retriever), and random retrieval.
     Catches a generalisation that changes the paper's two-modality maths (a condition scaled or summed differently,
     queries or keys from another modality, parameters created in another order or shape). RAGPT's intra-modal prompts
     are left out: they changed on purpose (padding, ViLT's patch order; layer.py). Each case builds its bank afresh:
@@ -473,7 +522,7 @@ def test_generated_block_replaces_only_missing_samples_placeholders(shapes_missi
 @pytest.mark.parametrize("options", [
     {"retrieval": "random"}, {"retrieval": "none"}, {"generator": "cross_modal"}, {"generator": "mean"},
     {"generator": "none"}, {"prompter": "static"}, {"prompter": "intra"}, {"prompter": "none"},
-    {"label_token": True, "prompt_layer": 0},
+    {"label_token": True, "prompt_layer": 0}, {"retrieval": "mcr", "label_token": True},
 ])
 @pytest.mark.parametrize("backbone", ["vilt", "clip"])
 def test_table3_switches_and_ragpt_run_and_train(shapes_missing, cache, backbone, options):
@@ -594,6 +643,46 @@ def test_ragpt_is_the_no_router_intra_modal_variant_with_a_label_token(shapes_mi
     assert (config.generator, config.prompter, config.label_token, config.recon_weight) == ("mean", "intra", True, 0)
     assert any("ragpt_modules.default.label_embeddings" in n for n, _ in model.named_parameters())
     assert model(**collator([train[i] for i in range(8)])).aux_loss is None
+
+
+def test_ragpt_reads_each_modality_of_a_complete_sample_from_its_own_channel(shapes_missing, cache):
+    """Item 8c in the forward: RAGPT retrieves with its multi-channel retriever by default; a complete sample's text
+    tokens (its intra-modal prompt's keys) are those of its text-to-text neighbours and its image tokens those of its
+    image-to-image neighbours, found by each modality's cosine alone; the label token counts the neighbours of every
+    modality the sample holds (both channels' for a complete sample, the one channel's for an incomplete one). Catches
+    RAGPT's summed-score retrieval for complete samples, a layer that reads every modality from one neighbour list,
+    and a label token that counts the channel of a modality the sample lacks."""
+    model, train, collator = _prepared("vilt", shapes_missing, cache, method="ragpt")
+    assert model.peft_config["default"].retrieval == "mcr"
+    bank, modules = memory_bank_of(model), model.method_pool.ragpt_modules["default"]
+    retrieved, labels = {}, []
+    intra, label_token = modules.intra_prompt, modules.label_token
+
+    def record(modality, target, tokens, valid=None):
+        retrieved[modality] = tokens
+        return intra(modality, target, tokens, valid)
+
+    modules.intra_prompt = record
+    modules.label_token = lambda stream, values: labels.append(values) or label_token(stream, values)
+    features = [train[i] for i in range(12)]
+    batch = collator(features)
+    with torch.no_grad():
+        model(**batch)
+    rows, present = batch["redeem_neighbors"], ModalityPattern().present_matrix()[batch["missing_type"]]
+    assert rows.shape == (12, 2, 3) and (batch["missing_type"] == 0).any()
+    for b, f in enumerate(features):
+        assert rows[b].tolist() == f["redeem_neighbors"][f["missing_type"]]
+        expected = [bank.lookup("labels", rows[b, j]) * present[b, j] for j in range(2)]
+        assert torch.equal(labels[0][b], torch.cat(expected))
+        for j, m in enumerate(("text", "image")):
+            assert torch.equal(retrieved[m][b], bank.lookup(f"tokens.{m}", rows[b, j])), (b, m)
+    sample = next(f for f in features if f["missing_type"] == 0)
+    for j, m in enumerate(("text", "image")):
+        query = bank.arrays[f"query.{m}"].astype(np.float32)
+        scores = query @ query[sample["redeem_self"]]
+        scores[sample["redeem_self"]] = -np.inf
+        np.testing.assert_allclose(np.sort(scores[sample["redeem_neighbors"][0][j]]), np.sort(scores)[-3:], atol=1e-6)
+    assert sample["redeem_neighbors"][0][0] != sample["redeem_neighbors"][0][1]
 
 
 # ---- files ------------------------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
-"""The MSA retriever (eq. 1) as a ``datasets`` map, the collator that hands its columns to the model, and the
-one call that prepares a model and its training data.
+"""REDEEM's MSA retriever (eq. 1) and RAGPT's multi-channel retriever as a ``datasets`` map, the collator that hands
+their columns to the model, and the one call that prepares a model and its training data.
 
 :func:`add_neighbors` runs once over a dataset and adds three kinds of columns:
 
-* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns (-1 under
-  ``retrieval="none"``: no search runs), each
-  scored by the sum of the cosines over the modalities that pattern keeps (eq. 1, generalised from two
-  modalities: two modalities give row 0 complete, text + image cosines summed; "missing_text": image-only;
-  "missing_image": text-only), so that evaluating a sample under any pattern needs no new search;
+* ``redeem_neighbors``: bank rows of the K nearest neighbours for each of the P missing patterns (-1 under
+  ``retrieval="none"``: no search runs), so that evaluating a sample under any pattern needs no new search.
+  ``[P, K]`` under ``retrieval="msa"`` (and "random"): one list per pattern, scored by the sum of the cosines over
+  the modalities that pattern keeps (eq. 1, generalised from two modalities: two modalities give row 0 complete,
+  text + image cosines summed; "missing_text": image-only; "missing_image": text-only). ``[P, M, K]`` under
+  ``retrieval="mcr"`` (RAGPT): per pattern, one list per modality, the rows whose tokens of that modality the
+  sample reads (:func:`channel_table`);
 * ``redeem_self``: the bank row of the sample itself (found by a hash of its raw values of every modality; -1
   when it is not in the bank). It is excluded from its own neighbours, and it is where the reconstruction target of a
   dropped modality is looked up;
@@ -103,6 +105,9 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
             neighbours = np.full((len(features), present.shape[0], k), -1, dtype=np.int64)
         elif config.retrieval == "random":
             neighbours = _random(bank, k, hashes, indices, seed, present.shape[0])
+        elif config.retrieval == "mcr":
+            channels, channel_of = channel_table(present)
+            neighbours = _nearest(bank, queries, channels, modalities, k, hashes)[:, channel_of]
         else:
             neighbours = _nearest(bank, queries, present, modalities, k, hashes)
         return {NEIGHBOURS: neighbours, SELF: self_rows, **{QUERY + m: queries[m] for m in modalities}}
@@ -152,8 +157,9 @@ def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[
 
 def _nearest(bank: MemoryBank, queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str],
              k: int, hashes: np.ndarray) -> np.ndarray:
-    """``[B, P, K]`` neighbours: the top K of each missing pattern's eq. 1 scores (:func:`pattern_queries`), never a
-    copy of the sample itself (any row with its content hash)."""
+    """``[B, P, K]`` neighbours: the top K of the eq. 1 scores (:func:`pattern_queries`) under each row of
+    ``present`` (a missing pattern, or a channel of :func:`channel_table`), never a copy of the sample itself (any
+    row with its content hash)."""
     batch, patterns = len(hashes), present.shape[0]
     excluded = [bank.copies_of(h) for h in hashes]
     depth = min(k + max(len(rows) for rows in excluded), len(bank))
@@ -170,6 +176,30 @@ def pattern_queries(queries: dict[str, np.ndarray], present: np.ndarray, modalit
     cos(q_m, q_m(b))``: the paper's two-modality sum for a complete sample, one cosine when one modality is left."""
     return np.concatenate([np.concatenate([queries[m] * present[p, j] for j, m in enumerate(modalities)], axis=1)
                            for p in range(present.shape[0])])
+
+
+def channel_table(present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RAGPT's multi-channel retriever (AAAI 2025, "Multi-Channel Retriever"; METHODS_REFERENCE §1E) as search
+    channels for the P missing patterns ``present [P, M]``.
+
+    Under pattern p, the tokens of a modality m the sample holds come from m's own channel (the cosine of m alone):
+    a complete sample reads the images of its image-to-image neighbours and the texts of its text-to-text ones. The
+    tokens of a modality it lacks come from the channel of the modalities it holds: an image-only sample reads both
+    modalities of its image-to-image neighbours, a text-only one those of its text-to-text neighbours (with K > 2
+    modalities and several held, the sum of their cosines, as eq. 1). REDEEM's MSA retriever (§3.2.1, eq. 1) differs
+    for a complete sample only, which it gives one list ranked by the summed cosines (``retrieval="msa"``).
+
+    Returns ``channels [C, M]`` (the modalities whose cosines each channel sums; each distinct channel once, in order
+    of first use, so that one search serves every pattern reading it) and ``channel_of [P, M]`` (the channel whose
+    neighbours supply modality m's tokens under pattern p).
+    """
+    single = np.eye(present.shape[1], dtype=present.dtype)
+    channels: dict[tuple, int] = {}
+    channel_of = np.zeros(present.shape, dtype=np.int64)
+    for p, held in enumerate(present):
+        for j, has in enumerate(held):
+            channel_of[p, j] = channels.setdefault(tuple((single[j] if has else held).tolist()), len(channels))
+    return np.array(list(channels), dtype=present.dtype), channel_of
 
 
 def _drop_self(ids: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
