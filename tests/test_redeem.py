@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from PIL import Image
 from torch.nn import functional as F
 from transformers import AutoModel, Trainer, TrainingArguments
@@ -30,6 +30,7 @@ from hf_missing.methods.redeem import (
     evaluation_neighbors,
     load_memory_bank,
     prepare_for_training,
+    retrieval,
 )
 from hf_missing.methods.redeem.bank import BANK_FILE, bank_fingerprint, content_hashes
 from hf_missing.methods.redeem.retrieval import (
@@ -201,6 +202,28 @@ def test_training_samples_never_retrieve_themselves_and_test_samples_are_not_in_
     q = {m: np.asarray(sample[f"redeem_query_{m}"]) for m in ("text", "image")}
     scores = sum(bank.arrays[f"query.{m}"].astype(np.float32) @ q[m] for m in q)
     assert set(sample["redeem_neighbors"][0]) == set(np.argsort(-scores)[:3].tolist())
+
+
+def test_bank_samples_read_their_stored_query_whatever_else_their_batch_holds(shapes_missing, cache, monkeypatch):
+    """A retrieval batch mixing bank samples and others embeds only the others; the bank samples read their stored
+    query vectors, as in a batch of bank samples only. Catches re-embedding every sample of a batch as soon as one is
+    outside the bank: a bank sample's query (its neighbours, the router's condition) then depended on what else its
+    batch held (a re-embedded vector can differ from the stored one in the last float16 bit: on the emoji data the
+    image queries of a split retrieved in batches of 5 and of 32 differ by 6e-5)."""
+    model, _, _ = _prepared("vilt", shapes_missing, cache)
+    bank, embedded = memory_bank_of(model), []
+    original = retrieval.embed_batch
+    monkeypatch.setattr(retrieval, "embed_batch",
+                        lambda wrapper, batch, available, n: embedded.append(len(available["text"]))
+                        or original(wrapper, batch, available, n))
+    mixed = concatenate_datasets([shapes_missing["train"].select(range(6)), shapes_missing["test"].select(range(2))])
+    out = add_neighbors(mixed, model, MissingModalityCollator(tiny_processor("vilt")))
+    rows = np.asarray(out["redeem_self"])
+    assert embedded == [2] and (rows[:6] >= 0).all() and (rows[6:] == -1).all()
+    for m in ("text", "image"):
+        stored = bank.arrays[f"query.{m}"][rows[:6]].astype(np.float32)
+        assert np.array_equal(np.asarray(out[f"redeem_query_{m}"])[:6], stored)
+        assert (np.abs(np.asarray(out[f"redeem_query_{m}"])[6:]).sum(axis=1) > 0).all()
 
 
 def test_collator_picks_the_pattern_row_and_hides_missing_queries(shapes_missing, cache):

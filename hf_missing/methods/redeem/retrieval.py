@@ -140,19 +140,32 @@ def evaluation_neighbors(dataset: Dataset, model: Any, collator: Any) -> Dataset
 
 def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[str, Any]],
              available: dict[str, np.ndarray], self_rows: np.ndarray, num_tokens: int) -> dict[str, np.ndarray]:
-    """Per modality ``[B, D_m]`` float32 query vectors (zeros where the sample lacks the modality)."""
+    """Per modality ``[B, D_m]`` float32 query vectors (zeros where the sample lacks the modality). A sample of the
+    bank reads its stored vectors whatever else its batch holds (embedded again, beside other samples, its vector
+    can differ in the last float16 bit, and with it its neighbours); the others are embedded, float16-rounded as
+    the bank's."""
     modalities = wrapper.patterns.modalities
-    if (self_rows >= 0).all():
-        return {m: bank.arrays[f"query.{m}"][self_rows].astype(np.float32) for m in modalities}
+    inside, outside = self_rows >= 0, np.flatnonzero(self_rows < 0)
+    out = {m: np.zeros((len(features), bank.width(m)), dtype=np.float32) for m in modalities}
+    for m in modalities:
+        out[m][inside] = bank.arrays[f"query.{m}"][self_rows[inside]]
+    if len(outside):
+        held = {m: values[outside] for m, values in available.items()}
+        embedded = _embedded_queries(wrapper, collator, [features[i] for i in outside], held, num_tokens)
+        for m, (rows, values) in embedded.items():
+            out[m][outside[rows]] = values
+    return out
+
+
+def _embedded_queries(wrapper: Any, collator: Any, features: list[dict[str, Any]], available: dict[str, np.ndarray],
+                      num_tokens: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per modality, the rows of ``features`` that hold it and their query vectors from the frozen backbone
+    (:func:`~hf_missing.methods.redeem.bank.embed_batch`), float16-rounded as the bank's."""
+    modalities = wrapper.patterns.modalities
     codes = [wrapper.patterns.code(tuple(m for m in modalities if not available[m][i])) for i in range(len(features))]
     collated = collator([{**f, MISSING_TYPE_COLUMN: c} for f, c in zip(features, codes, strict=True)])
     embedded = embed_batch(wrapper, collated, available, num_tokens)
-    out = {}
-    for m in modalities:
-        values = np.zeros((len(features), bank.width(m)), dtype=np.float32)
-        values[embedded.rows[m]] = embedded.query[m].half().float().numpy()
-        out[m] = values
-    return out
+    return {m: (embedded.rows[m], embedded.query[m].half().float().numpy()) for m in modalities}
 
 
 def _nearest(bank: MemoryBank, queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str],
