@@ -186,6 +186,27 @@ def test_feature_cache_and_frozen_image_encoder() -> None:
     assert not model.embeddings.image_encoder.training and model.encoder.training
 
 
+def test_image_features_do_not_depend_on_the_batch_that_first_encoded_them(batch_sensitive_images) -> None:
+    """An image's cached features are the same whether the first call that met it held 1, 3 or 40 uncached images
+    (the stand-in encoder rounds batches under 16 differently, as EfficientNet-Lite0 does on oneDNN). Catches
+    encoding each call's uncached images as one batch of whatever size: the cache then kept the bits of the first
+    batch an image met, so a reloaded model that met the test images in another batch than the process that trained
+    it (REDEEM/RAGPT embed a split in batches of 32 for retrieval before predicting it) gave other logits, 2e-6 to
+    5e-6 apart on the emoji data."""
+    model = AutoModel.from_config(tiny_config()).eval()
+    pixels = torch.randn(40, 3, 30, 30)
+    with torch.no_grad():
+        encoder = model.embeddings.image_encoder
+        assert not torch.equal(encoder.extract_features(pixels)[:3], encoder.extract_features(pixels[:3]))
+        together = model.embeddings.image_features(pixels)
+        model.embeddings.feature_cache.clear()
+        first = model.embeddings.image_features(pixels[:3])
+        single = model.embeddings.image_features(pixels[39:])
+        rest = model.embeddings.image_features(pixels)
+    assert torch.equal(first, together[:3]) and torch.equal(single, together[39:])
+    assert torch.equal(rest, together)
+
+
 def test_save_load_bit_identical(tmp_path, shapes_missing) -> None:
     model = AutoModel.from_config(tiny_config()).eval()
     model.embeddings.image_feature_mean.normal_()

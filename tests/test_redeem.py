@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from PIL import Image
 from torch.nn import functional as F
 from transformers import AutoModel, Trainer, TrainingArguments
@@ -27,11 +27,19 @@ from hf_missing.methods.redeem import (
     attach_memory_bank,
     build_index,
     build_memory_bank,
+    evaluation_neighbors,
     load_memory_bank,
     prepare_for_training,
+    retrieval,
 )
 from hf_missing.methods.redeem.bank import BANK_FILE, bank_fingerprint, content_hashes
-from hf_missing.methods.redeem.retrieval import _nearest, _random, memory_bank_of, pattern_queries
+from hf_missing.methods.redeem.retrieval import (
+    _nearest,
+    _random,
+    channel_table,
+    memory_bank_of,
+    pattern_queries,
+)
 from hf_missing.missingness import ModalityPattern
 from tests.conftest import make_model, perturbed
 
@@ -137,6 +145,48 @@ def test_a_sample_retrieves_no_copy_of_itself():
     assert bank.rows_of(hashes).tolist() == [3]
 
 
+def test_ragpt_multi_channel_retriever_gives_each_held_modality_its_own_neighbours():
+    """Item 8c, RAGPT's multi-channel retriever (METHODS_REFERENCE §1E; RAGPT's dataloaders): a complete sample's
+    text tokens come from its top-K text-to-text neighbours and its image tokens from its image-to-image ones; an
+    image-only sample reads both modalities of its image-to-image neighbours, a text-only one those of its
+    text-to-text neighbours; with three modalities a missing one comes from the summed cosines of the held ones, and
+    each distinct channel is searched once. Catches RAGPT retrieving a complete sample by the summed score (REDEEM's
+    eq. 1, which differs here), a missing modality read from its own absent channel, and channels swapped between
+    modalities."""
+    bank = _synthetic_bank()
+    rng = np.random.default_rng(1)
+    queries = {m: _unit(rng.normal(size=(3, d))) for m, d in (("text", 6), ("image", 5))}
+    channels, channel_of = channel_table(ModalityPattern().present_matrix().numpy())
+    assert channels.tolist() == [[1, 0], [0, 1]] and channel_of.tolist() == [[0, 1], [1, 1], [0, 0]]
+    ids = _nearest(bank, queries, channels, ("text", "image"), 4, np.full(3, -1))[:, channel_of]
+    cos = {m: queries[m] @ bank.arrays[f"query.{m}"].astype(np.float32).T for m in queries}
+    top = {m: np.argsort(-c, axis=1)[:, :4] for m, c in cos.items()}
+    assert ids.shape == (3, 3, 2, 4)  # samples, patterns (complete, missing_text, missing_image), modalities, K
+    assert (ids[:, 0, 0] == top["text"]).all() and (ids[:, 0, 1] == top["image"]).all()
+    assert (ids[:, 1] == top["image"][:, None]).all() and (ids[:, 2] == top["text"][:, None]).all()
+    summed = np.argsort(-(cos["text"] + cos["image"]), axis=1)[:, :4]
+    assert (ids[:, 0, 0] != summed).any() and (ids[:, 0, 1] != summed).any()
+    present = ModalityPattern(tuple(THREE)).present_matrix().numpy()
+    channels, channel_of = channel_table(present)
+    assert len({tuple(c) for c in channels.tolist()}) == len(channels)
+    for p, held in enumerate(present):
+        for j, has in enumerate(held):
+            assert (channels[channel_of[p, j]] == (np.eye(3)[j] if has else held)).all(), (p, j)
+
+
+def test_multi_channel_retrieval_never_returns_a_copy_of_the_sample():
+    """Item 8c with item 3 of issue 16: under RAGPT's multi-channel retriever a training sample with an exact
+    duplicate in the bank retrieves neither row in any channel. Catches self-exclusion left to the eq. 1 path only."""
+    bank = _synthetic_bank()
+    for key in ("query.text", "query.image", "tokens.text", "tokens.image", "content_hash"):
+        bank.arrays[key][7] = bank.arrays[key][3]
+    bank.index = build_index(np.concatenate([bank.arrays["query.text"], bank.arrays["query.image"]], axis=1), "flat")
+    queries = {m: bank.arrays[f"query.{m}"][[3]].astype(np.float32) for m in ("text", "image")}
+    channels, channel_of = channel_table(ModalityPattern().present_matrix().numpy())
+    ids = _nearest(bank, queries, channels, ("text", "image"), 4, bank.arrays["content_hash"][[3]])[:, channel_of]
+    assert ids.shape == (1, 3, 2, 4) and not np.isin(ids, [3, 7]).any()
+
+
 def test_training_samples_never_retrieve_themselves_and_test_samples_are_not_in_the_bank(shapes_missing, cache):
     model, train, _ = _prepared("vilt", shapes_missing, cache)
     rows = np.asarray(train["redeem_self"])
@@ -152,6 +202,28 @@ def test_training_samples_never_retrieve_themselves_and_test_samples_are_not_in_
     q = {m: np.asarray(sample[f"redeem_query_{m}"]) for m in ("text", "image")}
     scores = sum(bank.arrays[f"query.{m}"].astype(np.float32) @ q[m] for m in q)
     assert set(sample["redeem_neighbors"][0]) == set(np.argsort(-scores)[:3].tolist())
+
+
+def test_bank_samples_read_their_stored_query_whatever_else_their_batch_holds(shapes_missing, cache, monkeypatch):
+    """A retrieval batch mixing bank samples and others embeds only the others; the bank samples read their stored
+    query vectors, as in a batch of bank samples only. Catches re-embedding every sample of a batch as soon as one is
+    outside the bank: a bank sample's query (its neighbours, the router's condition) then depended on what else its
+    batch held (a re-embedded vector can differ from the stored one in the last float16 bit: on the emoji data the
+    image queries of a split retrieved in batches of 5 and of 32 differ by 6e-5)."""
+    model, _, _ = _prepared("vilt", shapes_missing, cache)
+    bank, embedded = memory_bank_of(model), []
+    original = retrieval.embed_batch
+    monkeypatch.setattr(retrieval, "embed_batch",
+                        lambda wrapper, batch, available, n: embedded.append(len(available["text"]))
+                        or original(wrapper, batch, available, n))
+    mixed = concatenate_datasets([shapes_missing["train"].select(range(6)), shapes_missing["test"].select(range(2))])
+    out = add_neighbors(mixed, model, MissingModalityCollator(tiny_processor("vilt")))
+    rows = np.asarray(out["redeem_self"])
+    assert embedded == [2] and (rows[:6] >= 0).all() and (rows[6:] == -1).all()
+    for m in ("text", "image"):
+        stored = bank.arrays[f"query.{m}"][rows[:6]].astype(np.float32)
+        assert np.array_equal(np.asarray(out[f"redeem_query_{m}"])[:6], stored)
+        assert (np.abs(np.asarray(out[f"redeem_query_{m}"])[6:]).sum(axis=1) > 0).all()
 
 
 def test_collator_picks_the_pattern_row_and_hides_missing_queries(shapes_missing, cache):
@@ -365,7 +437,7 @@ REFERENCE_CASES = {
     "vilt-redeem": ("vilt", "redeem", {}),
     "clip-redeem": ("clip", "redeem", {}),
     "vilt-cross_modal-static": ("vilt", "redeem", {"generator": "cross_modal", "prompter": "static"}),
-    "clip-ragpt-saim": ("clip", "ragpt", {"prompter": "saim"}),
+    "clip-ragpt-saim": ("clip", "ragpt", {"prompter": "saim", "retrieval": "msa"}),  # eq. 1: RAGPT's before 8c
     "vilt-random-mean": ("vilt", "redeem", {"retrieval": "random", "generator": "mean", "prompter": "none"}),
 }
 REFERENCE_LOGITS = {  # computed at commit f482799, before REDEEM took K modalities
@@ -416,7 +488,8 @@ REFERENCE_LOGITS = {  # computed at commit f482799, before REDEEM took K modalit
 def test_two_modality_logits_are_those_from_before_the_k_modality_generalisation(shapes_missing, tmp_path, case):
     """K = 2 regression: with fixed seeds, the logits of six training samples (all three patterns) equal those the
     two-modality implementation gave (commit f482799) for CMoE + SAIM (eq. 2-6) on ViLT and CLIP, the cross-modal
-    generator with static prompts, RAGPT's mean generator and label token with SAIM prompts, and random retrieval.
+    generator with static prompts, RAGPT's mean generator and label token with SAIM prompts (on eq. 1's neighbours,
+    which RAGPT retrieved before it had its own multi-channel retriever), and random retrieval.
     Catches a generalisation that changes the paper's two-modality maths (a condition scaled or summed differently,
     queries or keys from another modality, parameters created in another order or shape). RAGPT's intra-modal prompts
     are left out: they changed on purpose (padding, ViLT's patch order; layer.py). Each case builds its bank afresh:
@@ -472,7 +545,7 @@ def test_generated_block_replaces_only_missing_samples_placeholders(shapes_missi
 @pytest.mark.parametrize("options", [
     {"retrieval": "random"}, {"retrieval": "none"}, {"generator": "cross_modal"}, {"generator": "mean"},
     {"generator": "none"}, {"prompter": "static"}, {"prompter": "intra"}, {"prompter": "none"},
-    {"label_token": True, "prompt_layer": 0},
+    {"label_token": True, "prompt_layer": 0}, {"retrieval": "mcr", "label_token": True},
 ])
 @pytest.mark.parametrize("backbone", ["vilt", "clip"])
 def test_table3_switches_and_ragpt_run_and_train(shapes_missing, cache, backbone, options):
@@ -595,6 +668,46 @@ def test_ragpt_is_the_no_router_intra_modal_variant_with_a_label_token(shapes_mi
     assert model(**collator([train[i] for i in range(8)])).aux_loss is None
 
 
+def test_ragpt_reads_each_modality_of_a_complete_sample_from_its_own_channel(shapes_missing, cache):
+    """Item 8c in the forward: RAGPT retrieves with its multi-channel retriever by default; a complete sample's text
+    tokens (its intra-modal prompt's keys) are those of its text-to-text neighbours and its image tokens those of its
+    image-to-image neighbours, found by each modality's cosine alone; the label token counts the neighbours of every
+    modality the sample holds (both channels' for a complete sample, the one channel's for an incomplete one). Catches
+    RAGPT's summed-score retrieval for complete samples, a layer that reads every modality from one neighbour list,
+    and a label token that counts the channel of a modality the sample lacks."""
+    model, train, collator = _prepared("vilt", shapes_missing, cache, method="ragpt")
+    assert model.peft_config["default"].retrieval == "mcr"
+    bank, modules = memory_bank_of(model), model.method_pool.ragpt_modules["default"]
+    retrieved, labels = {}, []
+    intra, label_token = modules.intra_prompt, modules.label_token
+
+    def record(modality, target, tokens, valid=None):
+        retrieved[modality] = tokens
+        return intra(modality, target, tokens, valid)
+
+    modules.intra_prompt = record
+    modules.label_token = lambda stream, values: labels.append(values) or label_token(stream, values)
+    features = [train[i] for i in range(12)]
+    batch = collator(features)
+    with torch.no_grad():
+        model(**batch)
+    rows, present = batch["redeem_neighbors"], ModalityPattern().present_matrix()[batch["missing_type"]]
+    assert rows.shape == (12, 2, 3) and (batch["missing_type"] == 0).any()
+    for b, f in enumerate(features):
+        assert rows[b].tolist() == f["redeem_neighbors"][f["missing_type"]]
+        expected = [bank.lookup("labels", rows[b, j]) * present[b, j] for j in range(2)]
+        assert torch.equal(labels[0][b], torch.cat(expected))
+        for j, m in enumerate(("text", "image")):
+            assert torch.equal(retrieved[m][b], bank.lookup(f"tokens.{m}", rows[b, j])), (b, m)
+    sample = next(f for f in features if f["missing_type"] == 0)
+    for j, m in enumerate(("text", "image")):
+        query = bank.arrays[f"query.{m}"].astype(np.float32)
+        scores = query @ query[sample["redeem_self"]]
+        scores[sample["redeem_self"]] = -np.inf
+        np.testing.assert_allclose(np.sort(scores[sample["redeem_neighbors"][0][j]]), np.sort(scores)[-3:], atol=1e-6)
+    assert sample["redeem_neighbors"][0][0] != sample["redeem_neighbors"][0][1]
+
+
 # ---- files ------------------------------------------------------------------------------------------------
 def test_save_load_is_bit_identical_including_the_bank(shapes_missing, cache, tmp_path):
     make_model("vilt", None).save_pretrained(tmp_path / "base")
@@ -621,6 +734,38 @@ def test_save_load_is_bit_identical_including_the_bank(shapes_missing, cache, tm
     assert np.array_equal(bank.search(q, 3)[1], original.search(q, 3)[1])
     torch.manual_seed(1)
     assert torch.equal(loaded(**batch).logits, logits)
+
+
+@pytest.mark.parametrize("method", ["redeem", "ragpt"])
+def test_reloaded_model_retrieves_and_predicts_a_new_split_bit_identically(shapes_missing, tmp_path, method,
+                                                                            batch_sensitive_images):
+    """Item 10: after save_pretrained and AutoModel.from_pretrained, a reloaded REDEEM / RAGPT adapter that retrieves
+    a held-out split anew (query vectors, neighbours) gives torch.equal logits, on the fused backbone whose image
+    encoder rounds by batch size as EfficientNet-Lite0 does on oneDNN. The trained process met the test images in one
+    batch of 36 (another method's prediction pass on the demo's shared feature cache); the reloaded one meets them in
+    the retrieval's batches of 32 and 4 samples (each twice: the query of each modality is embedded alone). Catches
+    the image encoder run on each call's uncached images as one batch of whatever size (the cache kept the bits of
+    the first batch an image met: 2e-6 to 5e-6 on the emoji logits, through the image tokens and the image query of
+    the last retrieval batch's samples), and a reload whose bank, index, query vectors or neighbours differ from
+    those the trained model used."""
+    tiny_backbone("fused").save_pretrained(tmp_path / "base")
+    model = AutoModel.from_pretrained(tmp_path / "base", adapter=method, adapter_options=TINY, num_labels=4)
+    collator = MissingModalityCollator(tiny_processor("fused"), modalities=model.interface.inputs)
+    _, redeem_collator = prepare_for_training(model, shapes_missing["train"], collator, cache_dir=tmp_path / "banks")
+    perturbed(model)
+    test = shapes_missing["test"].select(range(36))
+    with torch.no_grad():
+        model.backbone.embeddings.image_features(collator([{**f, "missing_type": 0} for f in test])["pixel_values"])
+    logits = _split_logits(model, evaluation_neighbors(test, model, collator), redeem_collator)
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = AutoModel.from_pretrained(tmp_path / "adapter").eval()
+    reloaded = evaluation_neighbors(test, loaded, collator)
+    assert torch.equal(_split_logits(loaded, reloaded, redeem_collator), logits)
+
+
+def _split_logits(model, dataset, collator) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**collator(list(dataset))).logits
 
 
 def test_bank_build_is_cached_by_fingerprint(shapes_missing, cache):

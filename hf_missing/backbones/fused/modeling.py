@@ -17,7 +17,11 @@ per-modality means give the head direct access to every modality.
 
 Input size: 96 px (emoji are 64 px, upsampled; 3x3 = 9 image tokens). The image encoder is frozen and
 always runs in eval mode (BatchNorm statistics never move); its features are cached in memory, keyed by a
-hash of each image's pixel bytes, so each distinct image runs through EfficientNet once per process.
+hash of each image's pixel bytes, so each distinct image runs through EfficientNet once per process. It always
+encodes batches of exactly :data:`IMAGE_CHUNK` images (the last one padded): oneDNN's convolutions pick their
+algorithm by batch size (EfficientNet-Lite0 at 96 px: batches of 1-15 images differ from batches of 16-64 by up to
+3e-5), so an image's cached features would otherwise depend on how many uncached images the first call that met it
+held, i.e. on the history of the process (a reloaded model that met an image in a smaller batch gave other logits).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ..frames import FrameEmbedding, Frames, frames_of, masked_means
 from .configuration import DEFAULT_IMAGE_SIZE, EFFICIENTNET, TINY_CONV, FusedConfig
 
 FEATURE_CACHE_SIZE = 4096
+IMAGE_CHUNK = 16  # images per image-encoder call, whatever the caller's batch (module docstring)
 
 
 def _build_image_encoder(config: FusedConfig) -> nn.Module:
@@ -160,8 +165,14 @@ class FusedEmbeddings(nn.Module):
         return torch.stack(found).to(pixel_values.device)
 
     def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = self.image_encoder.extract_features(pixel_values)
-        return features.flatten(2).transpose(1, 2)
+        """``[B, N, F]`` feature tokens, encoded :data:`IMAGE_CHUNK` images at a time (the last chunk padded with
+        zeros), so that each image's features do not depend on ``B`` nor on the other images."""
+        chunks = []
+        for begin in range(0, len(pixel_values), IMAGE_CHUNK):
+            chunk = pixel_values[begin:begin + IMAGE_CHUNK]
+            padded = torch.cat([chunk, chunk.new_zeros(IMAGE_CHUNK - len(chunk), *chunk.shape[1:])])
+            chunks.append(self.image_encoder.extract_features(padded)[:len(chunk)])
+        return torch.cat(chunks).flatten(2).transpose(1, 2)
 
     def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
         """Project ``[B, N, F]`` features to image tokens ``[B, N, H]`` (before the LayerNorm)."""

@@ -45,8 +45,8 @@ register_method("redeem", RedeemConfig, RedeemModel,
                 "SAIM inter-modal prompts (REDEEM).", HOOKS,
                 paper=REDEEM_PAPER, citation=REDEEM_CITATION)
 register_method("ragpt", RagptConfig, RagptModel,
-                "Retrieval-augmented dynamic prompts: mean of the retrieved embeddings, intra-modal prompts and a "
-                "label token (RAGPT).", HOOKS,
+                "Retrieval-augmented dynamic prompts: multi-channel retrieval, mean of the retrieved embeddings, "
+                "intra-modal prompts and a label token (RAGPT).", HOOKS,
                 paper=RAGPT_PAPER, citation=RAGPT_CITATION)
 
 __all__ = ["BankError", "MemoryBank", "RagptConfig", "RagptModel", "RedeemCollator", "RedeemConfig",

@@ -1,7 +1,8 @@
 """REDEEM (retrieval-guided conditional generation, KDD 2025) and RAGPT (AAAI 2025) as one configurable method.
 
 Paper: ../shared/papers/redeem-retrieval-guided-generation.txt. The switches reproduce every row of the
-paper's Table 3; RAGPT is the "w/o Router" generator with the "Intra-modal" prompter plus RAGPT's label token.
+paper's Table 3; RAGPT is the "w/o Router" generator with the "Intra-modal" prompter plus RAGPT's multi-channel
+retriever and label token.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from ..base import MissingMethodConfig
 
-RETRIEVALS = ("msa", "random", "none")
+RETRIEVALS = ("msa", "mcr", "random", "none")
 GENERATORS = ("cmoe", "mean", "cross_modal", "none")
 PROMPTERS = ("saim", "intra", "static", "none")
 
@@ -40,10 +41,13 @@ class RedeemConfig(MissingMethodConfig):
     )
     retrieval: str = field(
         default="msa",
-        metadata={"help": f"One of {list(RETRIEVALS)}: 'msa' = eq. 1; 'random' = random bank entries (Table 3 "
-                          "'Random'); 'none' = no search: retrieved features replaced by noise with the bank's "
-                          "mean and spread, RAGPT's label token by the mean label embedding (Table 3 "
-                          "'w/o Retriever')."},
+        metadata={"help": f"One of {list(RETRIEVALS)}: 'msa' = REDEEM's eq. 1 (one neighbour list per sample, "
+                          "ranked by the sum of the cosines of the modalities it holds); 'mcr' = RAGPT's "
+                          "multi-channel retriever (each modality the sample holds has its own within-modal "
+                          "neighbours: a complete sample reads the images of its image-to-image neighbours and the "
+                          "texts of its text-to-text ones); 'random' = random bank entries (Table 3 'Random'); "
+                          "'none' = no search: retrieved features replaced by noise with the bank's mean and "
+                          "spread, RAGPT's label token by the mean label embedding (Table 3 'w/o Retriever')."},
     )
     generator: str = field(
         default="cmoe",
@@ -102,10 +106,14 @@ class RedeemConfig(MissingMethodConfig):
 
 @dataclass
 class RagptConfig(RedeemConfig):
-    """RAGPT: the mean of the retrieved embeddings (no router), intra-modal prompts of length 6 before layer 1,
-    a label token, and the task loss only (METHODS_REFERENCE §1E; RAGPT's FFT filter is replaced by the
-    per-rank expert FFNs that REDEEM's "w/o Router" row keeps)."""
+    """RAGPT: its multi-channel retriever, the mean of the retrieved embeddings (no router), intra-modal prompts of
+    length 6 before layer 1, a label token, and the task loss only (METHODS_REFERENCE §1E; RAGPT's FFT filter is
+    replaced by the per-rank expert FFNs that REDEEM's "w/o Router" row keeps). The retrievers differ for a complete
+    sample only: RAGPT's gives each modality its own within-modal neighbours, REDEEM's eq. 1 one list ranked by the
+    summed cosines (:func:`hf_missing.methods.redeem.retrieval.channel_table`)."""
 
+    retrieval: str = field(default="mcr", metadata={"help": RedeemConfig.__dataclass_fields__["retrieval"]
+                                                    .metadata["help"]})
     prompt_length: int = field(default=6, metadata={"help": "Prompt tokens per modality (RAGPT: 6)."})
     generator: str = field(default="mean", metadata={"help": RedeemConfig.__dataclass_fields__["generator"]
                                                      .metadata["help"]})

@@ -220,8 +220,8 @@ class RedeemModules(PooledTensors):
         return pool_prompt(values, self.config.prompt_length)
 
     def label_token(self, stream: str, labels: torch.Tensor) -> torch.Tensor:
-        """RAGPT's label token ``[B, 1, D]``: the neighbours' (multi-)hot labels ``[B, K, C]`` averaged over
-        their labels, times the learned label embeddings."""
+        """RAGPT's label token ``[B, 1, D]``: the neighbours' (multi-)hot labels ``[B, R, C]`` (all-zero rows count
+        for nothing) averaged over their labels, times the learned label embeddings."""
         counts = labels.sum(dim=1)
         weights = counts / counts.sum(dim=-1, keepdim=True).clamp(min=1.0)
         return (weights @ self.label_embeddings[stream])[:, None]
@@ -283,13 +283,14 @@ def redeem_run(adapter: str, config: RedeemConfig, modules: RedeemModules, ctx: 
     if NEIGHBOURS not in batch:
         raise ValueError("REDEEM needs each sample's retrieved neighbours: add them with hf_missing.methods.redeem."
                          "add_neighbors(dataset, model, collator) and batch with RedeemCollator(collator).")
-    neighbours = batch[NEIGHBOURS][:, :config.num_retrieved].to(ctx.missing_type.device)
+    neighbours = batch[NEIGHBOURS][..., :config.num_retrieved].to(ctx.missing_type.device)
+    rows = modality_rows(neighbours, modules.modalities)
     if config.retrieval == "none":
-        retrieved = {m: _noise(bank, f"tokens.{m}", neighbours) for m in modules.modalities}
-        experts = {m: _noise(bank, f"query.{m}", neighbours) for m in modules.modalities}
+        retrieved = {m: _noise(bank, f"tokens.{m}", rows[m]) for m in modules.modalities}
+        experts = {m: _noise(bank, f"query.{m}", rows[m]) for m in modules.modalities}
     else:
-        retrieved = {m: bank.lookup(f"tokens.{m}", neighbours) for m in modules.modalities}
-        experts = {m: bank.lookup(f"query.{m}", neighbours) for m in modules.modalities}
+        retrieved = {m: bank.lookup(f"tokens.{m}", rows[m]) for m in modules.modalities}
+        experts = {m: bank.lookup(f"query.{m}", rows[m]) for m in modules.modalities}
     generated = {}
     if config.generator != "none":
         queries = {m: batch[QUERY + m].to(neighbours.device).float() for m in modules.modalities}
@@ -298,8 +299,17 @@ def redeem_run(adapter: str, config: RedeemConfig, modules: RedeemModules, ctx: 
                 condition = modules.condition(m, queries, ctx.present)
                 generated[m] = modules.generate(m, condition, experts[m], retrieved[m])
     _reconstruction_loss(generated, bank, batch.get(SELF), ctx, config, adapter)
-    labels = _neighbour_labels(bank, neighbours, config) if config.label_token else None
+    labels = _neighbour_labels(bank, neighbours, ctx.present, config) if config.label_token else None
     return RedeemRun(adapter, config, modules, ctx, retrieved=retrieved, generated=generated, labels=labels)
+
+
+def modality_rows(neighbours: torch.Tensor, modalities: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The bank rows ``[B, K]`` whose tokens of each modality the samples read: the same K neighbours for every
+    modality (``neighbours [B, K]``: eq. 1, "random", "none"), or each modality's own list (``neighbours
+    [B, M, K]``: RAGPT's multi-channel retriever, :func:`~hf_missing.methods.redeem.retrieval.channel_table`)."""
+    if neighbours.dim() == 2:
+        return dict.fromkeys(modalities, neighbours)
+    return {m: neighbours[:, j] for j, m in enumerate(modalities)}
 
 
 def _noise(bank: Any, key: str, neighbours: torch.Tensor) -> torch.Tensor:
@@ -310,12 +320,24 @@ def _noise(bank: Any, key: str, neighbours: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, device=neighbours.device) * std + mean
 
 
-def _neighbour_labels(bank: Any, neighbours: torch.Tensor, config: RedeemConfig) -> torch.Tensor:
-    """The neighbours' (multi-)hot labels ``[B, K, C]`` for RAGPT's label token; without a retriever every class
-    counts equally (the token is the mean label embedding: no neighbour's label leaks in)."""
-    if config.retrieval != "none":
-        return bank.lookup("labels", neighbours)
-    return torch.ones(*neighbours.shape, bank.arrays["labels"].shape[1], device=neighbours.device)
+def _neighbour_labels(bank: Any, neighbours: torch.Tensor, present: torch.Tensor,
+                      config: RedeemConfig) -> torch.Tensor:
+    """The neighbours' (multi-)hot labels ``[B, R, C]`` for RAGPT's label token; without a retriever every class
+    counts equally (the token is the mean label embedding: no neighbour's label leaks in).
+
+    Under RAGPT's multi-channel retriever (``neighbours [B, M, K]``) these are the labels of the neighbours of
+    every modality the sample holds (``present [B, M]``; zero rows for the others, which the token's counts ignore):
+    a one-modality sample reads its one channel's K labels, as RAGPT does, and a complete sample both channels' 2K.
+    Deviation: for a complete sample the released code reads only the image-to-image neighbours' labels
+    (METHODS_REFERENCE §1E; its dataloaders' complete branch); both channels are the neighbours it retrieves, and
+    counting each keeps the modalities symmetric, for any K.
+    """
+    if config.retrieval == "none":
+        return torch.ones(*neighbours.shape, bank.arrays["labels"].shape[1], device=neighbours.device)
+    labels = bank.lookup("labels", neighbours)
+    if neighbours.dim() == 2:
+        return labels
+    return (labels * present[:, :, None, None].to(labels.dtype)).flatten(1, 2)
 
 
 def _reconstruction_loss(generated: dict[str, torch.Tensor], bank: Any, self_rows: torch.Tensor | None,

@@ -1,13 +1,15 @@
-"""The MSA retriever (eq. 1) as a ``datasets`` map, the collator that hands its columns to the model, and the
-one call that prepares a model and its training data.
+"""REDEEM's MSA retriever (eq. 1) and RAGPT's multi-channel retriever as a ``datasets`` map, the collator that hands
+their columns to the model, and the one call that prepares a model and its training data.
 
 :func:`add_neighbors` runs once over a dataset and adds three kinds of columns:
 
-* ``redeem_neighbors [P, K]``: bank rows of the K nearest neighbours for each of the P missing patterns (-1 under
-  ``retrieval="none"``: no search runs), each
-  scored by the sum of the cosines over the modalities that pattern keeps (eq. 1, generalised from two
-  modalities: two modalities give row 0 complete, text + image cosines summed; "missing_text": image-only;
-  "missing_image": text-only), so that evaluating a sample under any pattern needs no new search;
+* ``redeem_neighbors``: bank rows of the K nearest neighbours for each of the P missing patterns (-1 under
+  ``retrieval="none"``: no search runs), so that evaluating a sample under any pattern needs no new search.
+  ``[P, K]`` under ``retrieval="msa"`` (and "random"): one list per pattern, scored by the sum of the cosines over
+  the modalities that pattern keeps (eq. 1, generalised from two modalities: two modalities give row 0 complete,
+  text + image cosines summed; "missing_text": image-only; "missing_image": text-only). ``[P, M, K]`` under
+  ``retrieval="mcr"`` (RAGPT): per pattern, one list per modality, the rows whose tokens of that modality the
+  sample reads (:func:`channel_table`);
 * ``redeem_self``: the bank row of the sample itself (found by a hash of its raw values of every modality; -1
   when it is not in the bank). It is excluded from its own neighbours, and it is where the reconstruction target of a
   dropped modality is looked up;
@@ -103,6 +105,9 @@ def add_neighbors(dataset: Dataset, model: Any, collator: Any, *, batch_size: in
             neighbours = np.full((len(features), present.shape[0], k), -1, dtype=np.int64)
         elif config.retrieval == "random":
             neighbours = _random(bank, k, hashes, indices, seed, present.shape[0])
+        elif config.retrieval == "mcr":
+            channels, channel_of = channel_table(present)
+            neighbours = _nearest(bank, queries, channels, modalities, k, hashes)[:, channel_of]
         else:
             neighbours = _nearest(bank, queries, present, modalities, k, hashes)
         return {NEIGHBOURS: neighbours, SELF: self_rows, **{QUERY + m: queries[m] for m in modalities}}
@@ -135,25 +140,39 @@ def evaluation_neighbors(dataset: Dataset, model: Any, collator: Any) -> Dataset
 
 def _queries(wrapper: Any, bank: MemoryBank, collator: Any, features: list[dict[str, Any]],
              available: dict[str, np.ndarray], self_rows: np.ndarray, num_tokens: int) -> dict[str, np.ndarray]:
-    """Per modality ``[B, D_m]`` float32 query vectors (zeros where the sample lacks the modality)."""
+    """Per modality ``[B, D_m]`` float32 query vectors (zeros where the sample lacks the modality). A sample of the
+    bank reads its stored vectors whatever else its batch holds (embedded again, beside other samples, its vector
+    can differ in the last float16 bit, and with it its neighbours); the others are embedded, float16-rounded as
+    the bank's."""
     modalities = wrapper.patterns.modalities
-    if (self_rows >= 0).all():
-        return {m: bank.arrays[f"query.{m}"][self_rows].astype(np.float32) for m in modalities}
+    inside, outside = self_rows >= 0, np.flatnonzero(self_rows < 0)
+    out = {m: np.zeros((len(features), bank.width(m)), dtype=np.float32) for m in modalities}
+    for m in modalities:
+        out[m][inside] = bank.arrays[f"query.{m}"][self_rows[inside]]
+    if len(outside):
+        held = {m: values[outside] for m, values in available.items()}
+        embedded = _embedded_queries(wrapper, collator, [features[i] for i in outside], held, num_tokens)
+        for m, (rows, values) in embedded.items():
+            out[m][outside[rows]] = values
+    return out
+
+
+def _embedded_queries(wrapper: Any, collator: Any, features: list[dict[str, Any]], available: dict[str, np.ndarray],
+                      num_tokens: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per modality, the rows of ``features`` that hold it and their query vectors from the frozen backbone
+    (:func:`~hf_missing.methods.redeem.bank.embed_batch`), float16-rounded as the bank's."""
+    modalities = wrapper.patterns.modalities
     codes = [wrapper.patterns.code(tuple(m for m in modalities if not available[m][i])) for i in range(len(features))]
     collated = collator([{**f, MISSING_TYPE_COLUMN: c} for f, c in zip(features, codes, strict=True)])
     embedded = embed_batch(wrapper, collated, available, num_tokens)
-    out = {}
-    for m in modalities:
-        values = np.zeros((len(features), bank.width(m)), dtype=np.float32)
-        values[embedded.rows[m]] = embedded.query[m].half().float().numpy()
-        out[m] = values
-    return out
+    return {m: (embedded.rows[m], embedded.query[m].half().float().numpy()) for m in modalities}
 
 
 def _nearest(bank: MemoryBank, queries: dict[str, np.ndarray], present: np.ndarray, modalities: Sequence[str],
              k: int, hashes: np.ndarray) -> np.ndarray:
-    """``[B, P, K]`` neighbours: the top K of each missing pattern's eq. 1 scores (:func:`pattern_queries`), never a
-    copy of the sample itself (any row with its content hash)."""
+    """``[B, P, K]`` neighbours: the top K of the eq. 1 scores (:func:`pattern_queries`) under each row of
+    ``present`` (a missing pattern, or a channel of :func:`channel_table`), never a copy of the sample itself (any
+    row with its content hash)."""
     batch, patterns = len(hashes), present.shape[0]
     excluded = [bank.copies_of(h) for h in hashes]
     depth = min(k + max(len(rows) for rows in excluded), len(bank))
@@ -170,6 +189,30 @@ def pattern_queries(queries: dict[str, np.ndarray], present: np.ndarray, modalit
     cos(q_m, q_m(b))``: the paper's two-modality sum for a complete sample, one cosine when one modality is left."""
     return np.concatenate([np.concatenate([queries[m] * present[p, j] for j, m in enumerate(modalities)], axis=1)
                            for p in range(present.shape[0])])
+
+
+def channel_table(present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RAGPT's multi-channel retriever (AAAI 2025, "Multi-Channel Retriever"; METHODS_REFERENCE §1E) as search
+    channels for the P missing patterns ``present [P, M]``.
+
+    Under pattern p, the tokens of a modality m the sample holds come from m's own channel (the cosine of m alone):
+    a complete sample reads the images of its image-to-image neighbours and the texts of its text-to-text ones. The
+    tokens of a modality it lacks come from the channel of the modalities it holds: an image-only sample reads both
+    modalities of its image-to-image neighbours, a text-only one those of its text-to-text neighbours (with K > 2
+    modalities and several held, the sum of their cosines, as eq. 1). REDEEM's MSA retriever (§3.2.1, eq. 1) differs
+    for a complete sample only, which it gives one list ranked by the summed cosines (``retrieval="msa"``).
+
+    Returns ``channels [C, M]`` (the modalities whose cosines each channel sums; each distinct channel once, in order
+    of first use, so that one search serves every pattern reading it) and ``channel_of [P, M]`` (the channel whose
+    neighbours supply modality m's tokens under pattern p).
+    """
+    single = np.eye(present.shape[1], dtype=present.dtype)
+    channels: dict[tuple, int] = {}
+    channel_of = np.zeros(present.shape, dtype=np.int64)
+    for p, held in enumerate(present):
+        for j, has in enumerate(held):
+            channel_of[p, j] = channels.setdefault(tuple((single[j] if has else held).tolist()), len(channels))
+    return np.array(list(channels), dtype=present.dtype), channel_of
 
 
 def _drop_self(ids: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
