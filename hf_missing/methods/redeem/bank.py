@@ -45,6 +45,7 @@ from ..options import is_signature
 
 BANK_FILE = "redeem_bank.safetensors"
 BANK_VERSION = 2  # 1 kept a faiss index file beside the bank
+EMBEDDING_REVISION = 2  # cache key only: banks before 2 were embedded in the caller's mode (dropout on in training)
 CHECK_ROWS = 65_536  # rows checked for non-finite values at a time
 SPREAD_ROWS = 4_096  # rows whose statistics the "w/o Retriever" noise takes
 IVF_ARRAYS = ("ivf.centroids", "ivf.lists")  # an IVF index's trained layout, saved so a load skips k-means
@@ -384,8 +385,10 @@ def pool_tokens(tokens: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tens
 @torch.no_grad()
 def embed_batch(model: Any, batch: dict[str, Any], available: dict[str, np.ndarray], num_tokens: int) -> Embedded:
     """Query vectors and pooled first-layer tokens of each available modality, each computed with that modality
-    alone (the others masked out of attention; one forward over the stacked unimodal copies of the batch). The
-    model inputs taken from ``batch`` are those the backbone declares (``model.interface.inputs``)."""
+    alone (the others masked out of attention; one forward over the stacked unimodal copies of the batch), in eval
+    mode whatever the caller's (a model fresh from ``from_backbone`` trains: its dropout made every bank build and
+    every query differ), the caller's mode restored after. The model inputs taken from ``batch`` are those the
+    backbone declares (``model.interface.inputs``)."""
     interface, patterns = model.interface, model.patterns
     keys = [name for spec in interface.inputs for name in spec.input_names]
     rows = {m: np.flatnonzero(available[m]) for m in patterns.modalities}
@@ -399,11 +402,13 @@ def embed_batch(model: Any, batch: dict[str, Any], available: dict[str, np.ndarr
         layers = interface.layers(stream.name)
         handles.append(layers[0].register_forward_pre_hook(_capture_input(captured, stream.name), with_kwargs=True))
         handles.append(layers[-1].register_forward_hook(_capture_output(captured, stream.name)))
-    device = next(model.parameters()).device
+    device, was_training = next(model.parameters()).device, model.training
+    model.eval()  # the frozen backbone's embeddings: no dropout, no training-time patch draw
     try:
         with adapters_bypassed(model):
             model(**{k: v.to(device) for k, v in inputs.items()}, missing_type=codes.to(device), missing_policy="mask")
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
     return _split_modalities(interface, captured, rows, num_tokens)
@@ -535,12 +540,11 @@ def bank_fingerprint(model: Any, datasets: Sequence[Dataset], collator: Any, num
     """Cache key: the datasets' fingerprints, the backbone (signature and frozen weights: :func:`frozen_tensors`),
     the collator's settings (its modalities' declarations, text truncation included, and their columns)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"version": BANK_VERSION, "signature": model.interface.signature(),
-                              "datasets": [ds._fingerprint for ds in datasets], "tokens": num_tokens,
-                              "index": index_type, "collator": [type(collator).__name__,
-                                                                repr(getattr(collator, "inputs", None)),
-                                                                getattr(collator, "columns", None)]},
-                             sort_keys=True).encode())
+    settings = {"version": BANK_VERSION, "embedding": EMBEDDING_REVISION, "signature": model.interface.signature(),
+                "datasets": [ds._fingerprint for ds in datasets], "tokens": num_tokens, "index": index_type,
+                "collator": [type(collator).__name__, repr(getattr(collator, "inputs", None)),
+                             getattr(collator, "columns", None)]}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in frozen_tensors(model):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
