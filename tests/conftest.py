@@ -43,6 +43,17 @@ def make_batch(dataset, backbone: str, n: int = 8, policy: str = "dummy") -> dic
     return MissingModalityCollator(tiny_processor(backbone), policy=policy)([dataset[i] for i in range(n)])
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models run
+    fastest so (several threads on shared cores make each forward ~40x slower), and every GEMM is bit-reproducible
+    whatever the buffers' alignment, so bit-exact comparisons do not depend on GEMM blocking."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -56,15 +56,9 @@ def test_every_registered_method_and_tiny_backbone_is_covered():
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; several threads on shared cores make each forward ~40x slower. One
-    thread also makes every GEMM bit-reproducible whatever the buffers' alignment, so the round trips below would
-    not see misaligned reloaded tensors: test_reloaded_adapter_tensors_are_aligned checks that directly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One thread also hides misaligned reloaded tensors from the round trips below (every GEMM is then bit-reproducible
+# whatever the alignment): test_reloaded_adapter_tensors_are_aligned checks that directly.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -23,13 +23,7 @@ REP_OPTIONS = {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_redu
                "buffer_source": "parameters"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest, and bit-reproducibly, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ from hf_missing.missingness import ModalityPattern
 MODALITIES = tuple(SEQUENCE_WIDTHS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models run fastest so, and bit-exact comparisons do not depend on GEMM blocking."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _frames(batch: int, lengths: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:

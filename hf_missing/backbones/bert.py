@@ -1,9 +1,10 @@
 """What every backbone built on transformers' BERT layers shares (the fused default, the sequence backbone): the
-self-attention forward with key/value prefixes, the layers' LoRA roles and BERT's weight initialisation."""
+self-attention forward with key/value prefixes, the layers' LoRA roles, the joint stream they form and BERT's weight
+initialisation."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -11,7 +12,7 @@ from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
 
-from .base import kv_prefixed, prefixed_projections
+from .base import JointStreamBackbone, Stream, kv_prefixed, prefixed_projections
 
 # The Linear of a BertLayer that plays each attention / MLP role (LoRA targets given by role).
 BERT_LORA_ROLES = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
@@ -32,6 +33,24 @@ def prefixed_bert_self_attention(self: BertSelfAttention, hidden_states: torch.T
     output, weights = attention(self, query, key, value, attention_mask, scaling=self.scaling,
                                 dropout=0.0 if not self.training else self.dropout.p, **kwargs)
     return output.reshape(*input_shape, -1).contiguous(), weights
+
+
+class BertJointStreamBackbone(JointStreamBackbone):
+    """A joint stream of BERT layers at ``model.encoder.layer``: their prefixed attention, LoRA roles and the stream,
+    sized by :meth:`bert_config` (the model's config; a subclass whose BERT settings sit elsewhere overrides it)."""
+
+    prefixed_attention = prefixed_bert_self_attention
+    lora_roles: ClassVar[dict[str, str]] = BERT_LORA_ROLES
+
+    def bert_config(self) -> Any:
+        """The config that holds the BERT layers' ``hidden_size`` and ``num_hidden_layers``."""
+        return self.model.config
+
+    @property
+    def streams(self) -> tuple[Stream, ...]:
+        config = self.bert_config()
+        return (Stream("joint", "encoder.layer", config.hidden_size, config.num_hidden_layers, self.modalities,
+                       BERT_ATTENTION_PATH),)
 
 
 def init_bert_weights(module: nn.Module, std: float) -> bool:

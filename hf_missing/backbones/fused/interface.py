@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+from typing import Any
 
 import torch
 
 from ...context import ForwardContext
 from ...data.modalities import FeatureInputs, ImageInputs, ModalityInputs, TextInputs
-from ..base import JointStreamBackbone, Stream, register_backbone
-from ..bert import BERT_ATTENTION_PATH, BERT_LORA_ROLES, prefixed_bert_self_attention
+from ..base import register_backbone
+from ..bert import BertJointStreamBackbone
 from ..capabilities import ClassTokens, PretrainedTokens
 from ..frames import check_frames
 from .configuration import MODEL_TYPE
@@ -18,14 +18,12 @@ from .modeling import FusedModel
 
 
 @register_backbone
-class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
+class FusedBackbone(ClassTokens, PretrainedTokens, BertJointStreamBackbone):
     """The fused MiniLM + EfficientNet-Lite0 model: one joint stream of text tokens, image tokens and the tokens of
     each feature modality (``FusedConfig.feature_modalities``), in that order."""
 
     model_type = MODEL_TYPE
     display_name = "The fused backbone"
-    prefixed_attention = prefixed_bert_self_attention
-    lora_roles: ClassVar[dict[str, str]] = BERT_LORA_ROLES
     model: FusedModel
 
     @functools.cached_property
@@ -37,11 +35,8 @@ class FusedBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     def class_token_order(self) -> tuple[str, ...]:
         return self.modalities
 
-    @property
-    def streams(self) -> tuple[Stream, ...]:
-        text = self.model.config.text_config
-        return (Stream("joint", "encoder.layer", text.hidden_size, text.num_hidden_layers, self.modalities,
-                       BERT_ATTENTION_PATH),)
+    def bert_config(self) -> Any:
+        return self.model.config.text_config
 
     @property
     def pooled_size(self) -> int:

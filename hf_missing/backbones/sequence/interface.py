@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
 
 import torch
 
 from ...context import ForwardContext
 from ...data.modalities import FeatureInputs, ModalityInputs
-from ..base import JointStreamBackbone, Stream, register_backbone
-from ..bert import BERT_ATTENTION_PATH, BERT_LORA_ROLES, prefixed_bert_self_attention
+from ..base import register_backbone
+from ..bert import BertJointStreamBackbone
 from ..capabilities import ClassTokens, PretrainedTokens
 from ..frames import check_frames
 from .configuration import MODEL_TYPE
@@ -18,15 +17,13 @@ from .modeling import SequenceModel
 
 
 @register_backbone
-class SequenceBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
+class SequenceBackbone(ClassTokens, PretrainedTokens, BertJointStreamBackbone):
     """The sequence backbone: one joint stream of each feature modality's frame tokens, in
     ``SequenceConfig.feature_modalities`` order; every modality is a :class:`FeatureInputs` (placeholder: one
     all-zero frame)."""
 
     model_type = MODEL_TYPE
     display_name = "The sequence backbone"
-    prefixed_attention = prefixed_bert_self_attention
-    lora_roles: ClassVar[dict[str, str]] = BERT_LORA_ROLES
     model: SequenceModel
 
     @functools.cached_property
@@ -36,12 +33,6 @@ class SequenceBackbone(ClassTokens, PretrainedTokens, JointStreamBackbone):
     @property
     def class_token_order(self) -> tuple[str, ...]:
         return self.modalities
-
-    @property
-    def streams(self) -> tuple[Stream, ...]:
-        config = self.model.config
-        return (Stream("joint", "encoder.layer", config.hidden_size, config.num_hidden_layers, self.modalities,
-                       BERT_ATTENTION_PATH),)
 
     @property
     def pooled_size(self) -> int:
