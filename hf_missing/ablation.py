@@ -11,17 +11,15 @@ other settings is refused rather than mixed in.
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
-
 from .atomic import atomic_write_text
 from .demo import DemoSettings, prepare, train_and_evaluate
+from .runstore import RunStore
+from .significance import mean_interval
 
 COLUMNS = ("text", "image", "both")  # test pattern at 70%: the paper's text-missing, image-missing, both-missing
 RATE = 0.7
@@ -61,15 +59,6 @@ REP_ROWS = (
 ABLATIONS = {"rep": REP_ROWS}
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its Student-t confidence interval (0 for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    sem = statistics.stdev(values) / math.sqrt(len(values))
-    return mean, float(stats.t.ppf((1 + level) / 2, len(values) - 1) * sem)
-
-
 def run_ablation(settings: DemoSettings, method: str = "rep",
                  rows: Sequence[AblationRow] | None = None) -> list[dict[str, Any]]:
     """Train every row of ``method``'s ablation (or ``rows``) for every seed, resuming from ``runs.json``, and
@@ -78,18 +67,16 @@ def run_ablation(settings: DemoSettings, method: str = "rep",
         raise ValueError(f"No ablation for {method!r}; known: {sorted(ABLATIONS)}.")
     rows = ABLATIONS[method] if rows is None else rows
     folder = Path(settings.output_dir)
-    store = folder / "runs.json"
-    runs: dict[str, dict[str, Any]] = json.loads(store.read_text(encoding="utf-8")) if store.exists() else {}
+    store = RunStore(folder / "runs.json")
     work = prepare(settings)
     backbone = Path(work.backbone_dir).name
     todo = [(row, seed) for row in rows for seed in settings.seeds
-            if not _stored(runs, row, seed, run_settings(settings, row, backbone), store)]
+            if store.get(_key(row, seed), run_settings(settings, row, backbone)) is None]
     for row, seed in todo:
         row_settings = replace(settings, method_options={row.method: row.options})
         result = train_and_evaluate(row.method, work, row_settings, seed, settings.train_pattern)
-        runs[_key(row, seed)] = run_summary(result) | {"settings": run_settings(settings, row, backbone)}
-        atomic_write_text(store, json.dumps(runs, indent=2))
-    table = summarise_rows(rows, runs, settings.seeds)
+        store.put(_key(row, seed), run_summary(result), run_settings(settings, row, backbone))
+    table = summarise_rows(rows, store.runs, settings.seeds)
     atomic_write_text(folder / "ablation.json", json.dumps(table, indent=2))
     atomic_write_text(folder / "ablation.md", markdown(table, settings))
     return table
@@ -105,19 +92,6 @@ def run_settings(settings: DemoSettings, row: AblationRow, backbone: str) -> dic
     return {"method": row.method, "options": row.options, "epochs": settings.epochs, "rate": settings.train_rate,
             "pattern": settings.train_pattern, "train_limit": settings.train_limit, "test_limit": settings.test_limit,
             "backbone": backbone}
-
-
-def _stored(runs: dict[str, dict[str, Any]], row: AblationRow, seed: int, wanted: dict[str, Any],
-            store: Path) -> bool:
-    """Whether ``runs`` holds this row and seed under the ``wanted`` settings; a run under others is an error."""
-    run = runs.get(_key(row, seed))
-    if run is None:
-        return False
-    if run.get("settings") != wanted:
-        raise ValueError(f"{store} holds {_key(row, seed)!r} trained under {run.get('settings')}, not under the "
-                         f"current {wanted}; pass another --output-dir (or delete the file) rather than mixing runs "
-                         "of different settings or stage-1 checkpoints in one table.")
-    return True
 
 
 def run_summary(result: dict[str, Any]) -> dict[str, Any]:

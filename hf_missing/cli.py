@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 DEMO_OUTPUTS = {"demo": "runs/demo", "benchmark": "benchmarks/results"}
+DEFAULT_SEEDS = {"demo": [0], "benchmark": [0, 1, 2]}
 ABLATION_OUTPUT = "benchmarks/results/ablation-{method}"
 
 
@@ -155,7 +156,14 @@ def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> Non
                              "reported as REP's Table 2 at 70%%: text-/image-/audio-only, text-/image-/audio-missing, "
                              "mixed, plus complete. Default output folders get a '-speech' suffix.")
     parser.add_argument("--methods", nargs="+", default=list_methods(), help=f"Subset of {list_methods()}.")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="Training seeds (default: 0 for the demo, 0 1 2 for the benchmark and ablations). With "
+                             "several, every number is a mean ± 95%% interval and each method is compared with the "
+                             "baseline, paired on seeds and test items.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Reuse the runs stored in the output folder's runs.json that ran under the same "
+                             "settings and stage-1 checkpoint, and train only the missing ones (ablations always "
+                             "resume).")
     parser.add_argument("--rate", type=float, default=0.7, help="Training missing rate.")
     parser.add_argument("--pattern", default="both", help="Training missing pattern (demo only): a modality name, "
                                                           "'both' (alias 'mixed': every incomplete pattern) or, "
@@ -176,9 +184,10 @@ def _demo(args: argparse.Namespace) -> int:
     default = ABLATION_OUTPUT.format(method=ablation) if ablation else DEMO_OUTPUTS[args.command]
     args.output_dir = args.output_dir or (default if args.task == "emoji" else f"{default}-{args.task}")
     settings = DemoSettings(output_dir=args.output_dir, methods=args.methods, train_rate=args.rate,
-                            train_pattern=args.pattern, seeds=args.seeds, epochs=args.epochs,
-                            train_limit=args.train_limit, test_limit=args.test_limit, cache_dir=args.cache_dir,
-                            progress=not args.no_progress, task=args.task)
+                            train_pattern=args.pattern, seeds=args.seeds or DEFAULT_SEEDS[args.command],
+                            epochs=args.epochs, train_limit=args.train_limit, test_limit=args.test_limit,
+                            cache_dir=args.cache_dir, progress=not args.no_progress, task=args.task,
+                            resume=args.resume or bool(ablation))
     if args.command == "demo":
         run_demo(settings)
         print(Path(args.output_dir, "report.md").read_text(encoding="utf-8"))

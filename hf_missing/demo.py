@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoModel, Trainer
 
@@ -45,6 +46,8 @@ from .methods import list_methods, prepare_for_evaluation, prepare_for_training
 from .missingness import DEFAULT_MODALITIES
 from .modeling import MissingModalityForClassification
 from .presets import Preset, method_preset
+from .runstore import RunStore
+from .significance import Comparison, compare, mean_interval
 
 TASK = "single_label"
 TABLE_RATE = 0.7  # the test missing rate of the report's "<m>-only" / "<m>-missing" / mixed columns (REP Table 2)
@@ -91,7 +94,9 @@ def demo_task(name: str) -> DemoTask:
 @dataclass
 class DemoSettings:
     """What to run. ``epochs`` / ``train_limit`` / ``test_limit`` shrink the run (tests, quick looks); ``task`` is
-    "emoji" (text + image) or "speech" (text + image + audio, :data:`DEMO_TASKS`)."""
+    "emoji" (text + image) or "speech" (text + image + audio, :data:`DEMO_TASKS`). Every finished run is stored in
+    ``output_dir/runs.json``; ``resume`` reuses the stored runs of the same settings instead of training them
+    again."""
 
     output_dir: str = "runs/demo"
     methods: Sequence[str] = field(default_factory=list_methods)
@@ -105,6 +110,7 @@ class DemoSettings:
     progress: bool = True
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     task: str = "emoji"
+    resume: bool = False
 
 
 @dataclass
@@ -173,7 +179,19 @@ def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, see
     test = prepare_for_evaluation(model, work.data["test"], collator)
     predictions = predict_patterns(model, test, collator, TASK, progress=settings.progress)
     return summarise(model, predictions, output.metrics, trainer.state.global_step, preset) | {
-        "gates": model.diagnostics(), "train_loss": output.training_loss, "collapsed": collapsed(predictions)}
+        "gates": model.diagnostics(), "train_loss": output.training_loss, "collapsed": collapsed(predictions),
+        "correct": correct_at(predictions, TABLE_RATE)}
+
+
+def correct_at(predictions: PatternPredictions, rate: float) -> dict[str, list[int]]:
+    """Per test sample, 1 where the prediction is right: with nothing missing (``complete``) and at ``rate`` test
+    missing under each grid pattern (the paired comparisons' raw material, :mod:`hf_missing.significance`)."""
+    stacked = np.stack([predictions.logits[name] for name in predictions.patterns.names]).argmax(-1)
+    labels = np.asarray(predictions.labels)
+    rows = np.arange(len(labels))
+    codes = {"complete": np.zeros(len(labels), dtype=np.int64)}
+    codes |= {p: predictions.codes_at(rate, p) for p in grid_patterns(predictions.patterns.modalities)}
+    return {name: (stacked[np.asarray(c), rows] == labels).astype(int).tolist() for name, c in codes.items()}
 
 
 def collapsed(predictions: PatternPredictions) -> bool:
@@ -206,7 +224,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """``hf-missing demo``: every method trained under ``train_pattern`` missing, compared on every test
     pattern; writes results.json, report.md and robustness.png into ``settings.output_dir``."""
     work = prepare(settings)
-    runs = {m: [train_and_evaluate(m, work, settings, s, settings.train_pattern) for s in settings.seeds]
+    store = RunStore(Path(settings.output_dir) / "runs.json", fresh=not settings.resume)
+    runs = {m: [stored_run(store, m, work, settings, s, settings.train_pattern) for s in settings.seeds]
             for m in settings.methods}
     results = {"settings": asdict(settings) | {"methods": list(settings.methods)}, "methods": aggregate(runs)}
     write_outputs(results, Path(settings.output_dir), title=_title("hf_missing demo", work.task))
@@ -219,11 +238,27 @@ def run_benchmark(settings: DemoSettings, train_patterns: Sequence[str] | None =
     :func:`~hf_missing.evaluation.grid_patterns` (text + image: text, image, both)."""
     work = prepare(settings)
     patterns = train_patterns or grid_patterns(work.task.modalities)
-    grid = {pattern: {m: aggregate_one([train_and_evaluate(m, work, settings, s, pattern) for s in settings.seeds])
-                      for m in settings.methods} for pattern in patterns}
+    store = RunStore(Path(settings.output_dir) / "runs.json", fresh=not settings.resume)
+    grid = {pattern: aggregate({m: [stored_run(store, m, work, settings, s, pattern) for s in settings.seeds]
+                                for m in settings.methods}) for pattern in patterns}
     results = {"settings": asdict(settings) | {"methods": list(settings.methods)}, "grid": grid}
     write_benchmark(results, Path(settings.output_dir))
     return results
+
+
+def stored_run(store: RunStore, method: str, work: Workspace, settings: DemoSettings, seed: int,
+               train_pattern: str) -> dict[str, Any]:
+    """The run from ``store`` when it ran under these settings, else trained now and stored (a long multi-seed run
+    resumes where it stopped)."""
+    key = f"{method} | {train_pattern} | seed {seed}"
+    wanted = {"task": work.task.name, "options": settings.method_options.get(method), "epochs": settings.epochs,
+              "rate": settings.train_rate, "pattern": train_pattern, "train_limit": settings.train_limit,
+              "test_limit": settings.test_limit, "backbone": Path(work.backbone_dir).name}
+    run = store.get(key, wanted)
+    if run is None:
+        run = train_and_evaluate(method, work, settings, seed, train_pattern)
+        store.put(key, run, wanted)
+    return {k: v for k, v in run.items() if k != "settings"}
 
 
 def _title(title: str, task: DemoTask) -> str:
@@ -231,18 +266,36 @@ def _title(title: str, task: DemoTask) -> str:
 
 
 # ---- aggregation over seeds ----------------------------------------------------------------------
+REFERENCE = "baseline"  # the method every other is compared with, paired over seeds and test items
+
+
 def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    return {method: aggregate_one(seeds) for method, seeds in runs.items()}
+    """Per method, :func:`aggregate_one` over its seeds, and (beside the reference) ``vs_baseline``: the paired
+    comparison with the baseline on the same seeds and test items under each reported condition."""
+    methods = {method: aggregate_one(seeds) for method, seeds in runs.items()}
+    for method, seeds in runs.items():
+        if method != REFERENCE and REFERENCE in runs:
+            methods[method]["vs_baseline"] = paired(seeds, runs[REFERENCE])
+    return methods
+
+
+def paired(seeds: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """:func:`hf_missing.significance.compare` of each condition's per-sample correctness (seed i against the
+    reference's seed i)."""
+    return {condition: compare(np.array([s["correct"][condition] for s in seeds]),
+                               np.array([r["correct"][condition] for r in reference])).to_dict()
+            for condition in seeds[0]["correct"]}
 
 
 def aggregate_one(seeds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over seeds of every number, with the standard deviation of the headline accuracies: ``at_70`` holds each
-    test pattern's accuracy at 70% test missing (``both_70``: the mixed pattern's)."""
+    """Mean over seeds of every number, with the half-width of the 95% Student-t interval of the headline
+    accuracies (``*_ci``): ``at_70`` holds each test pattern's accuracy at 70% test missing (``both_70``: the
+    mixed pattern's)."""
     first = seeds[0]
     out = {"seeds": len(seeds), "method_options": first["method_options"]}
     out["per_pattern"] = {p: {k: _mean([s["per_pattern"][p][k] for s in seeds]) for k in first["per_pattern"][p]}
                           for p in first["per_pattern"]}
-    out["per_pattern_std"] = {p: _std([s["per_pattern"][p]["accuracy"] for s in seeds]) for p in first["per_pattern"]}
+    out["per_pattern_ci"] = {p: _half([s["per_pattern"][p]["accuracy"] for s in seeds]) for p in first["per_pattern"]}
     out["curves"] = {pattern: [{k: _mean([s["curves"][pattern][i][k] for s in seeds]) for k in point}
                                for i, point in enumerate(first["curves"][pattern])] for pattern in first["curves"]}
     for key in ("train_seconds", "step_seconds", "inference_ms_per_sample", "trainable_beside_head",
@@ -250,8 +303,9 @@ def aggregate_one(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         out[key] = _mean([s[key] for s in seeds])
     at_70 = {pattern: [_accuracy_at(s["curves"][pattern], TABLE_RATE) for s in seeds] for pattern in first["curves"]}
     out["at_70"] = {pattern: _mean(values) for pattern, values in at_70.items()}
-    out["at_70_std"] = {pattern: _std(values) for pattern, values in at_70.items()}
-    out["both_70"], out["both_70_std"] = out["at_70"]["both"], out["at_70_std"]["both"]
+    out["at_70_ci"] = {pattern: _half(values) for pattern, values in at_70.items()}
+    out["both_70"], out["both_70_ci"] = out["at_70"]["both"], out["at_70_ci"]["both"]
+    out["collapsed"] = sum(bool(s.get("collapsed")) for s in seeds)
     return out
 
 
@@ -263,8 +317,8 @@ def _mean(values: list[float]) -> float:
     return float(statistics.fmean(values))
 
 
-def _std(values: list[float]) -> float:
-    return float(statistics.stdev(values)) if len(values) > 1 else 0.0
+def _half(values: list[float]) -> float:
+    return mean_interval(values)[1]
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -279,7 +333,7 @@ def markdown_table(methods: dict[str, dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, r in methods.items():
         acc = r["per_pattern"]
-        spread = f" ± {r['both_70_std']:.3f}" if r["seeds"] > 1 else ""
+        spread = f" ± {r['both_70_ci']:.3f}" if r["seeds"] > 1 else ""
         lines.append(f"| {name} | {acc['complete']['accuracy']:.3f} | {acc['missing_text']['accuracy']:.3f} | "
                      f"{acc['missing_image']['accuracy']:.3f} | {r['both_70']:.3f}{spread} | "
                      f"{_costs(r, methods.get('baseline'))} |")
@@ -294,8 +348,8 @@ def table2_columns(modalities: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def table2_markdown(methods: dict[str, dict[str, Any]]) -> str:
-    """Accuracy on complete data, then at 70% test missing under each of REP Table 2's patterns (mean ± std over
-    seeds when there are several), and the costs relative to the baseline."""
+    """Accuracy on complete data, then at 70% test missing under each of REP Table 2's patterns (mean ± 95% interval
+    over seeds when there are several), and the costs relative to the baseline."""
     first = next(iter(methods.values()))
     modalities = [p for p in first["curves"] if p != "both" and not p.startswith(ONLY_PREFIX)]
     columns = table2_columns(modalities)
@@ -303,11 +357,37 @@ def table2_markdown(methods: dict[str, dict[str, Any]]) -> str:
              + " | train step (x baseline) | inference (x baseline) | trained beside head (% backbone) |",
              "|---|" + "---|" * (len(columns) + 4)]
     for name, r in methods.items():
-        cells = [f"{r['at_70'][p]:.3f}" + (f" ± {r['at_70_std'][p]:.3f}" if r["seeds"] > 1 else "")
+        cells = [f"{r['at_70'][p]:.3f}" + (f" ± {r['at_70_ci'][p]:.3f}" if r["seeds"] > 1 else "")
                  for p, _ in columns]
         lines.append(f"| {name} | {r['per_pattern']['complete']['accuracy']:.3f} | {' | '.join(cells)} | "
                      f"{_costs(r, methods.get('baseline'))} |")
     return "\n".join(lines)
+
+
+def comparison_markdown(methods: dict[str, dict[str, Any]]) -> str:
+    """Each method minus the baseline, in accuracy points, paired on the same seeds and test items: mean over seeds
+    ± the seed interval's half-width, [the test-item bootstrap interval], * where both 95% intervals exclude 0
+    (:mod:`hf_missing.significance`); empty without a baseline or with one seed."""
+    compared = {name: r["vs_baseline"] for name, r in methods.items() if "vs_baseline" in r}
+    if not compared or next(iter(methods.values()))["seeds"] < 2:
+        return ""
+    first = next(iter(compared.values()))
+    columns = [("complete", "complete")] + [(p, f"{h} 70%") for p, h in _conditions(next(iter(methods.values())))]
+    columns = [(p, h) for p, h in columns if p in first]
+    lines = [f"Paired difference against the {REFERENCE} (points): mean over seeds ± 95% t-interval over seeds "
+             "[95% paired-bootstrap interval over test items]; * = both intervals exclude 0.", "",
+             "| method | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, cells in compared.items():
+        lines.append(f"| {name} | " + " | ".join(Comparison(**cells[p]).cell() for p, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def _conditions(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """(test pattern, heading) of the reported conditions at 70%: REP Table 2's with three modalities or more."""
+    modalities = [p for p in r["curves"] if p != "both" and not p.startswith(ONLY_PREFIX)]
+    if len(modalities) > 2:
+        return table2_columns(modalities)
+    return [*((m, f"{m}-missing") for m in modalities), ("both", "both")]
 
 
 def _costs(r: dict[str, Any], base: dict[str, Any] | None) -> str:
@@ -331,7 +411,8 @@ def write_outputs(results: dict[str, Any], folder: Path, title: str) -> None:
     report = [f"# {title}", "",
               f"Trained with {100 * settings['train_rate']:.0f}% missing ('{settings['train_pattern']}'), "
               f"seeds {list(settings['seeds'])}; accuracy on the {task.description}.", "",
-              *_table2_note(task), markdown_table(results["methods"]), "", "![robustness](robustness.png)", ""]
+              *_table2_note(task), markdown_table(results["methods"]), "", comparison_markdown(results["methods"]), "",
+              "![robustness](robustness.png)", ""]
     (folder / "report.md").write_text("\n".join(report), encoding="utf-8")
 
 
@@ -352,6 +433,7 @@ def write_benchmark(results: dict[str, Any], folder: Path) -> None:
     sections = [f"# {_title('hf_missing benchmark (embedded default)', task)}", "", *_table2_note(task)]
     for pattern, methods in results["grid"].items():
         sections += [f"## trained with 70% missing '{pattern}'", "", markdown_table(methods), "",
+                     comparison_markdown(methods), "",
                      f"![{pattern}](robustness-{pattern}.png)", ""]
         plot_curves(methods, folder / f"robustness-{pattern}.png", title=f"trained: 70% missing {pattern}")
     (folder / "benchmark.md").write_text("\n".join(sections), encoding="utf-8")

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from hf_missing import ablation
-from hf_missing.ablation import REP_ROWS, AblationRow, mean_interval, run_ablation, summarise_rows
+from hf_missing.ablation import REP_ROWS, AblationRow, run_ablation, summarise_rows
 from hf_missing.demo import DemoSettings
 
 ROWS = (AblationRow("full", "rep", {}), AblationRow("chain", "rep", {"buffer_source": "parameters"}, below="full"),
@@ -16,14 +16,6 @@ ROWS = (AblationRow("full", "rep", {}), AblationRow("chain", "rep", {"buffer_sou
 
 def _run(both: float) -> dict:
     return {"accuracy": {"text": 0.5, "image": 0.6, "both": both}, "collapsed": both < 0.3}
-
-
-def test_mean_interval_is_the_student_t_interval():
-    """Catches a normal (1.96) instead of a t quantile, or the standard deviation instead of the standard error:
-    for [1, 2, 3] the half-width is t(0.975, 2) * 1 / sqrt(3) = 4.303 / 1.732 = 2.484."""
-    mean, half = mean_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(2.4841, abs=1e-4)
-    assert mean_interval([5.0]) == (5.0, 0.0)
 
 
 def test_direction_is_a_paired_interval_over_seeds():
