@@ -149,12 +149,14 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
-    parser.add_argument("--task", choices=("emoji", "speech"), default="emoji",
-                        help="emoji: text + image (default). speech: the spoken emoji set, text + image + audio "
-                             "(speech-embedding frames of each name, built once, ~70 s) on a fused backbone aligned "
-                             "with audio too; trained with --rate missing over every incomplete pattern ('both') and "
-                             "reported as REP's Table 2 at 70%%: text-/image-/audio-only, text-/image-/audio-missing, "
-                             "mixed, plus complete. Default output folders get a '-speech' suffix.")
+    parser.add_argument("--task", choices=("emoji", "subcategory", "speech"), default="emoji",
+                        help="emoji: text + image, the 9 categories (default). subcategory: the same samples, the "
+                             "99 subcategories (a fine-grained label space). speech: the spoken emoji set, text + "
+                             "image + audio (speech-embedding frames of each name, built once, ~70 s) on a fused "
+                             "backbone aligned with audio too; trained with --rate missing over every incomplete "
+                             "pattern ('both') and reported as REP's Table 2 at 70%%: text-/image-/audio-only, "
+                             "text-/image-/audio-missing, mixed, plus complete. Default output folders get a "
+                             "'-<task>' suffix.")
     parser.add_argument("--methods", nargs="+", default=list_methods(), help=f"Subset of {list_methods()}.")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="Training seeds (default: 0 for the demo, 0 1 2 for the benchmark and ablations). With "

@@ -7,9 +7,11 @@ with :func:`hf_missing.evaluation.predict_patterns` under every test pattern and
 plugs in by name: it is trained with its ``<name>-demo`` preset from ``hub_configs/`` when there is one,
 else with its defaults and the baseline's demo training settings.
 
-Two tasks (``DemoSettings.task``, ``--task``): ``emoji`` (text + image, the default) and ``speech``, the spoken emoji
-set (:func:`hf_missing.data.emoji_speech.load_emoji_speech_dataset`: the same samples plus each name spoken, as 96-wide
-speech-embedding frames) on a fused backbone whose stage 1 also aligns an audio frame embedding. With three modalities
+Three tasks (``DemoSettings.task``, ``--task``): ``emoji`` (text + image, the 9 categories, the default),
+``subcategory`` (the same samples and split, the 99 subcategories: a fine-grained label space, its stage 1 aligned on
+them) and ``speech``, the spoken emoji set (:func:`hf_missing.data.emoji_speech.load_emoji_speech_dataset`: the same
+samples plus each name spoken, as 96-wide speech-embedding frames) on a fused backbone whose stage 1 also aligns an
+audio frame embedding. With three modalities
 the report shows REP's Table 2 columns at 70% test missing: each modality left alone (``only_<m>``), each modality
 missing, and every incomplete pattern mixed. A method's ``<method>-speech-demo`` preset, where there is one, trains it
 on the speech task.
@@ -55,11 +57,14 @@ TABLE_RATE = 0.7  # the test missing rate of the report's "<m>-only" / "<m>-miss
 
 @dataclass(frozen=True)
 class DemoTask:
-    """One embedded task: its data, its modalities beyond text and image (frame widths) and its preset suffix."""
+    """One embedded task: its data, its modalities beyond text and image (frame widths), the column it predicts and
+    the presets it trains with."""
 
     name: str
     description: str
     feature_modalities: dict[str, int] = field(default_factory=dict)
+    label_column: str = "label"
+    presets: str = "demo"
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -68,19 +73,24 @@ class DemoTask:
     @property
     def preset_suffix(self) -> str:
         """Presets tried first for a method: ``<method>-<suffix>`` (then ``<method>-demo``)."""
-        return "demo" if self.name == "emoji" else f"{self.name}-demo"
+        return self.presets
 
     def load(self, cache: Path | None) -> Any:
-        """The task's ``DatasetDict`` (built and cached on first use)."""
+        """The task's ``DatasetDict`` (built and cached on first use), its ``label`` column the one predicted."""
         emoji = load_emoji_dataset(None if cache is None else cache / "emoji")
-        if self.name == "emoji":
-            return emoji
-        return load_emoji_speech_dataset(None if cache is None else cache / "emoji-speech", emoji=emoji)
+        if self.feature_modalities:
+            emoji = load_emoji_speech_dataset(None if cache is None else cache / "emoji-speech", emoji=emoji)
+        if self.label_column != "label":
+            emoji = emoji.remove_columns("label").rename_column(self.label_column, "label")
+        return emoji
 
 
 DEMO_TASKS = {
     "emoji": DemoTask("emoji", "emoji test split (text + image)"),
-    "speech": DemoTask("speech", "spoken emoji test split (text + image + audio)", {"audio": FEATURE_SIZE}),
+    "subcategory": DemoTask("subcategory", "emoji test split, 99 subcategories (text + image)",
+                            label_column="subcategory"),
+    "speech": DemoTask("speech", "spoken emoji test split (text + image + audio)", {"audio": FEATURE_SIZE},
+                       presets="speech-demo"),
 }
 
 

@@ -68,3 +68,21 @@ def test_retrieval_methods_get_their_bank_through_the_method_hooks(workspace, tm
     result = train_and_evaluate("ragpt", workspace, settings, 0, "both")
     assert set(result["per_pattern"]) == {"complete", "missing_text", "missing_image"}
     assert (tmp_path / "runs" / "ragpt-both-seed0").is_dir()
+
+
+def test_subcategory_task_predicts_the_subcategory(monkeypatch):
+    """Catches a subcategory task that still trains on the 9 categories (or keeps both label columns, so a collator
+    or the stage-1 alignment could read the wrong one)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    from hf_missing import demo as demo_module
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["a", "b"]),
+                         "subcategory": ClassLabel(names=["a1", "a2", "b1"])})
+    split = Dataset.from_dict({"text": ["x", "y", "z"], "label": [0, 0, 1], "subcategory": [0, 1, 2]},
+                              features=features)
+    monkeypatch.setattr(demo_module, "load_emoji_dataset", lambda cache: DatasetDict(train=split, test=split))
+    data = demo_module.demo_task("subcategory").load(None)
+    assert data["train"].features["label"].names == ["a1", "a2", "b1"] and data["train"]["label"] == [0, 1, 2]
+    assert "subcategory" not in data["train"].column_names
+    assert demo_module.demo_task("subcategory").preset_suffix == "demo"
