@@ -276,16 +276,17 @@ def _title(title: str, task: DemoTask) -> str:
 
 
 # ---- aggregation over seeds ----------------------------------------------------------------------
-REFERENCE = "baseline"  # the method every other is compared with, paired over seeds and test items
+REFERENCES = ("baseline", "lora")  # the frozen backbone + head, and peft's LoRA: every other method is compared with
+# each of them that ran, paired over seeds and test items
 
 
 def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per method, :func:`aggregate_one` over its seeds, and (beside the reference) ``vs_baseline``: the paired
-    comparison with the baseline on the same seeds and test items under each reported condition."""
+    """Per method, :func:`aggregate_one` over its seeds, and ``vs``: for each reference in :data:`REFERENCES` that ran
+    (other than the method itself), the paired comparison on the same seeds and test items under each reported
+    condition."""
     methods = {method: aggregate_one(seeds) for method, seeds in runs.items()}
     for method, seeds in runs.items():
-        if method != REFERENCE and REFERENCE in runs:
-            methods[method]["vs_baseline"] = paired(seeds, runs[REFERENCE])
+        methods[method]["vs"] = {ref: paired(seeds, runs[ref]) for ref in REFERENCES if ref in runs and ref != method}
     return methods
 
 
@@ -375,21 +376,24 @@ def table2_markdown(methods: dict[str, dict[str, Any]]) -> str:
 
 
 def comparison_markdown(methods: dict[str, dict[str, Any]]) -> str:
-    """Each method minus the baseline, in accuracy points, paired on the same seeds and test items: mean over seeds
-    ± the seed interval's half-width, [the test-item bootstrap interval], * where both 95% intervals exclude 0
-    (:mod:`hf_missing.significance`); empty without a baseline or with one seed."""
-    compared = {name: r["vs_baseline"] for name, r in methods.items() if "vs_baseline" in r}
-    if not compared or next(iter(methods.values()))["seeds"] < 2:
+    """Each method minus each reference (:data:`REFERENCES`), in accuracy points, paired on the same seeds and test
+    items: mean over seeds ± the seed interval's half-width, [the test-item bootstrap interval], * where both 95%
+    intervals exclude 0 (:mod:`hf_missing.significance`); empty with one seed."""
+    first = next(iter(methods.values()), None)
+    if first is None or first["seeds"] < 2:
         return ""
-    first = next(iter(compared.values()))
-    columns = [("complete", "complete")] + [(p, f"{h} 70%") for p, h in _conditions(next(iter(methods.values())))]
-    columns = [(p, h) for p, h in columns if p in first]
-    lines = [f"Paired difference against the {REFERENCE} (points): mean over seeds ± 95% t-interval over seeds "
-             "[95% paired-bootstrap interval over test items]; * = both intervals exclude 0.", "",
-             "| method | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, cells in compared.items():
-        lines.append(f"| {name} | " + " | ".join(Comparison(**cells[p]).cell() for p, _ in columns) + " |")
-    return "\n".join(lines)
+    columns = [("complete", "complete"), *((p, f"{h} 70%") for p, h in _conditions(first))]
+    tables = []
+    for ref in REFERENCES:
+        compared = {name: r["vs"][ref] for name, r in methods.items() if ref in r.get("vs", {})}
+        if not compared:
+            continue
+        tables += [f"Paired difference against `{ref}` (points): mean over seeds ± 95% t-interval over seeds "
+                   "[95% paired-bootstrap interval over test items]; * = both intervals exclude 0.", "",
+                   "| method | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---|" * len(columns),
+                   *(f"| {name} | " + " | ".join(Comparison(**cells[p]).cell() for p, _ in columns) + " |"
+                     for name, cells in compared.items()), ""]
+    return "\n".join(tables)
 
 
 def _conditions(r: dict[str, Any]) -> list[tuple[str, str]]:

@@ -97,12 +97,25 @@ def test_demo_report_marks_only_differences_beyond_noise():
     base = [_run([1] * 60 + [0] * 40) for _ in range(3)]
     better = [_run([1] * 90 + [0] * 10) for _ in range(3)]
     methods = aggregate({"baseline": base, "better": better, "same": base})
-    assert "vs_baseline" not in methods["baseline"]
-    assert methods["better"]["vs_baseline"]["both"]["difference"] == pytest.approx(30.0)
+    assert methods["baseline"]["vs"] == {}
+    assert methods["better"]["vs"]["baseline"]["both"]["difference"] == pytest.approx(30.0)
     table = comparison_markdown(methods)
     better_row = next(line for line in table.splitlines() if line.startswith("| better |"))
     same_row = next(line for line in table.splitlines() if line.startswith("| same |"))
     assert better_row.count("*") == 4 and "*" not in same_row and "both 70%" in table
+    assert "against `lora`" not in table
+
+
+def test_every_method_is_judged_against_lora_too():
+    """Issue 19: each seed method against peft's LoRA as well as the frozen baseline; catches comparing only with
+    the baseline, or comparing LoRA with itself."""
+    base = [_run([1] * 60 + [0] * 40) for _ in range(3)]
+    lora = [_run([1] * 80 + [0] * 20) for _ in range(3)]
+    methods = aggregate({"baseline": base, "lora": lora, "rep": base})
+    assert set(methods["rep"]["vs"]) == {"baseline", "lora"} and set(methods["lora"]["vs"]) == {"baseline"}
+    assert methods["rep"]["vs"]["lora"]["both"]["difference"] == pytest.approx(-20.0)
+    table = comparison_markdown(methods)
+    assert "against `baseline`" in table and "against `lora`" in table
 
 
 def test_run_store_resumes_and_refuses_other_settings(tmp_path):
