@@ -55,6 +55,8 @@ REP_ROWS = (
     AblationRow("Gaussian -> Laplace noise", "rep", {"noise_type": "laplace"}, (78.85, 85.92, 81.14), below=FULL),
     AblationRow("released chain (buffer_source='parameters')", "rep", {"buffer_source": "parameters"}, below=FULL),
     AblationRow("E_m from the sample (init_source='sample')", "rep", {"init_source": "sample"}),
+    AblationRow("longer, deeper buffers (l = 12, d = 6; not a paper row)", "rep",
+                {"prompt_length": 12, "prompt_depth": 6}, than="frozen backbone + head (no buffers)"),
 )
 ABLATIONS = {"rep": REP_ROWS}
 
