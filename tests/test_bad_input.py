@@ -210,7 +210,8 @@ def test_options_of_the_wrong_type(method, options, message):
 @pytest.mark.parametrize(("method", "options"), [
     ("rep", {"noise_scale": -0.1}), ("rep", {"ortho_weight": -1.0}), ("memprompt", {"ortho_weight": -1.0}),
     ("cmpt", {"align_weight": -0.2}), ("cmpt", {"lora_alpha": 0.0}), ("cmpt", {"lora_dropout": 1.0}),
-    ("redeem", {"recon_weight": -1.0}), ("ragpt", {"prompt_layer": -1}),
+    ("redeem", {"recon_weight": -1.0}), ("ragpt", {"prompt_layer": -1}), ("lora", {"alpha": 0.0}),
+    ("lora", {"dropout": 1.0}),
 ])
 def test_options_out_of_range(method, options):
     with pytest.raises(ValueError, match=r"must be (non-negative|positive)"):

@@ -32,6 +32,7 @@ from tests.test_hub import hub  # noqa: F401  (the offline fake Hub fixture)
 OPTIONS = {
     "baseline": {},
     "cmpt": {},
+    "lora": {},
     "map": {"prompt_length": 2, "prompt_depth": 2},
     "memprompt": {"prompt_length": 2, "memory_size": 4, "top_n": 2, "prompt_layers": [0, 1]},
     "ragpt": {"num_retrieved": 2, "bank_tokens": 2, "prompt_length": 2, "prompt_layer": 1},

@@ -13,8 +13,8 @@ from tests.conftest import make_batch, make_model
 
 
 def test_unknown_method_lists_known_ones():
-    with pytest.raises(ValueError, match=r"Unknown method 'lora'; known methods: \[.*'baseline'.*'map'.*\]"):
-        hf_missing.get_method_config("lora")
+    with pytest.raises(ValueError, match=r"Unknown method 'ia3'; known methods: \[.*'baseline'.*'map'.*\]"):
+        hf_missing.get_method_config("ia3")
 
 
 def test_unknown_method_option_lists_options():

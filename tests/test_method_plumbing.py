@@ -21,6 +21,7 @@ OPTIONS = {
     "rep": {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4},
     "memprompt": {"prompt_length": 3, "memory_size": 6, "top_n": 2, "prompt_layers": [0, 1]},
     "cmpt": {},
+    "lora": {},
     "redeem": {"num_retrieved": 3, "bank_tokens": 4},
     "ragpt": {"num_retrieved": 3, "bank_tokens": 4},
 }

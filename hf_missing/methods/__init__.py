@@ -1,6 +1,6 @@
 """Methods, one folder each (PEFT layout: config.py, layer.py, model.py). Importing registers them."""
 
-from . import baseline, cmpt, map, memprompt, redeem, rep  # noqa: F401  (registration side effects)
+from . import baseline, cmpt, lora, map, memprompt, redeem, rep  # noqa: F401  (registration side effects)
 from .base import (
     METHODS,
     MethodHooks,

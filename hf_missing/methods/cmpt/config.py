@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..base import MissingMethodConfig
+from ..peft_lora import LORA_ROLES
 
 ALIGN_LOSSES = ("mse", "cosine")
 GATES = ("vector", "scalar")
 PROXY_INITS = ("pretrained", "random")
 SINGLE_STREAM_CONTEXTS = ("unimodal", "joint")
-LORA_ROLES = ("q", "k", "v", "o", "mlp_in", "mlp_out")
 
 
 @dataclass

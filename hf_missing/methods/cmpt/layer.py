@@ -23,15 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from peft import LoraConfig
 from peft.tuners.lora.layer import Linear as LoraLinear
-from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 from torch.nn import functional as F
 
 from ...backbones import BackboneInterface, PretrainedTokens, Stream, capability
 from ...context import ForwardContext
 from ..base import Block, MethodRun, MissingMethodLayer, PooledTensors, allowed_attention
+from ..peft_lora import add_lora, lora_config, resolve_lora_paths
 from .config import CmptConfig
 
 PROXY_INIT_STD = 0.02
@@ -248,6 +247,7 @@ class CmptRun(MethodRun):
 
 # ---- LoRA -------------------------------------------------------------------------------------------
 LORA_CONTAINERS = {"lora_A": "cmpt_lora_A", "lora_B": "cmpt_lora_B"}
+LORA_OPTION = "CMPT lora_targets"  # how target errors name the option
 
 
 class CmptLoraLinear(LoraLinear):
@@ -265,45 +265,6 @@ class CmptLoraLinear(LoraLinear):
         return super().__getattr__(LORA_CONTAINERS.get(name, name))
 
 
-def linear_names(layer: nn.Module) -> list[str]:
-    """Paths, relative to an encoder layer, of its Linear modules (LoRA-wrapped ones by their wrapper's path)."""
-    wrapped = [name for name, module in layer.named_modules() if isinstance(module, LoraLayer)]
-    return [name for name, module in layer.named_modules() if isinstance(module, LoraLayer) or (
-        isinstance(module, nn.Linear) and not any(name.startswith(f"{w}.") for w in wrapped))]
-
-
-def resolve_lora_paths(layer: nn.Module, targets: list[str], interface: BackboneInterface) -> list[str]:
-    """The Linear paths inside ``layer`` that ``targets`` (roles or relative paths) name; errors for a target
-    that names nothing."""
-    available = linear_names(layer)
-    paths = []
-    for target in targets:
-        wanted = interface.lora_roles.get(target, target)
-        found = [n for n in available if n == wanted or n.endswith(f".{wanted}")]
-        if not found:
-            raise ValueError(f"CMPT lora_targets entry {target!r} matches no Linear layer of a "
-                             f"{interface.model_type} encoder layer; use a role of {sorted(interface.lora_roles)} "
-                             f"or a path among {available}.")
-        paths += [p for p in found if p not in paths]
-    return paths
-
-
-def add_lora(layer: nn.Module, paths: list[str], adapter_name: str, config: CmptConfig) -> None:
-    """Wrap each Linear at ``paths`` in ``layer`` with peft's LoRA (:class:`CmptLoraLinear`) for ``adapter_name`` (or
-    add the adapter to an existing wrapper), so peft saves, loads, disables and deletes it with the CMPT adapter."""
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      inference_mode=config.inference_mode)
-    for path in paths:
-        module = layer.get_submodule(path)
-        if isinstance(module, LoraLayer):
-            module.update_layer(adapter_name, config.lora_rank, lora_alpha=config.lora_alpha, config=lora)
-            continue
-        parent_path, _, name = path.rpartition(".")
-        parent = layer.get_submodule(parent_path) if parent_path else layer
-        setattr(parent, name, CmptLoraLinear(module, adapter_name, config=lora, r=config.lora_rank,
-                                             lora_alpha=config.lora_alpha))
-
-
 # ---- the layer --------------------------------------------------------------------------------------
 class CmptLayer(MissingMethodLayer):
     """Wraps one encoder layer: its targeted Linear modules carry the adapter's LoRA; layer 0 of a stream appends the
@@ -311,8 +272,9 @@ class CmptLayer(MissingMethodLayer):
 
     def update_layer(self, adapter_name: str, config: CmptConfig) -> None:
         if config.lora_targets:
-            add_lora(self.base_layer, resolve_lora_paths(self.base_layer, config.lora_targets, self.interface),
-                     adapter_name, config)
+            paths = resolve_lora_paths(self.base_layer, config.lora_targets, self.interface, LORA_OPTION)
+            lora = lora_config(config.lora_rank, config.lora_alpha, config.lora_dropout, config.inference_mode)
+            add_lora(self.base_layer, paths, adapter_name, lora, CmptLoraLinear)
         super().update_layer(adapter_name, config)
 
     def start_run(self, adapter: str, ctx: ForwardContext) -> CmptRun:

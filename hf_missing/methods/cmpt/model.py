@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ...backbones import BackboneInterface, ClassTokens, Stream, capability
 from ..base import MissingMethodModel, every_layer
+from ..peft_lora import check_lora_targets
 from .config import CmptConfig
-from .layer import CmptLayer, CmptTensors, proxied_modalities, resolve_lora_paths
+from .layer import LORA_OPTION, CmptLayer, CmptTensors, proxied_modalities
 
 
 class CmptModel(MissingMethodModel):
@@ -23,8 +24,7 @@ class CmptModel(MissingMethodModel):
         capability(interface, ClassTokens, "CMPT's proxies and gated fusion",
                    "add the ClassTokens mixin (class_token_width, readout, class_tokens) to its backbone interface.")
         proxied_modalities(interface, config)
-        for stream in interface.streams:
-            resolve_lora_paths(interface.layers(stream.name)[0], config.lora_targets, interface)
+        check_lora_targets(interface, config.lora_targets, LORA_OPTION)
         return every_layer(interface)
 
     def shared_tensors(self, interface: BackboneInterface, config: CmptConfig) -> CmptTensors:
