@@ -12,8 +12,9 @@ plus ``labels [N, C]`` (one-/multi-hot, for RAGPT's label token) and ``content_h
 sample's raw values of every modality, which identifies a training sample for self-exclusion and the
 reconstruction target without relying on row order). One file, ``redeem_bank.safetensors`` (memory-mapped on
 load, its header, shapes, dtypes and values checked: it comes from untrusted repos). The faiss index over
-``[query.m for each modality m]`` side by side is rebuilt from the stored query vectors on every load and never
-read from a file: faiss's reader was not written for untrusted input (a crafted IVF file maps arbitrary files).
+``[query.m for each modality m]`` side by side is rebuilt from the stored query vectors on every load (with the
+saved IVF lists or HNSW graph, checked, as plain arrays) and never read from a faiss file: faiss's reader was not
+written for untrusted input (a crafted IVF file maps arbitrary files).
 The inner product of two such vectors is the sum of the K cosine similarities (eq. 1, generalised from two
 modalities), and zeroing the blocks of the modalities a sample lacks leaves the sum over its available ones.
 """
@@ -49,13 +50,15 @@ EMBEDDING_REVISION = 2  # cache key only: banks before 2 were embedded in the ca
 CHECK_ROWS = 65_536  # rows checked for non-finite values at a time
 SPREAD_ROWS = 4_096  # rows whose statistics the "w/o Retriever" noise takes
 IVF_ARRAYS = ("ivf.centroids", "ivf.lists")  # an IVF index's trained layout, saved so a load skips k-means
+HNSW_ARRAYS = ("hnsw.levels", "hnsw.neighbors")  # an HNSW index's graph, saved so a load skips the graph build
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 FLAT_LIMIT = 200_000  # "auto" keeps exact search up to this many entries
 HNSW_NEIGHBOURS = 32
-HNSW_EF_SEARCH = 64
+HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_SEARCH = 256  # recall@5 >= 0.96 of complete and incomplete queries at 100k x 384 (benchmarks/redeem_bank.py)
 IVF_TRAIN_PER_LIST = 40
 IVF_MIN_PROBES = 16
-_DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
+_DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64}
 
 
 class BankError(ValueError):
@@ -164,9 +167,13 @@ class MemoryBank:
         metadata = {"version": str(BANK_VERSION), "modalities": json.dumps(list(self.modalities)),
                     "signature": json.dumps(self.signature, sort_keys=True), "sources": json.dumps(self.sources),
                     "key": self.key, "index_type": self.index_type}
-        layout = ivf_layout(self.index)
-        if layout:
+        layout = ivf_layout(self.index) or hnsw_layout(self.index)
+        if "ivf.lists" in layout:
             metadata["nprobe"] = str(faiss.extract_index_ivf(self.index).nprobe)
+        if "hnsw.levels" in layout:
+            hnsw = self.index.hnsw
+            metadata["hnsw"] = json.dumps({"neighbours": hnsw.nb_neighbors(1), "entry_point": hnsw.entry_point,
+                                           "ef_search": hnsw.efSearch})
         arrays = {**self.arrays, **layout}
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(folder / BANK_FILE), metadata)
 
@@ -181,13 +188,17 @@ class MemoryBank:
         metadata = _metadata(path)
         modalities = tuple(metadata["modalities"])
         arrays = _memory_map(path)
-        layout = {k: arrays.pop(k) for k in IVF_ARRAYS if k in arrays}
+        layout = {k: arrays.pop(k) for k in (*IVF_ARRAYS, *HNSW_ARRAYS) if k in arrays}
         _check_arrays(arrays, modalities, path)
         vectors = _search_vectors(arrays, modalities, path)
         for m in modalities:
             _check_finite(arrays[f"tokens.{m}"], f"tokens.{m}", path)
-        index = (ivf_from_layout(vectors, layout, metadata["nprobe"], path) if layout
-                 else build_index(vectors, metadata["index_type"]))
+        if set(layout) & set(HNSW_ARRAYS):
+            index = hnsw_from_layout(vectors, layout, metadata["hnsw"], path)
+        elif layout:
+            index = ivf_from_layout(vectors, layout, metadata["nprobe"], path)
+        else:
+            index = build_index(vectors, metadata["index_type"])
         return cls(arrays=arrays, index=index, modalities=modalities,
                    signature=metadata["signature"], sources=metadata["sources"], key=metadata["key"],
                    index_type=metadata["index_type"])
@@ -206,7 +217,8 @@ def _metadata(path: Path) -> dict[str, Any]:
     try:
         metadata = {"modalities": json.loads(raw["modalities"]), "signature": json.loads(raw["signature"]),
                     "sources": json.loads(raw.get("sources", "[]")), "key": raw.get("key", ""),
-                    "index_type": raw.get("index_type", "auto"), "nprobe": int(raw.get("nprobe", "1"))}
+                    "index_type": raw.get("index_type", "auto"), "nprobe": int(raw.get("nprobe", "1")),
+                    "hnsw": json.loads(raw.get("hnsw", "{}"))}
     except (KeyError, TypeError, ValueError, RecursionError) as err:  # json.JSONDecodeError is a ValueError
         raise BankError(f"{path} has malformed metadata ({err!r}); rebuild the bank and save it again.") from err
     modalities, signature = metadata["modalities"], metadata["signature"]
@@ -292,12 +304,26 @@ def _memory_map(path: Path) -> dict[str, np.ndarray]:
 
 # ---- faiss --------------------------------------------------------------------------------------------
 def build_index(vectors: np.ndarray, index_type: str = "auto", nlist: int | None = None,
-                nprobe: int | None = None, seed: int = 0) -> Any:
+                nprobe: int | None = None, seed: int = 0, ef_search: int | None = None) -> Any:
     """An inner-product faiss index over ``vectors [N, D]`` (float16 or float32).
 
     ``"flat"``: exact (IndexFlatIP). ``"ivf"``: IndexIVFFlat with ``nlist`` ~ 2 sqrt(N) lists trained by
     k-means on a sample of ``40 nlist`` vectors and ``nprobe`` (default max(16, nlist / 128)) lists searched.
-    ``"hnsw"``: IndexHNSWFlat (32 links, efSearch 64). ``"auto"``: flat up to 200,000 entries, IVF above.
+    ``"hnsw"``: IndexHNSWFlat (M 32 links, efConstruction 40, efSearch ``ef_search``, default 256).
+    ``"auto"``: flat up to 200,000 entries, HNSW above.
+
+    Why HNSW at efSearch 256 above 200,000 (``benchmarks/redeem_bank.py``, 100,000 x 384 float16 banks of two
+    modality blocks, queries complete and with one block zeroed as an incomplete sample's, one faiss thread, CPU
+    ms per query; README "Bank benchmark"): it keeps recall@5 >= 0.95 for complete and incomplete queries with 500
+    and with 50 entries per cluster (>= 0.966, <= 1.5 ms), as IVF (2 sqrt(N) lists, 16 probed) does too, but IVF
+    falls apart where clusters are small relative to its lists (5 entries per cluster: recall@5 0.44 complete,
+    0.28 incomplete; 0.61 complete at 1M with 20,000 clusters in an earlier run), where HNSW degrades far less
+    (0.91 / 0.87, at 3.3-3.7 ms wall: nothing meets both targets there). HNSW at efSearch 128 misses incomplete
+    queries with 500 per cluster (0.91). A judgement, not a 1M measurement: the 1,000,000-entry runs could not
+    finish on the shared 2-core machine. The price is the build: 46 s of
+    one core at 100,000 entries against IVF's 3 s, so many minutes at a million (beyond the former 60 s target;
+    faiss builds the graph on every core). It is built once, saved with the bank (:func:`hnsw_layout`) and loaded
+    without a rebuild. ``"ivf"`` suits a bank rebuilt often whose samples form large clusters.
     """
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index_type must be one of {list(INDEX_TYPES)}, got {index_type!r}.")
@@ -305,13 +331,14 @@ def build_index(vectors: np.ndarray, index_type: str = "auto", nlist: int | None
     if n == 0:
         raise BankError("The memory bank is empty: there is nothing to index. Build it from a non-empty training set.")
     if index_type == "auto":
-        index_type = "flat" if n <= FLAT_LIMIT else "ivf"
+        index_type = "flat" if n <= FLAT_LIMIT else "hnsw"
     data = np.ascontiguousarray(vectors, dtype=np.float32)
     if index_type == "flat":
         index = faiss.IndexFlatIP(dim)
     elif index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = HNSW_EF_SEARCH
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = ef_search or HNSW_EF_SEARCH
     else:
         index = _ivf(data, nlist or max(1, int(2 * np.sqrt(n))), nprobe, seed)
     index.add(data)
@@ -363,6 +390,66 @@ def ivf_from_layout(data: np.ndarray, layout: dict[str, np.ndarray], nprobe: int
     index.add_core(len(data), faiss.swig_ptr(data), None, faiss.swig_ptr(lists))
     index.nprobe = nprobe
     return index
+
+
+def hnsw_layout(index: Any) -> dict[str, np.ndarray]:
+    """An HNSW index's graph: each vector's level count ``[N]`` and every neighbour slot ``[sum of the vectors'
+    slots]`` (-1 where empty), both int32 (empty for other index types). Saved in the bank, it lets a load rebuild
+    the index without building the graph again (:func:`hnsw_from_layout`): minutes for a million vectors, and a
+    multi-threaded build draws another graph each time, with other approximate neighbours."""
+    if not isinstance(index, faiss.IndexHNSW):
+        return {}
+    hnsw = index.hnsw
+    return {"hnsw.levels": faiss.vector_to_array(hnsw.levels).astype(np.int32),
+            "hnsw.neighbors": faiss.vector_to_array(hnsw.neighbors).astype(np.int32)}
+
+
+def hnsw_from_layout(data: np.ndarray, layout: dict[str, np.ndarray], settings: Any, path: Path) -> Any:
+    """The IndexHNSWFlat over ``data [N, D]`` from a saved graph, checked first so that faiss never reads outside
+    it: ``settings`` (``neighbours`` M, ``entry_point``, ``ef_search``) in range, one level count in
+    ``[1, levels faiss allows for M]`` per vector, exactly the slots those levels give, every neighbour -1 or a
+    vector that has the level of its slot, and the entry point on the top level."""
+    levels, neighbours = (np.asarray(layout.get(k, np.zeros(0, np.int32))) for k in HNSW_ARRAYS)
+    try:
+        links, entry, ef = (int(settings[k]) for k in ("neighbours", "entry_point", "ef_search"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise BankError(f"{path}: malformed HNSW settings {settings!r:.200}; rebuild the bank.") from err
+    if set(layout) != set(HNSW_ARRAYS) or not 2 <= links <= 512 or not 1 <= ef <= 2**20:
+        raise BankError(f"{path} holds {sorted(layout)} with HNSW settings {settings!r:.200}; an HNSW layout is "
+                        f"{list(HNSW_ARRAYS)} with 2 <= neighbours <= 512 and 1 <= ef_search <= 2**20. Rebuild the "
+                        "bank.")
+    index = faiss.IndexHNSWFlat(data.shape[1], links, faiss.METRIC_INNER_PRODUCT)
+    cumulative = faiss.vector_to_array(index.hnsw.cum_nneighbor_per_level).astype(np.int64)
+    _check_graph(levels, neighbours, entry, cumulative, len(data), path)
+    index.storage.add(np.ascontiguousarray(data, dtype=np.float32))
+    index.ntotal = len(data)
+    hnsw = index.hnsw
+    offsets = np.concatenate([[0], np.cumsum(cumulative[levels])]).astype(np.uint64)
+    for array, vector in ((levels, hnsw.levels), (offsets, hnsw.offsets), (neighbours, hnsw.neighbors)):
+        faiss.copy_array_to_vector(np.ascontiguousarray(array), vector)
+    hnsw.entry_point, hnsw.max_level, hnsw.efSearch = entry, int(levels.max()) - 1, ef
+    return index
+
+
+def _check_graph(levels: np.ndarray, neighbours: np.ndarray, entry: int, cumulative: np.ndarray, n: int,
+                 path: Path) -> None:
+    """Raise unless the saved HNSW graph fits ``n`` vectors (see :func:`hnsw_from_layout`)."""
+    fits = (levels.shape == (n,) and levels.dtype == np.int32 and neighbours.ndim == 1
+            and neighbours.dtype == np.int32 and levels.min() >= 1 and levels.max() < len(cumulative))
+    fits = fits and neighbours.shape[0] == int(cumulative[levels].sum()) and 0 <= entry < n
+    fits = fits and levels[entry] == levels.max() and neighbours.min() >= -1 and neighbours.max() < n
+    if fits:  # a slot on level l >= 1 may only link a vector that has level l (faiss reads its level-l slots)
+        offsets = np.concatenate([[0], np.cumsum(cumulative[levels])])
+        upper = np.flatnonzero(levels > 1)
+        counts = cumulative[levels[upper]] - cumulative[1]
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + cumulative[1]
+        linked = neighbours[np.repeat(offsets[upper], counts) + within]
+        slot_level = np.searchsorted(cumulative, within, side="right") - 1
+        fits = bool(np.all((linked < 0) | (levels[np.maximum(linked, 0)] > slot_level)))
+    if not fits:
+        raise BankError(f"{path}: the HNSW graph does not fit the bank ({list(levels.shape)} levels of "
+                        f"{levels.dtype}, {list(neighbours.shape)} neighbour slots of {neighbours.dtype}, entry point "
+                        f"{entry}, for {n} vectors); rebuild the bank and save it again.")
 
 
 # ---- embeddings ---------------------------------------------------------------------------------------
