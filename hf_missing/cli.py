@@ -151,7 +151,7 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
     parser.add_argument("--task", choices=("emoji", "subcategory", "speech"), default="emoji",
                         help="emoji: text + image, the 9 categories (default). subcategory: the same samples, the "
-                             "99 subcategories (a fine-grained label space). speech: the spoken emoji set, text + "
+                             "98 subcategories (a fine-grained label space). speech: the spoken emoji set, text + "
                              "image + audio (speech-embedding frames of each name, built once, ~70 s) on a fused "
                              "backbone aligned with audio too; trained with --rate missing over every incomplete "
                              "pattern ('both') and reported as REP's Table 2 at 70%%: text-/image-/audio-only, "

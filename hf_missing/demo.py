@@ -8,7 +8,7 @@ plugs in by name: it is trained with its ``<name>-demo`` preset from ``hub_confi
 else with its defaults and the baseline's demo training settings.
 
 Three tasks (``DemoSettings.task``, ``--task``): ``emoji`` (text + image, the 9 categories, the default),
-``subcategory`` (the same samples and split, the 99 subcategories: a fine-grained label space, its stage 1 aligned on
+``subcategory`` (the same samples and split, the 98 subcategories: a fine-grained label space, its stage 1 aligned on
 them) and ``speech``, the spoken emoji set (:func:`hf_missing.data.emoji_speech.load_emoji_speech_dataset`: the same
 samples plus each name spoken, as 96-wide speech-embedding frames) on a fused backbone whose stage 1 also aligns an
 audio frame embedding. With three modalities
@@ -87,7 +87,7 @@ class DemoTask:
 
 DEMO_TASKS = {
     "emoji": DemoTask("emoji", "emoji test split (text + image)"),
-    "subcategory": DemoTask("subcategory", "emoji test split, 99 subcategories (text + image)",
+    "subcategory": DemoTask("subcategory", "emoji test split, 98 subcategories (text + image)",
                             label_column="subcategory"),
     "speech": DemoTask("speech", "spoken emoji test split (text + image + audio)", {"audio": FEATURE_SIZE},
                        presets="speech-demo"),
