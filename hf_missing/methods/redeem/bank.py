@@ -236,6 +236,12 @@ def label_columns(config: Any) -> int:
     return config.num_labels if multi else max(config.num_labels, 2)
 
 
+def _expected_dtype(name: str, dtype: np.dtype) -> bool:
+    """``content_hash`` is int64; every other bank array (queries, tokens, labels) float16 or float32 (the int32
+    HNSW layout arrays are checked on their own)."""
+    return dtype == np.int64 if name == "content_hash" else dtype in (np.float16, np.float32)
+
+
 def _check_arrays(arrays: dict[str, np.ndarray], modalities: tuple[str, ...], path: Path) -> None:
     """Exactly the arrays a bank holds, each with its rank and dtype, all with the same number of rows."""
     expected = {"content_hash": 1, "labels": 2, **{f"query.{m}": 2 for m in modalities},
@@ -245,7 +251,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], modalities: tuple[str, ...], pa
         raise BankError(f"{path} holds arrays {sorted(arrays)}, but a bank over {list(modalities)} holds "
                         f"{sorted(expected)} (labels optional); rebuild the bank and save it again.")
     rows = {name: a.shape[0] if a.ndim else -1 for name, a in arrays.items()}
-    bad = [n for n, a in arrays.items() if a.ndim != expected[n] or (a.dtype == np.int64) != (n == "content_hash")]
+    bad = [n for n, a in arrays.items() if a.ndim != expected[n] or not _expected_dtype(n, a.dtype)]
     if bad or len(set(rows.values())) != 1 or next(iter(rows.values())) < 1:
         raise BankError(f"{path}: arrays {bad or sorted(rows)} have the wrong rank, dtype or row count ({rows}); "
                         "every array holds one row per bank entry. Rebuild the bank and save it again.")
