@@ -3,7 +3,8 @@
 Reads mutmut 3's result files (``mutants/<path>.meta``, one per mutated source file, left by ``mutmut run``) and
 counts, per file, the mutants killed, survived, timed out, without tests and not yet checked. Every surviving
 mutant is listed with its diff (``mutmut show``) and the reason from ``benchmarks/mutation_notes.json``: either a
-mutant that is equivalent (no observable change; left out of the score's denominator) or the test that kills it.
+mutant that is equivalent (no observable change; left out of the score's denominator), one accepted as it is, or
+the test added to kill it (such a mutant is listed with its status after the rerun, killed once the test works).
 
     score = (killed + timeout) / (checked - equivalent)
 
@@ -70,8 +71,10 @@ def file_report(meta: Path, notes: dict[str, dict[str, str]], diffs: bool) -> Fi
     codes, seconds = load_meta(meta)
     path = str(meta.relative_to(MUTANTS))[: -len(".meta")]
     counts = Counter(status_of(code) for code in codes.values())
-    survivors = [name for name, code in sorted(codes.items()) if status_of(code) in ("survived", "no tests", "other")]
-    equivalent = sum(notes.get(name, {}).get("kind") == "equivalent" for name in survivors)
+    survivors = [name for name, code in sorted(codes.items())
+                 if status_of(code) in ("survived", "no tests", "other") or name in notes]
+    equivalent = sum(notes.get(name, {}).get("kind") == "equivalent" and status_of(codes[name]) == "survived"
+                     for name in survivors)
     listed = [{"mutant": name, "status": status_of(codes[name]), **notes.get(name, {"kind": "", "reason": ""}),
                "diff": mutant_diff(name) if diffs else ""} for name in survivors]
     return FileReport(path, {column: counts[column] for column in COLUMNS}, equivalent, score(counts, equivalent),
@@ -93,7 +96,7 @@ def markdown(reports: list[FileReport]) -> str:
     for r in reports:
         if not r.survivors:
             continue
-        lines += ["", f"## {r.path}: surviving mutants", ""]
+        lines += ["", f"## {r.path}: mutants that survived the first run", ""]
         for s in r.survivors:
             reason = f"**{s['kind']}**: {s['reason']}" if s["kind"] else "**not yet examined**"
             lines += [f"### `{s['mutant']}` ({s['status']})", "", reason, "", "```diff", s["diff"], "```", ""]
