@@ -24,6 +24,7 @@ from pathlib import Path
 
 MUTANTS = Path("mutants")
 NOTES = Path("benchmarks/mutation_notes.json")
+RUNS = Path("benchmarks/mutation_runs.md")  # hand-written: which runs produced the results, their scope and time
 OUT = Path("benchmarks/results/mutation")
 # mutmut.stats.status_by_exit_code, folded into the columns of the report.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -54,10 +55,16 @@ def load_meta(meta: Path) -> tuple[dict[str, int | None], float]:
     return data["exit_code_by_key"], sum(data.get("durations_by_key", {}).values())
 
 
-def mutant_diff(name: str) -> str:
-    """The diff of one mutant, as ``mutmut show`` prints it (its first line, the status, dropped)."""
-    shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], capture_output=True, text=True, check=False)
-    return "\n".join(shown.stdout.splitlines()[1:]).strip() or shown.stderr.strip()
+def mutant_diff(name: str, path: str) -> str:
+    """The diff of one mutant, as ``mutmut show`` prints it: read in this process with mutmut 3.8.1's own function
+    (one ``mutmut show`` process per mutant is slow), else from ``mutmut show``."""
+    try:
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+    except ImportError:
+        shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], capture_output=True, text=True,
+                               check=False)
+        return "\n".join(shown.stdout.splitlines()[1:]).strip() or shown.stderr.strip()
+    return get_diff_for_mutant(name, path=path).strip()
 
 
 def score(counts: Counter[str], equivalent: int) -> float | None:
@@ -76,7 +83,7 @@ def file_report(meta: Path, notes: dict[str, dict[str, str]], diffs: bool) -> Fi
     equivalent = sum(notes.get(name, {}).get("kind") == "equivalent" and status_of(codes[name]) == "survived"
                      for name in survivors)
     listed = [{"mutant": name, "status": status_of(codes[name]), **notes.get(name, {"kind": "", "reason": ""}),
-               "diff": mutant_diff(name) if diffs else ""} for name in survivors]
+               "diff": mutant_diff(name, path) if diffs else ""} for name in survivors]
     return FileReport(path, {column: counts[column] for column in COLUMNS}, equivalent, score(counts, equivalent),
                       round(seconds, 1), listed)
 
@@ -93,6 +100,8 @@ def markdown(reports: list[FileReport]) -> str:
         shown = "not run" if r.score is None else f"{r.score:.1%}"
         lines.append(f"| {r.path} | {sum(r.counts.values())} | " + " | ".join(cells)
                      + f" | {r.equivalent} | {shown} | {r.mutant_s:.0f} |")
+    if RUNS.exists():
+        lines += ["", RUNS.read_text().strip()]
     for r in reports:
         if not r.survivors:
             continue

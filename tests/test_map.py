@@ -107,19 +107,23 @@ def _arguments(module: torch.nn.Module) -> dict:
     return record
 
 
-def test_input_prompts_stop_at_prompt_depth_and_every_argument_reaches_the_base_layer(shapes_missing):
-    """prompt_depth = 1 on the two-layer ViLT, input-level: layer 0 holds prompts, layer 1 none; each base layer
-    gets every argument besides the hidden states that its wrapper got. Mutants killed (MapLayer.update_layer):
+@pytest.mark.parametrize("backbone", ["vilt", "clip"])
+def test_input_prompts_stop_at_prompt_depth_and_every_argument_reaches_the_base_layer(shapes_missing, backbone):
+    """prompt_depth = 1 on the two-layer backbones, input-level: layer 0 of each stream holds prompts, layer 1 none;
+    each base layer gets every argument besides the hidden states that its wrapper got (ViLT's layers take the mask
+    positionally, CLIP's text layers ``is_causal`` by keyword). Mutants killed (MapLayer.update_layer):
     ``index < depth`` -> ``<=`` or always true, the empty length 0 -> 1; (MapLayer.adapted_forward, input path):
     ``*args`` or ``**kwargs`` dropped."""
     from tests.conftest import make_batch
 
-    model = make_model("vilt", "map", prompt_length=2, prompt_depth=1).eval()
-    layers = model.backbone.encoder.layer
-    assert [layer.map_prompts["default"].shape[1] for layer in layers] == [2, 0]
+    model = make_model(backbone, "map", prompt_length=2, prompt_depth=1).eval()
+    layers = [module for module in model.modules() if isinstance(module, MapLayer)]
+    assert [layer.map_prompts["default"].shape[1] for layer in layers] == [2 if layer.index < 1 else 0
+                                                                          for layer in layers]
+    assert {layer.index for layer in layers} == {0, 1}
     wrapped = [(_arguments(layer), _arguments(layer.base_layer)) for layer in layers]
     with torch.no_grad():
-        model(**make_batch(shapes_missing["train"], "vilt", n=4))
+        model(**make_batch(shapes_missing["train"], backbone, n=4))
     for outer, inner in wrapped:
         assert len(inner["args"]) == len(outer["args"]) and inner["kwargs"].keys() == outer["kwargs"].keys()
 
