@@ -437,3 +437,24 @@ def test_distributed_prompts_between_modalities_of_a_causal_stream_are_a_clear_e
     blocks = [Block(m, torch.zeros(2, 1, 32), before=m) for m in ("text", "image")]
     with pytest.raises(ValueError, match=r"before 'image', which does not start the stream.*placement='pre-appended'"):
         layer._place(run, blocks)
+
+
+def test_squared_cosine_is_over_token_pairs_of_each_sample():
+    """Eq. 8's orthogonality: the mean, over samples and token pairs, of the squared cosine between the hidden
+    vectors of a token of ``a`` and one of ``b``. Mutants killed (memprompt.layer.squared_cosine): either side
+    normalised over the token axis (``dim`` dropped, ``+1`` or ``-2``) instead of the hidden one."""
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    expected = torch.stack([F.cosine_similarity(a[i, j], b[i, k], dim=0) ** 2
+                            for i in range(2) for j in range(3) for k in range(5)]).mean()
+    assert torch.allclose(squared_cosine(a, b), expected)
+
+
+@pytest.mark.parametrize(("counts", "expected"), [
+    ([5], 0.0), ([0, 0, 0], 0.0), ([1, 1], 1.0), ([2, 0], 0.0), ([1, 1, 0], math.log(2) / math.log(3)),
+])
+def test_normalized_entropy_edges(counts, expected):
+    """Usage entropy of the memory entries, over log K: 0 for one entry or no use, 1 for even use. Mutants killed
+    (memprompt.layer.normalized_entropy): the guard's ``or`` -> ``and``, ``< 2`` -> ``<= 2`` / ``< 3``, the empty
+    sum tested against 1, the guarded value 1.0."""
+    assert normalized_entropy(torch.tensor(counts)) == pytest.approx(expected)

@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from hf_missing import (
     missing_settings,
     simulate_missing,
 )
-from hf_missing.data.simulate import pattern_counts, pattern_shares
+from hf_missing.data.simulate import _round_counts, pattern_counts, pattern_shares, split_key
 from hf_missing.data.synthetic import tiny_processor
 
 
@@ -86,6 +88,68 @@ def test_map_counts_are_the_floor_of_the_exact_fraction():
     assert pattern_counts(101, 0.7, shares, "map") == {"missing_text": 49, "missing_image": 21}
 
 
+@pytest.mark.parametrize(
+    ("exact", "expected"),
+    [
+        # 5 at 1.0 "both": 2.5 + 2.5 round to 3 + 3 > ceil(5); the tie goes to the first pattern, not by name.
+        ({"missing_text": Fraction(5, 2), "missing_image": Fraction(5, 2)}, {"missing_text": 2, "missing_image": 3}),
+        # An exact count (remainder 0) is never moved: only the two rounded up are candidates.
+        ({"a": Fraction(2), "b": Fraction(5, 2), "c": Fraction(5, 2)}, {"a": 2, "b": 2, "c": 3}),
+        # The remainder is the fractional part alone: 3.5 and 1.5 tie, so the first one gives back.
+        ({"a": Fraction(7, 2), "b": Fraction(3, 2)}, {"a": 3, "b": 2}),
+        # Three rounded down (total 4.15, counts 3): the largest remainder (a, 0.45) gets the missing one.
+        ({"a": Fraction(29, 20), "b": Fraction(7, 5), "c": Fraction(13, 10)}, {"a": 2, "b": 1, "c": 1}),
+        # Half up: 1.6 is 2, not 1.
+        ({"a": Fraction(8, 5)}, {"a": 2}),
+    ],
+)
+def test_redeem_rounding_moves_the_counts_nearest_a_tie_by_one(exact, expected):
+    """The "redeem" counts: each rounded half up, then moved by one (those nearest their rounding threshold first,
+    ties in pattern order) until the total lies within floor and ceil of the exact total. Mutants killed
+    (simulate._round_counts): threshold 1/2 -> 1/3; the remainder as value + floor(value); the sort keys dropped or
+    reversed; ``>`` -> ``>=`` among the rounded up; ``-= 1`` / ``+= 1`` -> ``= 1``, ``+= 1``/``-= 1``, ``±= 2``."""
+    assert _round_counts(exact) == expected
+
+
+def test_split_keys_are_pinned():
+    """A split's table is a function of its name through split_key; these values pin the random streams, so a
+    seed's tables (and every published number) stay the same across versions. Mutants killed (simulate.split_key):
+    byte order "little" dropped (big-endian) and 8 -> 9 digest bytes."""
+    assert split_key("train") == 15782024995084201745
+    assert split_key("test") == 7313085519096743583
+
+
+def test_pattern_shares_as_a_mapping_and_the_default_both_ratio():
+    """Shares given as a dict are checked (known names, >= 0, summing to 1; a zero share is allowed) and returned as
+    floats; "both" splits evenly by default. Mutants killed (simulate.pattern_shares): default both_ratio 0.5 ->
+    1.5; the unknown-name check dropped or inverted; ``or`` -> ``and`` in the check; ``< 0`` -> ``<= 0`` / ``< 1``;
+    the sum compared with 2 or not at all; the message or the returned shares replaced by None."""
+    two = ("text", "image")
+    assert pattern_shares("both", two) == {"missing_text": 0.5, "missing_image": 0.5}
+    assert pattern_shares({"missing_text": 1, "missing_image": 0}, two) == {"missing_text": 1.0, "missing_image": 0.0}
+    assert pattern_shares({"missing_text": 0.25, "missing_image": 0.75}, two) == {"missing_text": 0.25,
+                                                                                  "missing_image": 0.75}
+    for bad in ({"missing_audio": 1.0}, {"missing_text": 0.5, "missing_image": 0.4},
+                {"missing_text": 1.5, "missing_image": -0.5}):
+        with pytest.raises(ValueError, match=r"must use names from \['missing_text', 'missing_image'\].*got \{"):
+            pattern_shares(bad, two)
+
+
+def test_both_ratio_bounds_the_mixed_alias_and_even_shares_for_three_modalities():
+    """both_ratio may be 0 or 1 (all incomplete samples miss the text, or the image) but not beyond; "mixed" is
+    "both"; with three modalities the six incomplete patterns share evenly. Mutants killed (simulate.pattern_shares):
+    the "mixed" alias renamed; ``0.0 <= both_ratio <= 1.0`` -> ``<`` on either side or ``<= 2.0``; the message
+    replaced by None; the even share ``1.0 / len`` -> ``1.0 * len`` or ``2.0 / len``."""
+    two = ("text", "image")
+    assert pattern_shares("both", two, both_ratio=0.0) == {"missing_text": 1.0, "missing_image": 0.0}
+    assert pattern_shares("both", two, both_ratio=1.0) == {"missing_text": 0.0, "missing_image": 1.0}
+    assert pattern_shares("mixed", two, both_ratio=0.3) == pattern_shares("both", two, both_ratio=0.3)
+    with pytest.raises(ValueError, match=r"both_ratio must lie in \[0, 1\], got 1.5"):
+        pattern_shares("both", two, both_ratio=1.5)
+    three = pattern_shares("mixed", ("text", "image", "audio"))
+    assert len(three) == 6 and all(share == pytest.approx(1 / 6) for share in three.values())
+
+
 def test_deterministic_across_num_proc_and_seed_sensitive():
     ds = _ids(500)
     one = list(simulate_missing(ds, rate=0.7, seed=7, num_proc=1)["missing_type"])
@@ -100,6 +164,9 @@ def test_settings_are_recorded_on_the_dataset():
     settings = missing_settings(ds)
     assert settings["rate"] == 0.4 and settings["seed"] == 5 and settings["protocol"] == "map"
     assert settings["shares"] == {"missing_text": 1.0}
+    # One count per pattern, the patterns that stay empty included. Mutant killed (simulate._counts): the bincount's
+    # minlength dropped.
+    assert settings["counts"] == {"dataset": [6, 4, 0]}
 
 
 def test_per_epoch_redraw_is_keyed_on_seed_epoch_and_sample(shapes):

@@ -69,6 +69,13 @@ def test_allot_fills_the_shortfall_of_each_pattern_up_to_the_total():
     assert allot({"missing_text": 3}, {"missing_image": 9}) == {"missing_text": 0}
 
 
+def test_allot_gives_the_leftover_sample_to_the_largest_remainder():
+    """Shortfalls 10 and 5 scaled to the 8 still missing: exactly 5.33 and 2.67, floored to 5 and 2; the leftover one
+    goes to the largest remainder (b), none to the pattern without a shortfall. Mutants killed (simulate.allot): the
+    remainder order dropped, reversed or taken as ``exact + out``; ``out[name] += 1`` -> ``= 1``, ``-= 1``, ``+= 2``."""
+    assert allot({"a": 10, "b": 5, "c": 10}, {"c": 17}) == {"a": 5, "b": 3, "c": 0}
+
+
 def test_a_dataset_with_gaps_collates_without_a_manual_missing_type(gappy):
     """Catches: the issue's failure, 'Sample 1 has no image but its missing_type says the image is present'."""
     out = simulate_missing(gappy, rate=0.5, seed=0)

@@ -525,3 +525,22 @@ def test_every_configuration_trains_every_parameter_it_builds(shapes_missing, ba
     model(**batch).loss.backward()
     idle = [n for n, p in _pooled(model).named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not idle
+
+
+@pytest.mark.parametrize(("options", "keys"), [
+    ({}, {"alpha_text", "alpha_image", "beta_p", "eps_s", "beta_s"}),
+    ({"dual_buffers": False}, {"alpha_text", "alpha_image", "beta_p"}),
+    ({"use_private_buffer": False}, {"eps_s", "beta_s"}),
+    ({"replay": False}, set()),
+])
+def test_diagnostics_report_each_gate_the_buffers_hold(options, keys):
+    """The logged gates: alpha_m and beta_p with private buffers, eps_s and beta_s with a shared one, none without
+    replay; each the gate's current value. Mutants killed (RepBuffers.diagnostics): the alphas reported without
+    private buffers; the "beta_p" key renamed; eps_s left out."""
+    buffers = _buffers(**options)
+    values = buffers.diagnostics()
+    assert set(values) == keys
+    if "beta_p" in keys:
+        assert values["beta_p"] == pytest.approx(buffers.beta_p.item())
+    if "eps_s" in keys:
+        assert values["eps_s"] == pytest.approx(buffers.eps_s.item())
