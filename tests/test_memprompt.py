@@ -458,3 +458,54 @@ def test_normalized_entropy_edges(counts, expected):
     (memprompt.layer.normalized_entropy): the guard's ``or`` -> ``and``, ``< 2`` -> ``<= 2`` / ``< 3``, the empty
     sum tested against 1, the guarded value 1.0."""
     assert normalized_entropy(torch.tensor(counts)) == pytest.approx(expected)
+
+
+# ---- mutation-testing guards ---------------------------------------------------------------------------
+def _direct_run(model, spans: dict[str, slice], batch: int = 2) -> tuple[MemPromptLayer, MethodRun]:
+    """Layer 0 of the joint ViLT stream and a run over a hand-made context with these ``spans``: what the layer's
+    :meth:`~MemPromptLayer.blocks` gets in a forward, without the backbone around it."""
+    layer = next(m for m in _layers(model) if m.index == 0)
+    ctx = ForwardContext(missing_type=torch.tensor([0, 1])[:batch], present=torch.tensor([[True, True], [False, True]]),
+                         modalities=("text", "image"), spans={layer.stream.name: spans})
+    return layer, MethodRun("default", model.peft_config["default"], _pooled_bank(model), ctx)
+
+
+def test_bottleneck_weights_start_at_the_released_codes_std():
+    """G_m's two linear layers start N(0, 0.02^2) with zero biases, as the released code. Guards: init std 0.02
+    dropped (mutmut memprompt _bottleneck_21), which leaves nn.init.normal_'s std 1."""
+    torch.manual_seed(0)
+    bank = _bank(shared_dim=256, bottleneck_dim=64)
+    for linear in (bank.mapping["image"]["0"][0], bank.mapping["text"]["1"][2]):
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert linear.bias.abs().sum() == 0
+
+
+def test_orthogonality_terms_of_every_modality_add_up_under_the_adapters_name():
+    """The optional orthogonality loss at one layer: ``ortho_weight`` times the squared cosine between each
+    modality's shared and generative prompt, summed over the modalities, under ``memprompt_orthogonality/<adapter>``.
+    Guards (mutmut memprompt MemPromptLayer._new_prompts): the loss named None (_49), the weight divided by the
+    cosine (_51), the generative prompt compared with itself (_56), a later modality's term replacing the earlier
+    one's instead of adding to it (_59)."""
+    model = make_model("vilt", "memprompt", **TINY, ortho_weight=0.5)
+    layer, run = _direct_run(model, {"text": slice(0, 3), "image": slice(3, 7)})
+    with torch.no_grad():
+        blocks = layer.blocks(run, torch.randn(2, 7, 32), None, {})
+    assert [b.name for b in blocks] == ["text", "image"]
+    expected = sum(0.5 * squared_cosine(b.tokens[:, :L], b.tokens[:, L:]) for b in blocks)
+    assert set(run.ctx.aux_losses) == {"memprompt_orthogonality/default"}
+    torch.testing.assert_close(run.ctx.aux_losses["memprompt_orthogonality/default"], expected)
+    assert 0 < expected < 0.5 * 2  # each squared cosine lies in [0, 1]
+
+
+def test_pre_appended_blocks_follow_the_modalities_positions_not_their_names_order():
+    """Pre-appended prompts go to the front in the order of the modalities' tokens, whatever order the stream lists
+    its modalities in (here the image's one token comes before the text). Guards (mutmut memprompt
+    MemPromptLayer.blocks): the sort key ``start or 0`` -> ``start and 0`` (_8, every key 0: the stream's order)
+    and -> ``start or 1`` (_9, a span at 0 ties with one at 1)."""
+    model = make_model("vilt", "memprompt", **TINY, placement="pre-appended")
+    layer, run = _direct_run(model, {"text": slice(1, 4), "image": slice(0, 1)})
+    assert layer.stream.modalities == ("text", "image")
+    with torch.no_grad():
+        blocks = layer.blocks(run, torch.randn(2, 4, 32), None, {})
+    assert [b.name for b in blocks] == ["image", "text"] and all(b.before is None for b in blocks)
+    assert [b.name for _, b in layer._place(run, blocks)] == ["image", "text"]
