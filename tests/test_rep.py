@@ -1,5 +1,7 @@
 """REP (buffer replay prompting): each equation on small tensors, the ablation switches, training, round trips."""
 
+import math
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -10,8 +12,16 @@ from torch.nn import functional as F
 
 import hf_missing
 from hf_missing.backbones import ClipBackbone, insert_blocks, remove_blocks
+from hf_missing.context import ForwardContext
 from hf_missing.methods.rep import RepBuffers, RepConfig, RepLayer
-from hf_missing.methods.rep.layer import init_embeddings, init_noise, squared_cosine
+from hf_missing.methods.rep.layer import (
+    BufferStates,
+    RepRun,
+    _private_init,
+    init_embeddings,
+    init_noise,
+    squared_cosine,
+)
 from tests.conftest import BACKBONES, make_batch, make_model
 
 TINY = {"prompt_length": 4, "prompt_depth": 2, "shared_dim": 8, "mlp_reduction": 4}
@@ -544,3 +554,188 @@ def test_diagnostics_report_each_gate_the_buffers_hold(options, keys):
         assert values["beta_p"] == pytest.approx(buffers.beta_p.item())
     if "eps_s" in keys:
         assert values["eps_s"] == pytest.approx(buffers.eps_s.item())
+
+
+# ---- mutation-testing guards ---------------------------------------------------------------------------
+def test_the_chosen_noise_type_initialises_both_buffers():
+    """Table 4's noise type reaches eq. 10 and eq. 11: uniform noise stays within sqrt(3 / D) per component (eps_n
+    times that for the private offsets), which Laplace noise of the same variance exceeds about 9% of the time.
+    Guards: the noise type replaced by None or by the device (mutmut rep _private_init_17, _private_init_20,
+    _shared_init_10), both of which fall through to Laplace noise."""
+    torch.manual_seed(0)
+    config = RepConfig(**{**TINY, "prompt_length": 64}, noise_type="uniform", noise_scale=0.2)
+    init = {m: torch.randn(d) for m, d in WIDTHS.items()}
+    buffers = RepBuffers(WIDTHS, config, init)
+    for m, d in WIDTHS.items():
+        largest, bound = (buffers.private[m] - init[m]).abs().max().item(), 0.2 * math.sqrt(3 / d)
+        assert 0.9 * bound < largest <= bound + 1e-6, m
+    largest, bound = buffers.shared.abs().max().item(), math.sqrt(3 / 8)
+    assert 0.9 * bound < largest <= bound + 1e-6
+    sample = _private_init(8, 64, RepConfig(**TINY, noise_type="uniform", init_source="sample"), None)
+    assert sample.abs().max() <= 0.2 * math.sqrt(3 / 8) + 1e-6  # E_m from the sample: the noise alone
+
+
+def test_private_buffer_starts_with_a_present_and_a_missing_row_at_e_plus_eps_n_zeta():
+    """Eq. 10: ``F_p^m[0] = E_m + eps_n * zeta`` with the noise drawn as :func:`init_noise` draws it, for each of
+    the two rows (modality present, missing); static initialisation has the same two rows. Guards: ``+ noise`` ->
+    ``- noise`` (mutmut rep _private_init_26), three static rows instead of two (_private_init_9)."""
+    config, embedding = RepConfig(**TINY, noise_type="gaussian", noise_scale=0.2), torch.randn(8)
+    torch.manual_seed(5)
+    start = _private_init(8, 4, config, embedding)
+    torch.manual_seed(5)
+    torch.testing.assert_close(start, embedding + 0.2 * init_noise((2, 4, 8), "gaussian"))
+    assert _private_init(8, 4, RepConfig(**TINY, dynamic_init=False), None).shape == (2, 4, 8)
+    assert RepBuffers(WIDTHS, RepConfig(**TINY, dynamic_init=False), None).private["image"].shape == (2, 4, 12)
+
+
+def test_laplace_noise_is_the_inverse_cdf_of_its_uniform_draw_and_stays_finite(monkeypatch):
+    """Laplace(0, 1/sqrt 2) by inverse CDF: ``u ~ U(-1/2, 1/2)`` maps to ``-b sign(u) log(1 - 2|u|)``, increasing in
+    u, and the draw ``u = -1/2`` (torch.rand returning 0) stays finite through the clamp. Guards: the sign flipped
+    (mutmut rep init_noise_34), the clamp's bound ``0.5 - 1e-7`` -> ``0.5 + 1e-7`` or ``1.5 - 1e-7``
+    (init_noise_41, init_noise_42), which let ``log(0)`` through."""
+    shape = (4, 6, 16)
+    torch.manual_seed(3)
+    u = torch.rand(shape) - 0.5
+    torch.manual_seed(3)
+    noise = init_noise(shape, "laplace")
+    torch.testing.assert_close(noise, -torch.sign(u) * torch.log1p(-2 * u.abs()) / math.sqrt(2) / math.sqrt(16))
+    assert torch.equal(noise > 0, u > 0)
+    monkeypatch.setattr(torch, "rand", lambda size, device=None: torch.zeros(size, device=device))
+    edge = init_noise(shape, "laplace")
+    assert torch.isfinite(edge).all() and (edge < -2).all()
+
+
+def test_g_bottleneck_is_the_width_over_mlp_reduction_and_at_least_one():
+    """G_m of eq. 7 narrows D_m to D_m // mlp_reduction, at least 1. Guards: the floor 1 -> 2 (mutmut rep
+    RepBuffers._build_replay_15)."""
+    assert [_buffers(mlp_reduction=4).G[m][0].out_features for m in WIDTHS] == [2, 3]
+    narrow = _buffers(mlp_reduction=16)
+    assert [narrow.G[m][0].out_features for m in WIDTHS] == [1, 1] and narrow.G["image"][2].out_features == 12
+
+
+def test_initial_states_add_each_samples_embedding_in_the_buffers_dtype():
+    """Eq. 10 with E_m from the sample: state 0 is the pattern's row plus the sample's embedding, cast to the
+    buffer's dtype (a float64 embedding does not turn the state into float64). Guards (mutmut rep RepBuffers):
+    the embeddings ignored by initial_states (initial_states_9, _12, _14), the cast dropped (initial_private_16)."""
+    buffers, codes = _buffers(), torch.tensor([0, 1, 2, 0])
+    embedded = {m: torch.randn(4, d, dtype=torch.float64) for m, d in WIDTHS.items()}
+    states, plain = buffers.initial_states(codes, embedded), buffers.initial_states(codes)
+    for m in WIDTHS:
+        assert states.private[m][0].dtype == torch.float32
+        torch.testing.assert_close(states.private[m][0], plain.private[m][0] + embedded[m][:, None].float())
+
+
+def test_private_buffers_alone_chain_without_a_shared_state():
+    """Table 4 "w/o shared buffer" on the released chain: state 0 and every update hold private buffers only.
+    Guards: initial_states reading the shared buffer whether or not there is one (mutmut rep
+    RepBuffers.initial_states_4, an AttributeError)."""
+    buffers = _buffers(dual_buffers=False, buffer_source="parameters")
+    states = buffers.chain(PATTERNS)
+    assert states.shared == [] and [len(states.private[m]) for m in WIDTHS] == [3, 3]
+    assert buffers.slots(states, "text", 2).shape == (3, 4, 8)
+
+
+def test_orthogonality_loss_of_no_state_is_a_zero_tensor():
+    """Eq. 6 over no state is a tensor 0 (callers add it, call .item() or backward on it). Guards: the sum's start
+    value dropped (mutmut rep RepBuffers.orthogonality_loss_9), which returns the int 0."""
+    loss = _buffers().orthogonality_loss(BufferStates())
+    assert isinstance(loss, torch.Tensor) and loss.item() == 0
+
+
+def test_parameter_buffers_update_from_the_previous_state_not_the_stream(shapes_missing, monkeypatch):
+    """buffer_source="parameters" with E_m from the sample: states 1.. follow eq. 7-8 from the previous state
+    (the released chain), never from the slots' outputs. Guards: the slot features read whatever buffer_source
+    says (mutmut rep RepLayer._advance_4)."""
+    runs = _capture_runs(monkeypatch)
+    model = _deep_vilt_rep(prompt_depth=3, buffer_source="parameters", init_source="sample")
+    with torch.no_grad():
+        model(**make_batch(shapes_missing["train"], "vilt", n=6))
+    buffers, states = _pooled(model), runs[0].states
+    for j in (1, 2):
+        expected = BufferStates(private={m: [states.private[m][j - 1]] for m in WIDTHS}, shared=[states.shared[j - 1]])
+        with torch.no_grad():
+            buffers.update(expected)
+        for m in WIDTHS:
+            torch.testing.assert_close(states.private[m][j], expected.private[m][1])
+        torch.testing.assert_close(states.shared[j], expected.shared[1])
+
+
+def test_orthogonality_loss_is_named_after_the_adapter_and_absent_at_weight_zero(shapes_missing, monkeypatch):
+    """Eq. 6 enters the forward's auxiliary losses as ``rep_orthogonality/<adapter>``; ortho_weight=0 (the
+    ablation without it) adds no term at all. Guards: the run made with adapter None (mutmut rep
+    RepLayer.start_run_18), ``weight > 0`` -> ``weight >= 0`` (RepLayer._count_orthogonality_4)."""
+    runs = _capture_runs(monkeypatch)
+    batch = make_batch(shapes_missing["train"], "vilt", n=4)
+    outputs = [make_model("vilt", "rep", **TINY, ortho_weight=w)(**batch) for w in (0.5, 0.0)]
+    assert set(runs[0].ctx.aux_losses) == {"rep_orthogonality/default"} and outputs[0].aux_loss > 0
+    assert runs[1].ctx.aux_losses == {} and outputs[1].aux_loss is None
+
+
+def test_feature_buffers_refuse_a_stream_that_ran_to_another_depth():
+    """Feature buffers read every stream's layer j-1: a stream whose last layer is another one (here CLIP's text
+    tower ran ahead to layer 1) is an error with the fix, not stale features. Guards (mutmut rep RepLayer._features):
+    ``outputs is None or <other depth>`` -> ``and`` (_features_9); the fix's text changed (_features_14, _15)."""
+    model = make_model("clip", "rep", **TINY)
+    layer = next(m for m in model.modules() if isinstance(m, RepLayer) and m.stream.name == "vision" and m.index == 1)
+    ctx = ForwardContext(missing_type=torch.zeros(2, dtype=torch.long), present=torch.ones(2, 2, dtype=torch.bool),
+                         modalities=("text", "image"))
+    run = RepRun("default", model.peft_config["default"], _pooled(model), ctx, states=BufferStates())
+    run.carried["text"], run.depth = {"text": torch.zeros(2, 8, 32)}, {"text": 1, "vision": 0}
+    message = ("REP feature buffers need every stream's layer 0 before layer 1 of the vision stream, but the text "
+               "stream is not there; the backbone must run its streams in step (ForwardContext.lockstep), or pass "
+               "buffer_source='parameters'.")
+    with pytest.raises(RuntimeError, match=re.escape(message) + "$"):
+        layer._features(run, {"image": torch.zeros(2, 8, 32)})
+
+
+def test_clip_text_features_add_the_mean_of_the_visible_text_outputs(shapes_missing, monkeypatch):
+    """Z_text on CLIP's causal tower: the private slots' outputs of layer 0 plus the mean of the text tokens'
+    outputs a query may see (padding excluded), then eq. 7. Guards: the mean subtracted (mutmut rep
+    RepLayer._features_19)."""
+    runs = _capture_runs(monkeypatch)
+    model = make_model("clip", "rep", **TINY).eval()
+    batch = make_batch(shapes_missing["train"], "clip", n=4)
+    seen = []
+    model.backbone.text_model.encoder.layers[0].base_layer.register_forward_hook(
+        lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        model(**batch)
+    buffers, states, (out0,) = _pooled(model), runs[0].states, seen
+    weights = batch["attention_mask"][..., None].float()
+    tokens = out0[:, 8:]  # [shared slots | private slots | text]
+    z = out0[:, 4:8] + ((tokens * weights).sum(1) / weights.sum(1))[:, None]
+    alpha = buffers.alpha("text")
+    with torch.no_grad():
+        expected = alpha * buffers.G["text"](buffers.norm["text"](z)) + (1 - alpha) * states.private["text"][0]
+    torch.testing.assert_close(states.private["text"][1], expected)
+
+
+def test_mean_of_visible_tokens_divides_by_their_count():
+    """The sample's E_m (and CLIP's text mean) is the mean over the modality's visible tokens: one visible token is
+    its own mean, none gives 0. Guards: the count's floor 1 -> 2 (mutmut rep RepLayer._mean_tokens_11), which
+    halves a single visible token."""
+    hidden = torch.arange(36.0).view(3, 4, 3)
+    visible = torch.tensor([[True, True, False, False], [False, False, True, True], [True, False, False, False]])
+    run = SimpleNamespace(ctx=SimpleNamespace(spans={"joint": {"text": slice(1, 4)}}), visible={"joint": visible})
+    mean = RepLayer._mean_tokens(run, "joint", "text", hidden)
+    torch.testing.assert_close(mean, torch.stack([hidden[0, 1], hidden[1, 2:].mean(0), torch.zeros(3)]))
+
+
+def test_init_embeddings_errors_end_with_the_fix(monkeypatch):
+    """Both errors of REP's dynamic initialisation end with the fix as written. Guards: the fix's text changed
+    (mutmut rep init_embeddings_13 for a backbone without PretrainedTokens, init_embeddings_18 for one that has no
+    embedding of a modality)."""
+    toy = SimpleNamespace(model_type="toy", modalities=("text", "image"))
+    fix = "does not offer; pass dynamic_init=False, or add the PretrainedTokens mixin to its backbone interface."
+    with pytest.raises(ValueError, match=re.escape(fix) + "$"):
+        init_embeddings(toy)
+
+    def refuse(self, modality):
+        raise ValueError(f"clip has no pretrained embedding for {modality!r}.")
+
+    interface = make_model("clip", None).interface
+    monkeypatch.setattr(ClipBackbone, "pretrained_token_embedding", refuse)
+    fix = ("clip has no pretrained embedding for 'text'. REP's dynamic initialisation (eq. 10) starts from one per "
+           "modality; pass dynamic_init=False or extend pretrained_token_embedding in its backbone interface.")
+    with pytest.raises(ValueError, match="^" + re.escape(fix) + "$"):
+        init_embeddings(interface)
