@@ -144,6 +144,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--spread", type=float, default=0.7)
     parser.add_argument("--configs", nargs="+", default=["ivf", "hnsw"],
                         choices=["default", "flat", "ivf", "hnsw"])
+    parser.add_argument("--ef-construction", type=int, default=None,
+                        help="HNSW efConstruction (default: build_index's, 40)")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
@@ -160,12 +162,13 @@ def main() -> None:
     kinds = query_kinds(clustered(args.queries, args.dim, centres, args.spread, rng).astype(np.float32))
     truth, exact_ms = exact(bank, kinds, args.k)
     builders = {"default": lambda: build_index(bank, "auto", seed=args.seed),
-                **{t: (lambda t=t: build_index(bank, t, seed=args.seed)) for t in ("flat", "ivf", "hnsw")}}
+                **{t: (lambda t=t: build_index(bank, t, seed=args.seed, ef_construction=args.ef_construction))
+                   for t in ("flat", "ivf", "hnsw")}}
     rows = [row for name in args.configs for row in measure(name, builders[name], kinds, truth, args.k)]
     report = {
         "command": "python benchmarks/redeem_bank.py " + " ".join(
             f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items()
-            if key not in ("configs", "out")) + " --configs " + " ".join(args.configs),
+            if key not in ("configs", "out") and value is not None) + " --configs " + " ".join(args.configs),
         "bank": [args.size, args.dim], "dtype": "float16", "modalities": ["text", "image"],
         "data": f"{args.clusters} clusters, spread {args.spread}, each modality block normalised",
         "queries": args.queries, "k": args.k, "faiss": faiss.__version__, "faiss_threads": 1,

@@ -310,12 +310,14 @@ def _memory_map(path: Path) -> dict[str, np.ndarray]:
 
 # ---- faiss --------------------------------------------------------------------------------------------
 def build_index(vectors: np.ndarray, index_type: str = "auto", nlist: int | None = None,
-                nprobe: int | None = None, seed: int = 0, ef_search: int | None = None) -> Any:
+                nprobe: int | None = None, seed: int = 0, ef_search: int | None = None,
+                ef_construction: int | None = None) -> Any:
     """An inner-product faiss index over ``vectors [N, D]`` (float16 or float32).
 
     ``"flat"``: exact (IndexFlatIP). ``"ivf"``: IndexIVFFlat with ``nlist`` ~ 2 sqrt(N) lists trained by
     k-means on a sample of ``40 nlist`` vectors and ``nprobe`` (default max(16, nlist / 128)) lists searched.
-    ``"hnsw"``: IndexHNSWFlat (M 32 links, efConstruction 40, efSearch ``ef_search``, default 256).
+    ``"hnsw"``: IndexHNSWFlat (M 32 links, efConstruction ``ef_construction``, default 40, efSearch ``ef_search``,
+    default 256).
     ``"auto"``: flat up to 200,000 entries, HNSW above.
 
     Why HNSW at efSearch 256 above 200,000 (``benchmarks/redeem_bank.py``, 100,000 x 384 float16 banks of two
@@ -343,7 +345,7 @@ def build_index(vectors: np.ndarray, index_type: str = "auto", nlist: int | None
         index = faiss.IndexFlatIP(dim)
     elif index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efConstruction = ef_construction or HNSW_EF_CONSTRUCTION
         index.hnsw.efSearch = ef_search or HNSW_EF_SEARCH
     else:
         index = _ivf(data, nlist or max(1, int(2 * np.sqrt(n))), nprobe, seed)
