@@ -145,7 +145,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=["ivf", "hnsw"],
                         choices=["default", "flat", "ivf", "hnsw"])
     parser.add_argument("--ef-construction", type=int, default=None,
-                        help="HNSW efConstruction (default: build_index's, 40)")
+                        help="HNSW efConstruction (default: build_index's, 200)")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,

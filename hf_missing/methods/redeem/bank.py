@@ -54,8 +54,8 @@ HNSW_ARRAYS = ("hnsw.levels", "hnsw.neighbors")  # an HNSW index's graph, saved 
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 FLAT_LIMIT = 200_000  # "auto" keeps exact search up to this many entries
 HNSW_NEIGHBOURS = 32
-HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 256  # recall@5 >= 0.96 of complete and incomplete queries at 100k x 384 (benchmarks/redeem_bank.py)
+HNSW_EF_CONSTRUCTION = 200  # 40 lost incomplete queries in 500-entry clusters at 1M (recall@5 0.77; 200: 1.000)
+HNSW_EF_SEARCH = 256  # recall@5 >= 0.9995, complete and incomplete, at 1M x 384 with 500 per cluster (redeem_bank.py)
 IVF_TRAIN_PER_LIST = 40
 IVF_MIN_PROBES = 16
 _DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64}
@@ -316,22 +316,18 @@ def build_index(vectors: np.ndarray, index_type: str = "auto", nlist: int | None
 
     ``"flat"``: exact (IndexFlatIP). ``"ivf"``: IndexIVFFlat with ``nlist`` ~ 2 sqrt(N) lists trained by
     k-means on a sample of ``40 nlist`` vectors and ``nprobe`` (default max(16, nlist / 128)) lists searched.
-    ``"hnsw"``: IndexHNSWFlat (M 32 links, efConstruction ``ef_construction``, default 40, efSearch ``ef_search``,
-    default 256).
-    ``"auto"``: flat up to 200,000 entries, HNSW above.
+    ``"hnsw"``: IndexHNSWFlat (M 32 links, efConstruction ``ef_construction``, default 200, efSearch ``ef_search``,
+    default 256). ``"auto"``: flat up to 200,000 entries, HNSW above.
 
-    Why HNSW at efSearch 256 above 200,000 (``benchmarks/redeem_bank.py``, 100,000 x 384 float16 banks of two
-    modality blocks, queries complete and with one block zeroed as an incomplete sample's, one faiss thread, CPU
-    ms per query; README "Bank benchmark"): it keeps recall@5 >= 0.95 for complete and incomplete queries with 500
-    and with 50 entries per cluster (>= 0.966, <= 1.5 ms), as IVF (2 sqrt(N) lists, 16 probed) does too, but IVF
-    falls apart where clusters are small relative to its lists (5 entries per cluster: recall@5 0.44 complete,
-    0.28 incomplete; 0.61 complete at 1M with 20,000 clusters in an earlier run), where HNSW degrades far less
-    (0.91 / 0.87, at 3.3-3.7 ms wall: nothing meets both targets there). HNSW at efSearch 128 misses incomplete
-    queries with 500 per cluster (0.91). A judgement, not a 1M measurement: the 1,000,000-entry runs could not
-    finish on the shared 2-core machine. The price is the build: 46 s of
-    one core at 100,000 entries against IVF's 3 s, so many minutes at a million (beyond the former 60 s target;
-    faiss builds the graph on every core). It is built once, saved with the bank (:func:`hnsw_layout`) and loaded
-    without a rebuild. ``"ivf"`` suits a bank rebuilt often whose samples form large clusters.
+    Why (``benchmarks/redeem_bank.py``: 1,000,000 x 384 float16 banks of two modality blocks, queries complete and
+    with one block zeroed as an incomplete sample's, one faiss thread, CPU ms per query; README "Bank benchmark"):
+    with 500 entries per cluster HNSW at efConstruction 200 / efSearch 256 finds recall@5 >= 0.9995 of complete and
+    incomplete queries at <= 0.74 ms, as IVF (2 sqrt(N) lists, 16 probed: 1.000 at 0.6 ms) does; with 50 entries per
+    cluster (the hard distribution) IVF falls to 0.62 complete / 0.45 incomplete and HNSW at efConstruction 40 keeps
+    0.92 / 0.86 at 1.8 ms. efConstruction 40 lost incomplete queries in large clusters (0.77). The price is the
+    build: 18 minutes of one core at a million (faiss builds the graph on every core), paid once: the graph is saved
+    with the bank (:func:`hnsw_layout`) and loaded without a rebuild. ``"ivf"`` suits a bank rebuilt often whose
+    samples form large clusters.
     """
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index_type must be one of {list(INDEX_TYPES)}, got {index_type!r}.")
