@@ -25,6 +25,7 @@ from hf_missing.data.audio import (
 from hf_missing.data.emoji_speech import content_key, load_emoji_speech_dataset, spoken_name
 from hf_missing.data.espeak import EspeakSynthesizer, Voice
 from hf_missing.data.modalities import FeatureInputs
+from tests.audio_signals import tone
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +33,10 @@ def extractor() -> SpeechEmbeddingExtractor:
     return SpeechEmbeddingExtractor(max_seconds=10)
 
 
-def _tone(seconds: float, rate: int, hz: float = 440.0) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * hz * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32) / 2
-
-
 def test_batch_shapes_masks_and_padding(extractor: SpeechEmbeddingExtractor) -> None:
     """Catches a wrong mask or padding: frames must be float32 [B, T, 96], the mask 1 exactly on each sample's own
     frames, padded frames zero, and each sample's frames equal to its frames computed alone."""
-    long, short = _tone(2.0, SAMPLING_RATE), _tone(0.3, SAMPLING_RATE)
+    long, short = tone(2.0, SAMPLING_RATE), tone(0.3, SAMPLING_RATE)
     batch = extractor([long, short], sampling_rate=SAMPLING_RATE, return_tensors="pt")
     values, mask = batch["audio_features"], batch["audio_mask"]
     n_long = extractor.frame_count(long.size)
@@ -53,12 +49,12 @@ def test_batch_shapes_masks_and_padding(extractor: SpeechEmbeddingExtractor) -> 
 
 def test_every_sample_is_covered_by_a_window(extractor: SpeechEmbeddingExtractor) -> None:
     """Catches silent truncation of a recording's tail: one sample past a whole window adds a frame."""
-    assert len(extractor.frames(_tone(WINDOW_SAMPLES / SAMPLING_RATE, SAMPLING_RATE), SAMPLING_RATE)) == 1
+    assert len(extractor.frames(tone(WINDOW_SAMPLES / SAMPLING_RATE, SAMPLING_RATE), SAMPLING_RATE)) == 1
     assert extractor.frame_count(WINDOW_SAMPLES + 1) == 2
     assert extractor.frame_count(WINDOW_SAMPLES + STEP_SAMPLES) == 2
     assert extractor.frame_count(1) == 1
     tail = np.zeros(WINDOW_SAMPLES + 200, dtype=np.float32)
-    tail[-200:] = _tone(200 / SAMPLING_RATE, SAMPLING_RATE)
+    tail[-200:] = tone(200 / SAMPLING_RATE, SAMPLING_RATE)
     frames = extractor.frames(tail, SAMPLING_RATE)
     assert frames.shape == (2, FEATURE_SIZE) and np.abs(frames[1]).max() > 0.1
 
@@ -67,8 +63,8 @@ def test_every_sample_is_covered_by_a_window(extractor: SpeechEmbeddingExtractor
 def test_resampling_to_16_khz(extractor: SpeechEmbeddingExtractor, rate: int) -> None:
     """Catches an ignored or inverted sampling rate: the same 2 s tone recorded at another rate gives the same
     number of frames and nearly the same frames as at 16 kHz."""
-    reference = extractor.frames(_tone(2.0, SAMPLING_RATE), SAMPLING_RATE)
-    frames = extractor.frames(_tone(2.0, rate), rate)
+    reference = extractor.frames(tone(2.0, SAMPLING_RATE), SAMPLING_RATE)
+    frames = extractor.frames(tone(2.0, rate), rate)
     assert frames.shape == reference.shape
     assert np.linalg.norm(frames - reference) < 0.1 * np.linalg.norm(reference)
 
@@ -76,7 +72,7 @@ def test_resampling_to_16_khz(extractor: SpeechEmbeddingExtractor, rate: int) ->
 def test_int16_and_float_waveforms_agree(extractor: SpeechEmbeddingExtractor) -> None:
     """Catches a missing or double PCM scaling: int16 samples and the same samples / 32767 as floats give the same
     frames."""
-    pcm = (_tone(1.2, SAMPLING_RATE) * 32767).astype(np.int16)
+    pcm = (tone(1.2, SAMPLING_RATE) * 32767).astype(np.int16)
     np.testing.assert_allclose(extractor.frames(pcm, SAMPLING_RATE),
                                extractor.frames(pcm.astype(np.float32) / 32767, SAMPLING_RATE), atol=1e-4)
 
@@ -91,7 +87,7 @@ def test_placeholder_is_the_zero_waveform_through_the_front_end(extractor: Speec
     collated = FeatureInputs("audio", FEATURE_SIZE).collate([None], None)
     assert np.array_equal(collated["audio_features"][0].numpy(), placeholder)
     assert np.abs(extractor.placeholder(seconds=2.0)).max() < 1e-6  # longer silence: zero frames too
-    assert np.abs(extractor.frames(_tone(1.0, SAMPLING_RATE), SAMPLING_RATE)).max() > 0.1
+    assert np.abs(extractor.frames(tone(1.0, SAMPLING_RATE), SAMPLING_RATE)).max() > 0.1
 
 
 def test_too_long_input_is_refused_before_allocation(extractor: SpeechEmbeddingExtractor) -> None:

@@ -28,6 +28,7 @@ from hf_missing.data.audio import (
 from hf_missing.data.modalities import FeatureInputs, TextInputs
 from hf_missing.data.synthetic import IMAGE_SIZE
 from hf_missing.missingness import MISSING_TYPE_COLUMN
+from tests.audio_signals import tone
 
 MISSING_AUDIO = 2  # code of ("audio",) for the modalities (text, audio)
 
@@ -35,11 +36,6 @@ MISSING_AUDIO = 2  # code of ("audio",) for the modalities (text, audio)
 @pytest.fixture(scope="module")
 def extractor() -> SpeechEmbeddingExtractor:
     return SpeechEmbeddingExtractor(max_seconds=3)
-
-
-def _tone(seconds: float, rate: int, hz: float = 440.0) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * hz * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32) / 2
 
 
 def _collator(spec: FeatureInputs) -> MissingModalityCollator:
@@ -54,8 +50,8 @@ def test_collated_frames_equal_the_extractor(extractor: SpeechEmbeddingExtractor
     """Catches a collator path that reads the rate, the dtype or the value forms wrongly (a pair read as a batch,
     int16 read as floats in [-1, 1]) or pads and masks otherwise than FeatureInputs: the batch equals the
     extractor's own."""
-    long, short = _tone(1.5, 22_050), _tone(0.3, SAMPLING_RATE)
-    pcm = (_tone(1.0, 8_000) * 32767).astype(np.int16)
+    long, short = tone(1.5, 22_050), tone(0.3, SAMPLING_RATE)
+    pcm = (tone(1.0, 8_000) * 32767).astype(np.int16)
     recordings = [{"array": long, "sampling_rate": 22_050}, (short, SAMPLING_RATE),
                   {"array": pcm, "sampling_rate": 8_000}]
     batch = _collator(WaveformInputs(extractor=extractor))(_samples([*recordings, None]))
@@ -73,7 +69,7 @@ def test_absent_audio_is_the_placeholder_and_counts_as_missing(extractor: Speech
     recordings missing, they collate to one all-zero frame, which is the extractor's placeholder (a zero waveform
     through the front end), and the model's placeholder test flags exactly those rows."""
     spec = WaveformInputs(extractor=extractor)
-    recordings = [{"array": _tone(1.0, SAMPLING_RATE).tolist(), "sampling_rate": SAMPLING_RATE}, None,
+    recordings = [{"array": tone(1.0, SAMPLING_RATE).tolist(), "sampling_rate": SAMPLING_RATE}, None,
                   {"array": [], "sampling_rate": SAMPLING_RATE}]
     data = simulate_missing(Dataset.from_dict({"text": ["a", "b", "c"], "audio": recordings}), rate=0.0,
                             modalities=[TextInputs(), spec])
@@ -95,9 +91,9 @@ def test_too_long_recording_is_refused_before_allocation() -> None:
     hour = {"array": np.broadcast_to(np.float32(0.0), (3600 * 8_000,)), "sampling_rate": 8_000}
     fix = r"lasts 3600\.0 s at 8000 Hz, over max_seconds=2; cut it into parts or raise max_seconds"
     with pytest.raises(ValueError, match=rf"Sample 1's 'audio' {fix}"):
-        _collator(spec)(_samples([(_tone(1.0, 8_000), 8_000), hour]))
+        _collator(spec)(_samples([(tone(1.0, 8_000), 8_000), hour]))
     with pytest.raises(ValueError, match=r"Sample 1's 'audio' lasts 3\.0 s at 8000 Hz, over max_seconds=2"):
-        add_speech_frames(Dataset.from_dict({"audio": [None, {"array": _tone(3.0, 8_000), "sampling_rate": 8_000}]}),
+        add_speech_frames(Dataset.from_dict({"audio": [None, {"array": tone(3.0, 8_000), "sampling_rate": 8_000}]}),
                           extractor=spec.extractor)
 
 
@@ -122,8 +118,8 @@ def test_map_path_equals_the_collator_path(extractor: SpeechEmbeddingExtractor) 
     """Catches a map path whose frames differ from the collator's (another rate, dtype or padding, float64 storage)
     or that loses absent recordings: frames mapped once and collated through FeatureInputs equal the raw recordings
     collated through WaveformInputs, tensor for tensor, in every split and into another column."""
-    recordings = [{"array": _tone(1.2, 22_050).tolist(), "sampling_rate": 22_050}, None,
-                  {"array": _tone(0.5, SAMPLING_RATE).tolist(), "sampling_rate": SAMPLING_RATE}]
+    recordings = [{"array": tone(1.2, 22_050).tolist(), "sampling_rate": 22_050}, None,
+                  {"array": tone(0.5, SAMPLING_RATE).tolist(), "sampling_rate": SAMPLING_RATE}]
     raw = Dataset.from_dict({"text": ["x"] * 3, "audio": recordings, MISSING_TYPE_COLUMN: [0, MISSING_AUDIO, 0]})
     mapped = add_speech_frames(DatasetDict({"train": raw, "test": raw}), extractor=extractor)
     assert mapped["test"]["audio"][1] is None
@@ -139,7 +135,7 @@ def test_map_path_runs_once(tmp_path: Path, extractor: SpeechEmbeddingExtractor,
                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Catches a map path that cannot be cached (a random fingerprint from an unhashable extractor): mapping a saved
     dataset a second time reads the first result back and runs no front end."""
-    recording = {"array": _tone(1.0, SAMPLING_RATE), "sampling_rate": SAMPLING_RATE}
+    recording = {"array": tone(1.0, SAMPLING_RATE), "sampling_rate": SAMPLING_RATE}
     Dataset.from_dict({"audio": [recording]}).save_to_disk(str(tmp_path / "raw"))
     first = add_speech_frames(load_from_disk(str(tmp_path / "raw")), extractor=extractor)
 
@@ -169,7 +165,7 @@ def test_raw_recordings_and_precomputed_frames_give_identical_logits(extractor: 
     torch.manual_seed(0)
     model = MissingModalityForClassification.from_backbone(
         AutoModel.from_config(tiny_fused_config({"audio": FEATURE_SIZE})), num_labels=2).eval()
-    recordings = [{"array": _tone(0.4 + 0.3 * i, 22_050, 200.0 + 90 * i), "sampling_rate": 22_050} if i % 3 else None
+    recordings = [{"array": tone(0.4 + 0.3 * i, 22_050, 200.0 + 90 * i), "sampling_rate": 22_050} if i % 3 else None
                   for i in range(6)]
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (200, 30, 30))
     raw = Dataset.from_dict({"text": [f"word {i}" for i in range(6)], "image": [image] * 6,
