@@ -55,7 +55,7 @@ INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 FLAT_LIMIT = 200_000  # "auto" keeps exact search up to this many entries
 HNSW_NEIGHBOURS = 32
 HNSW_EF_CONSTRUCTION = 200  # 40 lost incomplete queries in 500-entry clusters at 1M (recall@5 0.77; 200: 1.000)
-HNSW_EF_SEARCH = 256  # recall@5 >= 0.9995, complete and incomplete, at 1M x 384 with 500 per cluster (redeem_bank.py)
+HNSW_EF_SEARCH = 128  # recall@5 >= 0.991, complete and incomplete, <= 1.34 ms at 1M x 384 (redeem_bank.py)
 IVF_TRAIN_PER_LIST = 40
 IVF_MIN_PROBES = 16
 _DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64}
@@ -317,15 +317,15 @@ def build_index(vectors: np.ndarray, index_type: str = "auto", nlist: int | None
     ``"flat"``: exact (IndexFlatIP). ``"ivf"``: IndexIVFFlat with ``nlist`` ~ 2 sqrt(N) lists trained by
     k-means on a sample of ``40 nlist`` vectors and ``nprobe`` (default max(16, nlist / 128)) lists searched.
     ``"hnsw"``: IndexHNSWFlat (M 32 links, efConstruction ``ef_construction``, default 200, efSearch ``ef_search``,
-    default 256). ``"auto"``: flat up to 200,000 entries, HNSW above.
+    default 128). ``"auto"``: flat up to 200,000 entries, HNSW above.
 
     Why (``benchmarks/redeem_bank.py``: 1,000,000 x 384 float16 banks of two modality blocks, queries complete and
     with one block zeroed as an incomplete sample's, one faiss thread, CPU ms per query; README "Bank benchmark"):
-    with 500 entries per cluster HNSW at efConstruction 200 / efSearch 256 finds recall@5 >= 0.9995 of complete and
-    incomplete queries at <= 0.74 ms, as IVF (2 sqrt(N) lists, 16 probed: 1.000 at 0.6 ms) does; with 50 entries per
-    cluster (the hard distribution) IVF falls to 0.62 complete / 0.45 incomplete and HNSW at efConstruction 40 keeps
-    0.92 / 0.86 at 1.8 ms. efConstruction 40 lost incomplete queries in large clusters (0.77). The price is the
-    build: 18 minutes of one core at a million (faiss builds the graph on every core), paid once: the graph is saved
+    HNSW at efConstruction 200 / efSearch 128 finds recall@5 >= 0.999 of complete and >= 0.991 of incomplete queries
+    at <= 1.34 ms, with 500 entries per cluster and with the hard 50 (spread 1.0). IVF (2 sqrt(N) lists, 16 probed)
+    is exact with 500 per cluster (0.6 ms) but falls to 0.62 complete / 0.45 incomplete with 50; HNSW at
+    efConstruction 40 lost incomplete queries (0.77 with 500 per cluster, efSearch 256). The price is the build:
+    18-41 minutes of one core at a million (faiss builds the graph on every core), paid once: the graph is saved
     with the bank (:func:`hnsw_layout`) and loaded without a rebuild. ``"ivf"`` suits a bank rebuilt often whose
     samples form large clusters.
     """
