@@ -19,6 +19,15 @@ from ..backbones import BackboneInterface
 LORA_ROLES = ("q", "k", "v", "o", "mlp_in", "mlp_out")  # the roles a backbone interface maps (``lora_roles``)
 
 
+def check_lora_settings(rank: int, alpha: float, dropout: float, names: tuple[str, str, str],
+                        rank_hint: tuple[str, str]) -> None:
+    """A config's LoRA rank (>= 1), alpha (> 0) and dropout ([0, 1)), ``names`` as the config calls them."""
+    if rank < 1:
+        raise ValueError(f"{names[0]} must be a positive integer {rank_hint[0]}, got {rank}; {rank_hint[1]}")
+    if alpha <= 0 or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{names[1]} must be positive and {names[2]} in [0, 1), got {alpha} and {dropout}.")
+
+
 def lora_config(rank: int, alpha: float, dropout: float, inference_mode: bool) -> LoraConfig:
     """The peft ``LoraConfig`` that :func:`add_lora` builds its layers from."""
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, inference_mode=inference_mode)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..base import MissingMethodConfig
-from ..peft_lora import LORA_ROLES
+from ..peft_lora import LORA_ROLES, check_lora_settings
 
 ALIGN_LOSSES = ("mse", "cosine")
 GATES = ("vector", "scalar")
@@ -95,12 +95,9 @@ class CmptConfig(MissingMethodConfig):
         if isinstance(self.lora_targets, str):
             self.lora_targets = [self.lora_targets]
         super().__post_init__()
-        if self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be a positive integer (CMPT uses 1), got {self.lora_rank}; to train "
-                             "without LoRA pass lora_targets=[].")
-        if self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_alpha must be positive and lora_dropout in [0, 1), got {self.lora_alpha} and "
-                             f"{self.lora_dropout}.")
+        check_lora_settings(self.lora_rank, self.lora_alpha, self.lora_dropout,
+                            ("lora_rank", "lora_alpha", "lora_dropout"),
+                            ("(CMPT uses 1)", "to train without LoRA pass lora_targets=[]."))
         if self.align_weight < 0:
             raise ValueError(f"align_weight must be non-negative (0 turns the alignment off), got {self.align_weight}.")
         for name, value, allowed in (("align_loss", self.align_loss, ALIGN_LOSSES), ("gate", self.gate, GATES),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..base import MissingMethodConfig
-from ..peft_lora import LORA_ROLES
+from ..peft_lora import LORA_ROLES, check_lora_settings
 
 
 @dataclass
@@ -37,12 +37,8 @@ class LoraMethodConfig(MissingMethodConfig):
         if isinstance(self.targets, str):
             self.targets = [self.targets]
         super().__post_init__()
-        if self.rank < 1:
-            raise ValueError(f"lora rank must be a positive integer (default 8), got {self.rank}; for no LoRA at all "
-                             "use the baseline method.")
-        if self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora alpha must be positive and dropout in [0, 1), got {self.alpha} and "
-                             f"{self.dropout}.")
+        check_lora_settings(self.rank, self.alpha, self.dropout, ("lora rank", "lora alpha", "dropout"),
+                            ("(default 8)", "for no LoRA at all use the baseline method."))
         if not self.targets:
             raise ValueError("lora targets=[] wraps nothing; name roles such as ['q', 'v'] (or use the baseline "
                              "method).")
