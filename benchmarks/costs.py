@@ -1,0 +1,210 @@
+"""Per-method training-step and inference costs as ratios measured in one run (issue 19 item 4).
+
+Every method is built as ``hf-missing demo`` builds it (:func:`profile_step.build`: the ``<method>-demo`` preset, the
+demo's training split, :func:`~hf_missing.methods.prepare_for_training` done once, so REDEEM's retrieval is
+precomputed). One collated training batch and one evaluation batch are then timed, round-robin over the methods
+(``--rounds`` rounds, one call per method per round, so that a change in machine load hits every method alike), and
+the medians compared:
+
+- ``step / MAP``: forward + backward + AdamW step on the training batch (collation excluded: it is the same for
+  every method but REDEEM's neighbour lookup, see ``profile_step.py``) over MAP's. Targets: ≤ 1.3 for every
+  prompt-style method, ≤ 1.5 for REDEEM and RAGPT.
+- ``tokens``: the mean sequence length the method's encoder layers process (read with forward pre-hooks) minus the
+  frozen backbone's. ``inference / implied``: the method's evaluation forward over the frozen backbone's
+  evaluation forward on the same batch with that many extra attended dummy tokens (the cost its extra tokens alone
+  imply). Target: ≤ 1.1.
+
+Writes ``<output-dir>/costs.md`` and ``costs.json`` (``--device cuda`` writes ``costs-cuda.*``).
+Run: ``python benchmarks/costs.py [--methods ...] [--rounds 7] [--device cpu|cuda]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from profile_step import build, samples
+
+from hf_missing.data import simulate_missing
+from hf_missing.demo import DemoSettings, prepare
+from hf_missing.methods import list_methods, prepare_for_evaluation
+
+REFERENCE = "map"
+PROMPT_TARGET, RETRIEVAL_TARGET, INFERENCE_TARGET = 1.3, 1.5, 1.1
+RETRIEVAL_METHODS = ("redeem", "ragpt")
+NOT_PROMPT = ("baseline", "lora")  # no extra tokens: no step target against MAP
+BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+
+
+def on(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def timed(action: Callable[[], Any], device: str) -> float:
+    """Wall milliseconds of one call (device work included)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    action()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start)
+
+
+def layer_lengths(model: Any) -> tuple[list[int], list[Any]]:
+    """(lengths, hook handles): the sequence length of every encoder-layer call from now on, read by forward
+    pre-hooks on the backbone's own layers (inside a method's layer wrapper), so they see the tokens the method
+    inserted."""
+    seen: list[int] = []
+
+    def record(module: Any, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen.append(hidden.shape[1])
+
+    interface = model.interface
+    layers = [getattr(layer, "base_layer", layer)  # inside a method's wrapper: after its insertions
+              for stream in interface.streams for layer in interface.layers(stream.name)]
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
+    return seen, handles
+
+
+class Case:
+    """One method's model and batches, and its step / inference calls."""
+
+    def __init__(self, method: str, work: Any, args: argparse.Namespace) -> None:
+        self.method = method
+        model, train, collator, trainer = build(method, work)
+        self.model, self.optimizer = model.to(args.device), trainer.optimizer
+        test = prepare_for_evaluation(model, simulate_missing(work.data["test"], rate=0.7, pattern="both", seed=0),
+                                      collator)
+        self.train_batch = on(collator(samples(train, args.batch_size)), args.device)
+        self.eval_batch = on(collator(samples(test, args.eval_batch_size)), args.device)
+        self.eval_batch.pop("labels", None)
+        self.steps: list[float] = []
+        self.inference: list[float] = []
+
+    def step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad()
+        self.model(**self.train_batch).loss.backward()
+        self.optimizer.step()
+
+    def infer(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            self.model(**self.eval_batch)
+
+    def mean_length(self) -> float:
+        seen, handles = layer_lengths(self.model)
+        self.infer()
+        for handle in handles:
+            handle.remove()
+        return statistics.fmean(seen)
+
+
+def padded(batch: dict[str, Any], extra: int) -> dict[str, Any]:
+    """The frozen backbone's own inputs from ``batch`` (text and pixels; the wrapper's missing-type checks and head
+    are left out), with ``extra`` attended dummy text tokens appended to every sample: the backbone then processes
+    ``extra`` more tokens in every layer."""
+    out = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
+    ids = out["input_ids"]
+    if extra <= 0:
+        return out
+    out["input_ids"] = torch.cat([ids, ids[:, -1:].expand(-1, extra)], dim=1)
+    for key in ("attention_mask", "token_type_ids"):
+        if key in batch:
+            fill = torch.ones_like if key == "attention_mask" else torch.zeros_like
+            out[key] = torch.cat([out[key], fill(ids[:, :1]).expand(-1, extra)], dim=1)
+    return out
+
+
+def measure(cases: dict[str, Case], floors: dict[str, dict[str, Any]], rounds: int, device: str) -> None:
+    """Round-robin timing: every method's step and inference, and each floor batch on the frozen backbone."""
+    base = cases["baseline"]
+    for _ in range(rounds):
+        for case in cases.values():
+            case.steps.append(timed(case.step, device))
+            case.inference.append(timed(case.infer, device))
+        for floor in floors.values():
+            base.model.eval()
+            with torch.no_grad():
+                floor["times"].append(timed(lambda b=floor["batch"]: base.model.backbone(**b), device))
+
+
+def summary(cases: dict[str, Case], floors: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    median = statistics.median
+    ref = median(cases[REFERENCE].steps) if REFERENCE in cases else None
+    out = {}
+    for name, case in cases.items():
+        floor = floors[name]
+        row = {"step_ms": median(case.steps), "inference_ms": median(case.inference), "extra_tokens": floor["extra"],
+               "implied_ms": median(floor["times"])}
+        row["step_vs_map"] = row["step_ms"] / ref if ref else float("nan")
+        row["inference_vs_implied"] = row["inference_ms"] / row["implied_ms"]
+        out[name] = row
+    return out
+
+
+def target(name: str) -> str:
+    if name in RETRIEVAL_METHODS:
+        return f"≤ {RETRIEVAL_TARGET}"
+    return "" if name in NOT_PROMPT or name == REFERENCE else f"≤ {PROMPT_TARGET}"
+
+
+def markdown(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    lines = ["# Training-step and inference cost ratios (embedded default)", "",
+             f"`python benchmarks/costs.py --rounds {args.rounds} --device {args.device}`: medians over "
+             f"{args.rounds} round-robin rounds on {torch.get_num_threads()} threads; training batch "
+             f"{args.batch_size}, evaluation batch {args.eval_batch_size}. 'extra tokens': mean over encoder layers "
+             "of the tokens the method adds; 'implied': the frozen backbone's evaluation forward (without the wrapper and "
+             "head) with that many dummy tokens added.", "",
+             "| method | step ms | step / MAP | target | inference ms | extra tokens | implied ms | "
+             "inference / implied | target |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['step_ms']:.1f} | {r['step_vs_map']:.2f} | {target(name)} | "
+                     f"{r['inference_ms']:.1f} | {r['extra_tokens']} | {r['implied_ms']:.1f} | "
+                     f"{r['inference_vs_implied']:.2f} | ≤ {INFERENCE_TARGET} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list_methods())
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=32, help="the demo presets' training batch")
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="predict_patterns' batch")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--output-dir", default="benchmarks/results")
+    args = parser.parse_args()
+    methods = list(dict.fromkeys(["baseline", *args.methods]))  # the floors run on the frozen backbone
+    work = prepare(DemoSettings(methods=methods, progress=False))
+    cases = {m: Case(m, work, args) for m in methods}
+    base_length = cases["baseline"].mean_length()
+    floors = {}
+    for name, case in cases.items():
+        extra = round(case.mean_length() - base_length)
+        floors[name] = {"extra": extra, "batch": padded(cases["baseline"].eval_batch, extra), "times": []}
+    for case in cases.values():  # warm-up
+        case.step()
+        case.infer()
+    measure(cases, floors, args.rounds, args.device)
+    rows = summary(cases, floors)
+    suffix = "" if args.device == "cpu" else f"-{args.device}"
+    folder = Path(args.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"costs{suffix}.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2),
+                                                encoding="utf-8")
+    (folder / f"costs{suffix}.md").write_text(markdown(rows, args), encoding="utf-8")
+    print(markdown(rows, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
