@@ -1,3 +1,4 @@
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -12,7 +13,7 @@ from hf_missing import (
     missing_settings,
     simulate_missing,
 )
-from hf_missing.data.simulate import _round_counts, pattern_counts, pattern_shares, split_key
+from hf_missing.data.simulate import _round_counts, missing_table, pattern_counts, pattern_shares, split_key
 from hf_missing.data.synthetic import tiny_processor
 
 
@@ -266,3 +267,179 @@ def test_one_modality_left_is_a_named_pattern_for_rep_table_2():
     with pytest.raises(ValueError, match="'only_<modality>'"):
         pattern_shares("only_video", three)
 
+
+
+def test_streams_and_non_datasets_are_refused_with_the_fix():
+    """An IterableDataset or a plain list raises a TypeError that says why and how to get a map-style Dataset.
+    Guards (simulate._check_dataset): both messages replaced by None, their literals prefixed/suffixed with XX,
+    upper- or lower-cased, and the type named from None."""
+    stream = _ids(4).to_iterable_dataset()
+    with pytest.raises(TypeError) as err:
+        simulate_missing(stream, rate=0.5)
+    message = str(err.value)
+    assert message.startswith("simulate_missing needs a map-style Dataset or DatasetDict: the table is drawn over each "
+                              "split's size and written by row index, which a streamed IterableDataset does not have.")
+    assert "Load the data without streaming=True, or materialise it with Dataset.from_generator(" in message
+    assert message.endswith("(yield from iterable), features=iterable.features).")
+    with pytest.raises(TypeError, match=r"^simulate_missing needs a datasets\.Dataset or DatasetDict, got list; build "
+                                        r"one with Dataset\.from_dict / from_list / load_dataset\.$"):
+        simulate_missing([{"x": 1}], rate=0.5)
+
+
+@pytest.mark.parametrize("seed", [True, 1.5, -1, None])
+def test_a_seed_that_is_not_a_non_negative_int_raises(seed):
+    """Bools, floats, negative ints and None are refused with the reason (the table is a function of the seed).
+    Guards (simulate._validate): ``or`` -> ``and`` in either place of the seed check (True, 1.5 or -1 then pass or
+    fail elsewhere), the message replaced by None, its second literal XX-wrapped or upper-cased."""
+    pattern = (rf"^seed must be a non-negative int, got {re.escape(repr(seed))}; the table is a function of the seed "
+               r"\(None, fresh entropy, would make it irreproducible\), so pass e.g\. seed=0\.$")
+    with pytest.raises(TypeError, match=pattern):
+        simulate_missing(_ids(4), rate=0.5, seed=seed)
+
+
+def test_rate_protocol_and_column_errors_name_the_argument():
+    """Guards (simulate._real, simulate._validate, simulate.simulate_missing): a bool rate accepted (``or`` ->
+    ``and``), the TypeError message None or naming ``type(None)``, the argument names "rate" / "both_ratio" XX-wrapped,
+    upper-cased or None, the protocol message None or listing ``list(None)``, the taken-column message None and the
+    column not passed on to the check."""
+    with pytest.raises(TypeError, match=r"^rate must be a number, got True \(bool\); pass e.g\. rate=0\.5\.$"):
+        simulate_missing(_ids(4), rate=True)
+    with pytest.raises(TypeError, match=r"^both_ratio must be a number, got '0\.3' \(str\); pass e\.g\. both_ratio="):
+        simulate_missing(_ids(4), rate=0.5, both_ratio="0.3")
+    with pytest.raises(ValueError, match=r"Unknown protocol 'mplmm'; choose one of \['map', 'ragpt', 'redeem', "):
+        simulate_missing(_ids(4), rate=0.5, protocol="mplmm")
+    with pytest.raises(ValueError, match=r"column='sample_index' is taken"):
+        simulate_missing(_ids(4), rate=0.5, column="sample_index")
+
+
+def test_numpy_floats_and_fractions_are_read_as_the_rate_they_stand_for():
+    """``np.float32(0.29)`` is the rate 0.29 (29 of 100 incomplete, recorded as 0.29), not its binary value; any real
+    number works, a Fraction included. Guards (simulate._real): the NumPy branch disabled (``and False``), taken for
+    every value (``or True``: ``float("7/10")`` fails), or reading ``str(None)`` / ``None``."""
+    out, settings = simulate_missing(_ids(100), rate=np.float32(0.29), pattern="image", return_settings=True)
+    assert settings["rate"] == 0.29
+    assert np.bincount(out["missing_type"], minlength=3).tolist() == [71, 0, 29]
+    fraction = simulate_missing(_ids(100), rate=Fraction(7, 10), seed=3)
+    assert np.bincount(fraction["missing_type"], minlength=3).tolist() == [30, 35, 35]
+
+
+def test_missing_settings_of_an_untouched_dataset_says_what_to_run():
+    """Guards (simulate.missing_settings): the message replaced by None, XX-wrapped, lower- or upper-cased."""
+    with pytest.raises(ValueError, match=r"^This dataset carries no missing-modality settings; run "
+                                         r"hf_missing\.simulate_missing first\.$"):
+        missing_settings(_ids(3))
+
+
+def test_existing_columns_are_kept_unless_overwrite():
+    """A second simulation refuses to replace ``missing_type`` (in a Dataset or a DatasetDict) unless overwrite=True;
+    it may add another column beside it, keeping a ``sample_index`` that holds the row indices, but refuses one that
+    does not. Guards (simulate._check_columns, simulate._is_row_index, simulate._validate, simulate.simulate_missing):
+    the messages None, XX-wrapped, upper-cased or with the last index off (``len - 1`` -> ``+ 1`` / ``- 2``); the
+    row-index test inverted, given None or broken (values / range None, format "NUMPY", columns None, an argument
+    dropped); a DatasetDict checked as one split; the column or overwrite not passed on; overwrite True by default."""
+    once = simulate_missing(_ids(10), rate=0.4, seed=1)
+    taken = (r"^The dataset already has a 'missing_type' column; pass overwrite=True to replace it, or "
+             r"column=<other name> to keep both\.$")
+    with pytest.raises(ValueError, match=taken):
+        simulate_missing(once, rate=0.4)
+    with pytest.raises(ValueError, match=taken):
+        simulate_missing(DatasetDict({"train": once}), rate=0.4)
+    beside = simulate_missing(once, rate=0.8, seed=1, column="missing_type_80")
+    assert beside["sample_index"] == list(range(10)) and beside["missing_type"] == once["missing_type"]
+    assert np.bincount(beside["missing_type_80"], minlength=3).tolist() == [2, 4, 4]
+    shuffled = once.select([3, 1, 4, 0, 5, 9, 2, 6, 8, 7])
+    with pytest.raises(ValueError) as err:
+        simulate_missing(shuffled, rate=0.4, column="other")
+    message = str(err.value)
+    assert message.startswith("The dataset already has a 'sample_index' column that is not the row index 0..9; ")
+    assert "dataset.rename_column('sample_index', 'original_index'), drop them with remove_columns('sample_index')" \
+        in message and message.endswith(", or pass overwrite=True.")
+    again = simulate_missing(shuffled, rate=0.8, seed=1, overwrite=True)
+    assert again["sample_index"] == list(range(10))
+    assert np.bincount(again["missing_type"], minlength=3).tolist() == [2, 4, 4]
+
+
+def test_an_empty_split_keeps_the_info_and_gets_the_columns():
+    """An empty split (no map() to run) still gets both columns, typed as in a full split, and keeps the dataset's
+    info (license, citation) like the others. Guards (simulate._assign): the empty split's info replaced by None or
+    dropped."""
+    from datasets import DatasetInfo
+
+    data = Dataset.from_dict({"x": list(range(6))}, info=DatasetInfo(license="mit", citation="@misc{x}"))
+    out = simulate_missing(DatasetDict({"train": data, "test": data.select([])}), rate=0.5)
+    for split in ("train", "test"):
+        assert out[split].info.license == "mit" and out[split].info.citation == "@misc{x}"
+        assert out[split].features["missing_type"].names == ["complete", "missing_text", "missing_image"]
+        assert out[split].features["sample_index"].dtype == "int64"
+    assert len(out["test"]) == 0 and out["test"].column_names == ["x", "missing_type", "sample_index"]
+
+
+def test_the_progress_bar_names_simulate_missing_and_num_proc(capsys):
+    """The map that writes the table shows as "simulate_missing (num_proc=N)". Guards (simulate._assign): num_proc
+    dropped or None, the description dropped, None, XX-wrapped or upper-cased."""
+    import datasets
+
+    disabled = not datasets.is_progress_bar_enabled()
+    datasets.enable_progress_bars()
+    try:
+        simulate_missing(_ids(20), rate=0.5, num_proc=1)
+    finally:
+        if disabled:
+            datasets.disable_progress_bars()
+    assert "simulate_missing (num_proc=1)" in capsys.readouterr().err
+
+
+def test_a_disk_backed_dataset_caches_each_settings_table_apart(tmp_path):
+    """A dataset loaded from disk caches map() results by fingerprint: a second rate must not reuse the first rate's
+    table, and the same call again reuses its own. Guards (simulate.simulate_missing): the settings digest None or
+    of ``json.dumps(None)`` (every call the same fingerprint)."""
+    from datasets import load_from_disk
+
+    _ids(100).save_to_disk(str(tmp_path / "ids"))
+    data = load_from_disk(str(tmp_path / "ids"))
+    low = simulate_missing(data, rate=0.2, seed=0)
+    high = simulate_missing(data, rate=0.8, seed=0)
+    assert np.bincount(low["missing_type"], minlength=3).tolist() == [80, 10, 10]
+    assert np.bincount(high["missing_type"], minlength=3).tolist() == [20, 40, 40]
+    assert simulate_missing(data, rate=0.2, seed=0).cache_files == low.cache_files
+
+
+def test_settings_record_the_arguments_and_both_ratio_reaches_the_counts():
+    """Guards (simulate.simulate_missing): the settings keys "pattern", "both_ratio", "modalities", "column",
+    "pattern_names" XX-wrapped or upper-cased; a Mapping pattern stored as given (``or True``: a mappingproxy is not
+    JSON); both_ratio not passed to pattern_shares; the default seed 0 -> 1; declarations read as names
+    (``and False``)."""
+    from types import MappingProxyType
+
+    from hf_missing.data.modalities import ImageInputs, TextInputs
+
+    out, settings = simulate_missing(_ids(100), rate=0.5, both_ratio=0.3, column="mt", return_settings=True)
+    assert np.bincount(out["mt"], minlength=3).tolist() == [50, 35, 15]
+    assert settings["pattern"] == "both" and settings["both_ratio"] == 0.3 and settings["column"] == "mt"
+    assert settings["modalities"] == ["text", "image"]
+    assert settings["pattern_names"] == ["complete", "missing_text", "missing_image"]
+    assert missing_settings(out) == settings
+    shares = MappingProxyType({"missing_text": 0.25, "missing_image": 0.75})
+    _, mapped = simulate_missing(_ids(8), rate=0.5, pattern=shares, return_settings=True)
+    assert mapped["pattern"] == {"missing_text": 0.25, "missing_image": 0.75}
+    assert simulate_missing(_ids(30), rate=0.5)["missing_type"] == simulate_missing(_ids(30), rate=0.5,
+                                                                                     seed=0)["missing_type"]
+    declared = simulate_missing(_ids(30), rate=0.5, modalities=(TextInputs(), ImageInputs()))
+    assert declared["missing_type"] == simulate_missing(_ids(30), rate=0.5)["missing_type"]
+
+
+def test_the_ragpt_table_is_pinned():
+    """RAGPT's one table over all splits draws from the stream keyed 0 (a map table's key is its split's name); these
+    codes pin it so a seed's RAGPT tables stay the same across versions. Guards (simulate._tables): key 0 -> 1."""
+    out = simulate_missing(DatasetDict({"train": _ids(6), "test": _ids(4)}), rate=0.6, protocol="ragpt", seed=0)
+    assert list(out["train"]["missing_type"]) == [0, 0, 1, 2, 1, 2]
+    assert list(out["test"]["missing_type"]) == [1, 2, 0, 0]
+
+
+def test_missing_table_codes_are_integers_that_index_the_names():
+    """``missing_table`` hands out exactly each count, as integer codes (they index ``patterns.names``). Guards
+    (simulate.missing_table): the codes' dtype int64 dropped (float zeros)."""
+    patterns = ModalityPattern(("text", "image"))
+    codes = missing_table(10, {"missing_text": 3, "missing_image": 2}, patterns, seed=0, key=0)
+    names = [patterns.names[c] for c in codes]
+    assert names.count("missing_text") == 3 and names.count("missing_image") == 2 and names.count("complete") == 5

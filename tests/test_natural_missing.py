@@ -143,3 +143,63 @@ def test_evaluation_keeps_natural_gaps_and_reports_them_as_a_row(gappy):
     assert preds.per_pattern()["complete"]["accuracy"] == pytest.approx(expected)
     drawn = simulate_missing(gappy, rate=0.7, pattern="both", seed=3, split="test")
     assert np.array_equal(preds.codes_at(0.7, "both", seed=3), np.asarray(drawn["missing_type"]))
+
+
+def test_natural_gaps_above_the_rate_are_reported_once_per_split(gappy, caplog):
+    """6 of 20 samples lack a modality in the data: a rate of 0.1 logs how many and the split's real rate; a rate of
+    0.3 (exactly the natural share) or the per-epoch protocol (which simulates nothing here) log nothing. Guards
+    (simulate._warn_if_over): ``n`` None; the share ``(n - counts[0]) / n`` with ``*``, ``n + counts[0]`` or
+    ``counts[1]`` (in the test or the message); ``>`` -> ``>=``; the per-epoch test inverted or its name
+    XX-wrapped / upper-cased; the split name or rate logged as None; the literals XX-wrapped or re-cased."""
+    with caplog.at_level("WARNING", logger="hf_missing.data.simulate"):
+        simulate_missing(gappy, rate=0.1, seed=0, split="test")
+    messages = [r.getMessage() for r in caplog.records if r.name == "hf_missing.data.simulate"]
+    assert len(messages) == 1
+    assert messages[0].startswith("Split 'test': 6 of 20 samples already miss a modality in the data, more than "
+                                  "rate=0.1; none is simulated")
+    assert messages[0].endswith("none is simulated and the split's missing rate is 0.300.")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_missing.data.simulate"):
+        simulate_missing(gappy, rate=0.3, seed=0, split="test")
+        simulate_missing(gappy, rate=0.0, seed=0, protocol="per_epoch")
+    assert not [r for r in caplog.records if r.name == "hf_missing.data.simulate"]
+
+
+def test_natural_errors_name_the_split_and_the_fix(gappy):
+    """Guards (simulate.simulate_missing, simulate.natural_table, simulate._check_natural): the split name not passed
+    on (None, or the default "dataset"); the modalities without a column listed as those with one; the column hint
+    XX-wrapped; a one-row split skipping the checks (``== 0`` -> ``== 1``); more than 10 empty rows listed; the
+    "Drop them" hint XX-wrapped or upper-cased."""
+    from datasets import DatasetDict
+
+    no_images = gappy.map(lambda s: {"image": None})
+    with pytest.raises(ValueError, match=r"^Split 'validation': every row's 'image' is None or empty"):
+        simulate_missing(DatasetDict({"validation": no_images}), rate=0.5)
+    with pytest.raises(ValueError, match=r"^Split 'dataset': every row's 'image' is None or empty"):
+        simulate_missing(Dataset.from_dict({"text": ["a"], "image": [None]}), rate=0.5)
+    with pytest.raises(ValueError, match=r"no column \['image'\] for modalities \['image'\], but has columns for "
+                                         r"\['text'\]; its columns are .* Map each modality to its column with "
+                                         r"columns=\{modality: column\}\.$"):
+        simulate_missing(gappy.rename_column("image", "photo"), rate=0.0)
+    blank = Dataset.from_dict({"text": [""] * 12 + ["a", ""], "image": [""] * 12 + ["", "x.png"]})
+    with pytest.raises(ValueError) as err:
+        simulate_missing(blank, rate=0.0, split="train")
+    message = str(err.value)
+    assert message.startswith("Split 'train': rows [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] (12 in all) have no")
+    assert message.endswith("Drop them, e.g. dataset.filter(lambda s: s['text'] or s['image']), or supply a modality.")
+
+
+def test_natural_gaps_beyond_the_first_scan_batch_are_found():
+    """Values are read 1000 rows at a time; gaps in later batches land on their own rows. Guards
+    (simulate.natural_table): the batch offsets stepping by 1 (``range(0, SCAN_BATCH)`` or the step dropped)."""
+    n = 2500
+    text = ["t"] * n
+    image = ["x.png"] * n
+    for i in (5, 1500, 2400):
+        image[i] = ""
+    for i in (1001, 2499):
+        text[i] = ""
+    out = simulate_missing(Dataset.from_dict({"text": text, "image": image}), rate=0.0)
+    codes = np.asarray(out["missing_type"])
+    assert np.flatnonzero(codes == 2).tolist() == [5, 1500, 2400]
+    assert np.flatnonzero(codes == 1).tolist() == [1001, 2499]
