@@ -2,6 +2,8 @@
 alignment loss, every option, LoRA through peft, round trips, training and errors."""
 
 import json
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from transformers import AutoModel, Trainer, TrainingArguments
 
 import hf_missing
 from hf_missing import MissingModalityCollator, metrics, simulate_missing
-from hf_missing.backbones import ClipBackbone, Stream, ViltBackbone
+from hf_missing.backbones import ClipBackbone, PretrainedTokens, Stream, ViltBackbone
 from hf_missing.data.synthetic import tiny_processor
 from hf_missing.methods.cmpt import CmptConfig, ProxyGate
 from hf_missing.methods.cmpt import layer as cmpt_layer
@@ -25,6 +27,8 @@ from hf_missing.methods.cmpt.layer import (
     appended_rows,
     combine_estimates,
     extended_mask,
+    initial_proxies,
+    proxy_embedding,
     stream_layout,
 )
 from tests.conftest import BACKBONES, make_batch, make_model
@@ -493,3 +497,123 @@ def test_second_adapter_adds_and_deletes_its_own_lora_proxies_and_gate(shapes_mi
     assert all(set(m.lora_A) == {"default"} for m in lora)
     layers = [m for m in model.modules() if isinstance(m, CmptLayer)]
     assert all("other" not in m.method_config for m in layers) and set(model.method_pool.cmpt_tensors) == {"default"}
+
+
+# ---- guards added after the mutation run (benchmarks/results/mutation.md) ---------------------------------
+def test_causal_shadow_rows_are_lower_triangular_and_skip_padding():
+    """In a causal stream holding several modalities, a shadow token sees itself and the shadows of its own modality
+    before it that are not padding, as the modality's tokens would in a unimodal causal pass. Guards:
+    appended_rows mutants 38-42 and 44-46 (the causal ``& tril`` dropped, turned into ``|``, or built with a wrong
+    shape or dtype)."""
+    stream = Stream("joint", "x", 4, 2, K3, "attn", causal=True)
+    layout = stream_layout(stream, K3, "unimodal")
+    key_valid = torch.ones(1, 7, dtype=torch.bool)
+    key_valid[0, 3] = False  # the first token of "b" is padding
+    rows, _ = appended_rows(layout, SPANS3, key_valid, _present([1, 1, 1]), causal=True)
+    assert rows[0, 0:3, 7:10].equal(torch.ones(3, 3, dtype=torch.bool).tril())
+    assert rows[0, 3:5, 10:12].tolist() == [[True, False], [False, True]]  # each shadow sees itself, not padding
+    assert rows[0, :5, :7].sum() == 0  # shadows never see the real tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_extended_mask_is_additive_in_the_layers_dtype(dtype):
+    """An additive mask comes back in the layer's dtype (a half-precision layer gets a half-precision mask), with the
+    dtype's minimum where attention is blocked. Guards: extended_mask mutants 49 and 52 (``dtype`` of the zeros
+    dropped: a float32 mask)."""
+    rows = torch.ones(2, 1, 4, dtype=torch.bool)
+    rows[1, 0, 1] = False
+    mask = extended_mask(torch.zeros(2, 1, 1, 3, dtype=dtype), rows, False, dtype)
+    assert mask.dtype == dtype and mask[1, 0, 3, 1] == torch.finfo(dtype).min and (mask[0, 0, 3] == 0).all()
+
+
+def test_a_one_modality_stream_gets_no_shadows():
+    """Shadows exist only in a stream that holds several modalities; in a one-modality tower (CLIP's) the real tokens
+    already attend to their own modality alone. Guards: stream_layout mutant 12 (``> 1`` -> ``>= 1``)."""
+    text = Stream("text", "x", 4, 2, ("text",), "attn", causal=True)
+    assert stream_layout(text, ("text", "image"), "unimodal") == StreamLayout(("text",), (), ("image",))
+
+
+class _Embeddings(PretrainedTokens):
+    model_type = "fake"
+
+    def pretrained_token_embedding(self, modality):
+        return {"a": torch.ones(4), "b": -torch.ones(4), "c": torch.zeros(4)}[modality]
+
+
+def test_pretrained_proxies_are_the_embedding_plus_their_own_noise():
+    """``proxy_init="pretrained"``: each proxy is its pretrained embedding plus its own N(0, 0.02^2) draw. Guards:
+    initial_proxies mutants 5 (one noise vector shared by all the stream's proxies) and 10 (the noise subtracted)."""
+    stream = Stream("joint", "x", 4, 2, K3, "attn")
+    torch.manual_seed(0)
+    proxies = initial_proxies(_Embeddings(), stream, ("a", "b"), CmptConfig(proxy_init="pretrained"))
+    torch.manual_seed(0)
+    noise = torch.randn(2, 4) * 0.02
+    assert torch.equal(proxies, torch.stack([torch.ones(4), -torch.ones(4)]) + noise)
+
+
+def test_a_backbone_without_pretrained_tokens_gets_a_proxy_init_error_naming_the_fix():
+    """A backbone interface without pretrained token embeddings: the error names the backbone and ``proxy_init=
+    'random'``, and its cause says that CMPT's ``proxy_init='pretrained'`` needs PretrainedTokens. Guards:
+    proxy_embedding mutants 7, 12, 13 and 18-20 (the fix or the capability's ``needed_by`` text altered)."""
+    stream = Stream("joint", "x", 4, 2, K3, "attn")
+    with pytest.raises(ValueError, match=r"'a' embedding of the fake backbone, which it does not offer; "
+                                         r"pass proxy_init='random'\.$") as err:
+        proxy_embedding(SimpleNamespace(model_type="fake"), stream, "a")
+    assert re.fullmatch(r"CMPT's proxy_init='pretrained' needs PretrainedTokens \(.*\), which the fake backbone "
+                        r"interface does not offer; pass proxy_init='random'\.", str(err.value.__cause__))
+
+
+def test_clip_image_proxy_reads_the_present_text_tokens_through_the_text_readout(shapes_missing, runs):
+    """On CLIP the image proxy (in the text tower) attends to exactly the non-padding text tokens of samples with text,
+    and itself; its estimate is the text tower's readout (final norm, text projection) of its last-layer output; the
+    alignment term is filed under the adapter's name. Guards: CmptLayer._initial_tokens mutants 18, 43, 44 (key
+    validity read from no mask or from another query row), CmptRun.estimates mutant 7 (readout of no stream) and
+    CmptLayer.start_run mutant 2 (the run's adapter name lost)."""
+    model = make_model("clip", "cmpt").eval()
+    _perturb_trainable(model)
+    batch = make_batch(shapes_missing["train"], "clip", n=8)
+    with torch.no_grad():
+        _forward(model, batch)
+        run, _ = runs[0]
+        mask = run.streams["text"].mask[:, 0, -1]
+        allowed = mask if mask.dtype == torch.bool else mask == 0
+        text = run.ctx.present_of("text")
+        expected = torch.cat([batch["attention_mask"].bool() & text[:, None], torch.ones(8, 1, dtype=torch.bool)], 1)
+        assert (batch["attention_mask"] == 0).any() and text.any() and torch.equal(allowed, expected)
+        estimate, available = run.estimates()["image"]
+        readout = model.interface.readout("text", run.carried["text"][cmpt_layer.APPENDED][:, -1:])[:, 0]
+    assert available.equal(text) and torch.equal(estimate[available], readout[available])
+    assert set(run.ctx.aux_losses) == {"cmpt_alignment/default"}
+
+
+def test_a_stream_without_proxies_leaves_the_others_and_zero_weight_adds_no_alignment(shapes_missing, runs):
+    """With only text proxied, CLIP's text tower hosts no proxy and the vision tower hosts the text proxy, whose
+    estimate still reaches the fusion; ``align_weight=0`` adds no alignment term at all. Guards: CmptRun.estimates
+    mutant 3 (``continue`` -> ``break`` at the first stream without proxies) and CmptRun.fuse mutant 37
+    (``align_weight > 0`` -> ``>= 0``)."""
+    model = make_model("clip", "cmpt", proxy_modalities=["text"], align_weight=0.0).eval()
+    batch = make_batch(shapes_missing["train"], "clip", n=8)
+    with torch.no_grad():
+        out = _forward(model, batch)
+    run, _ = runs[0]
+    assert next(iter(run.streams)) == "text" and not run.streams["text"].layout.proxies
+    assert run.estimates()["text"][1].tolist() == run.ctx.present_of("image").tolist()
+    assert run.ctx.aux_losses == {} and out.aux_loss is None
+
+
+
+def test_clip_text_rows_stay_causal_in_a_batch_without_padding(shapes_missing, runs):
+    """A batch whose texts need no padding: CLIP's text layers may get no mask (causality from ``is_causal``), and
+    the extended mask must then carry the causality itself, the real text rows lower-triangular. Guards:
+    CmptLayer._initial_tokens mutant 48 (``extended_mask(..., causal=None)``)."""
+    model = make_model("clip", "cmpt").eval()
+    batch = make_batch(shapes_missing["train"], "clip", n=8)
+    longest = int(batch["attention_mask"].sum(1).argmax())
+    one = {k: v[longest:longest + 1] if torch.is_tensor(v) else v for k, v in batch.items()}
+    with torch.no_grad():
+        _forward(model, one)
+    run, _ = runs[0]
+    length = one["input_ids"].shape[1]
+    mask = run.streams["text"].mask[0, 0, :length, :length]
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    assert bool(one["attention_mask"].all()) and allowed.equal(torch.ones(length, length, dtype=torch.bool).tril())

@@ -4,6 +4,7 @@ trips, Trainer training and bad input."""
 
 import copy
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from transformers import AutoModel, Trainer, TrainingArguments
 
 import hf_missing
 from hf_missing import MissingModalityCollator, MissingModalityForClassification, simulate_missing
+from hf_missing.backbones import Stream
 from hf_missing.backbones.tiny import tiny_backbone, tiny_processor
+from hf_missing.context import ForwardContext
 from hf_missing.data.synthetic import shapes_dataset
 from hf_missing.methods.redeem import (
     BankError,
@@ -32,7 +35,9 @@ from hf_missing.methods.redeem import (
     prepare_for_training,
     retrieval,
 )
+from hf_missing.methods.redeem import layer as redeem_layer
 from hf_missing.methods.redeem.bank import BANK_FILE, bank_fingerprint, content_hashes
+from hf_missing.methods.redeem.layer import RedeemLayer, RedeemRun
 from hf_missing.methods.redeem.retrieval import (
     _nearest,
     _random,
@@ -910,3 +915,193 @@ def test_the_bank_is_embedded_in_eval_mode_whatever_the_callers_mode():
     assert all(torch.equal(first.query[m], second.query[m]) for m in first.query)
     assert all(torch.equal(first.tokens[m], second.tokens[m]) for m in first.tokens)
     assert model.training and model.interface.model.encoder.training
+
+
+# ---- guards added after the mutation run (benchmarks/results/mutation.md) ---------------------------------
+def _ctx(present, **fields) -> ForwardContext:
+    present = torch.tensor(present, dtype=torch.bool)
+    return ForwardContext(torch.zeros(len(present)), present, ("text", "image"), **fields)
+
+
+def test_without_retriever_the_noise_has_the_banks_mean_and_spread():
+    """Table 3 "w/o Retriever": the retrieved features are ``randn * std + mean`` with the bank's overall statistics.
+    Guards: _noise mutants 5 (``- mean``) and 6 (``/ std``)."""
+    bank = _synthetic_bank()
+    bank.arrays["tokens.text"] = (bank.arrays["tokens.text"] * 3 + 2).astype(np.float16)
+    mean, std = bank.spread("tokens.text")
+    assert abs(mean - 2) < 0.5 and abs(std - 3) < 0.5
+    torch.manual_seed(0)
+    noise = redeem_layer._noise(bank, "tokens.text", torch.zeros(2, 3, dtype=torch.long))
+    torch.manual_seed(0)
+    assert noise.shape == (2, 3, 4, 6) and torch.allclose(noise, torch.randn(2, 3, 4, 6) * std + mean)
+
+
+def test_without_retriever_the_run_reads_noise_not_the_banks_rows():
+    """With ``retrieval="none"`` the run's retrieved tokens are the noise (the neighbour ids are -1, which would read
+    the bank's last row). Guards: redeem_run mutants 25 and 26 (the "none" test never true)."""
+    bank = _synthetic_bank()
+    config = RedeemConfig(**TINY, retrieval="none", generator="none")
+    config.memory_bank = bank
+    modules = RedeemModules({"text": 6, "image": 5}, {"joint": 6}, config)
+    rows = torch.full((2, 3), -1)
+    torch.manual_seed(0)
+    run = redeem_layer.redeem_run("default", config, modules, _ctx([[1, 1], [1, 0]], batch={"redeem_neighbors": rows}))
+    torch.manual_seed(0)
+    assert torch.equal(run.retrieved["text"], redeem_layer._noise(bank, "tokens.text", rows))
+
+
+def test_reconstruction_term_includes_the_banks_first_row_and_is_filed_under_the_adapter():
+    """The reconstruction MSE covers every sample that misses the modality and is in the bank, row 0 included (-1:
+    not in the bank), and lands in ``aux_losses`` under ``redeem_reconstruction/<adapter>``. Guards:
+    _reconstruction_loss mutants 12 and 13 (``self_rows > 0`` / ``>= 1``), redeem_run mutants 81 and 100 and
+    RedeemLayer.start_run mutant 7 (the adapter's name lost)."""
+    bank = _synthetic_bank()
+    config = RedeemConfig(**TINY, generator="mean", prompter="none")
+    config.memory_bank = bank
+    modules = RedeemModules({"text": 6, "image": 5}, {"joint": 6}, config)
+    batch = {"redeem_neighbors": torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]]),
+             "redeem_self": torch.tensor([0, -1, 9]), "redeem_query_text": torch.randn(3, 6),
+             "redeem_query_image": torch.randn(3, 5)}
+    ctx = _ctx([[1, 0], [1, 0], [1, 1]], batch=batch)
+    layer = SimpleNamespace(interface=None, method_config={"mine": config}, shared=lambda adapter: modules)
+    run = RedeemLayer.start_run(layer, "mine", ctx)
+    expected = F.mse_loss(run.generated["image"][:1], bank.lookup("tokens.image", torch.tensor([0])))
+    assert run.adapter == "mine" and set(ctx.aux_losses) == {"redeem_reconstruction/mine"}
+    torch.testing.assert_close(ctx.aux_losses["redeem_reconstruction/mine"], expected)
+
+
+def test_redeem_run_errors_name_the_calls_that_fix_them():
+    """No bank: the error names prepare_for_training and load_memory_bank; no neighbours in the batch: it names
+    add_neighbors and RedeemCollator. Guards: redeem_run mutants 4, 5, 7, 8, 11, 12 and 14-16 (message text)."""
+    config = RedeemConfig(**TINY)
+    with pytest.raises(RuntimeError, match=r"^This REDEEM adapter has no memory bank: call hf_missing\.methods\.redeem"
+                                           r"\.prepare_for_training\(model, train_dataset, collator\) \(or "
+                                           r"load_memory_bank\(model, folder\)\)\.$"):
+        redeem_layer.redeem_run("default", config, None, _ctx([[1, 1]]))
+    config.memory_bank = _synthetic_bank()
+    with pytest.raises(ValueError, match=r"^REDEEM needs each sample's retrieved neighbours: add them with hf_missing"
+                                         r"\.methods\.redeem\.add_neighbors\(dataset, model, collator\) and batch with "
+                                         r"RedeemCollator\(collator\)\.$"):
+        redeem_layer.redeem_run("default", config, None, _ctx([[1, 1]]))
+
+
+def _interface(*streams):
+    """A backbone interface stand-in with ``streams`` (each a tuple of modalities)."""
+    owner = {m: SimpleNamespace(modalities=s) for s in streams for m in s}
+    return SimpleNamespace(model_type="fake", streams=streams, stream_of=owner.__getitem__)
+
+
+def test_generation_is_refused_only_for_a_modality_alone_in_its_stream():
+    """check_policy under the "mask" policy refuses generation for a modality that has a stream of its own (its
+    pooled feature leaves the fusion), names it and the ways out, and lets a backbone pass whose streams each hold
+    several modalities. Guards: check_policy mutants 9 (``and`` -> ``or``: every modality of a multi-stream backbone
+    counted as alone), 15 (``alone[1]``) and 16-22 (message text)."""
+    config = RedeemConfig(**TINY)
+    four = ("text", "image", "audio", "video")
+    ctx = ForwardContext(torch.zeros(1), torch.ones(1, 4, dtype=torch.bool), four, policy="mask")
+    redeem_layer.check_policy(_interface(("text", "image"), ("audio", "video")), config, ctx)
+    ctx = ForwardContext(torch.zeros(1), torch.ones(1, 3, dtype=torch.bool), four[:3], policy="mask")
+    with pytest.raises(ValueError, match=r"this fake backbone leaves the pooled feature of a missing 'audio' \(its own "
+                                         r"stream\) out of the fused representation, so the generated tokens would "
+                                         r"never reach the logits\. Batch with missing_policy='dummy' \(the generated "
+                                         r"block stands in for the hidden placeholder\), or pass generator='none'\.$"):
+        redeem_layer.check_policy(_interface(("text", "image"), ("audio",)), config, ctx)
+
+
+def test_label_embedding_rows_are_the_multi_label_classes_or_at_least_two():
+    """RAGPT's label embedding has one row per class of a multi-label task, and at least 2 otherwise (a binary task
+    with one logit). Guards: num_label_classes mutants 7-15 and 20."""
+    rows = redeem_layer.num_label_classes
+    assert rows({}) == 2 and rows({"num_labels": 1}) == 2 and rows({"num_labels": 2}) == 2
+    assert rows({"num_labels": 5}) == 5 and rows({"num_labels": 1, "problem_type": "multi_label_classification"}) == 1
+
+
+def test_router_diagnostic_is_the_mean_largest_weight_and_absent_before_a_forward():
+    """``router_max_weight``: the largest routing weight of each sample, averaged over the batch; no entry before any
+    generation. Guards: RedeemModules.__init__ mutant 86 and diagnostics mutant 1 (an entry before any forward) and
+    generate mutant 16 (the maximum taken over the batch)."""
+    modules = RedeemModules({"text": 8, "image": 6}, {"joint": 8}, RedeemConfig(**TINY, generator="cmoe"))
+    assert modules.diagnostics() == {}
+    torch.nn.init.normal_(modules.w1["text"].weight)
+    condition, experts, retrieved = torch.randn(5, 6), torch.randn(5, 3, 8), torch.randn(5, 3, 4, 8)
+    modules.generate("text", condition, experts, retrieved)
+    weights = modules.route("text", condition, experts)
+    assert modules.diagnostics() == {"router_max_weight": pytest.approx(weights.max(-1).values.mean().item())}
+
+
+def test_label_token_is_the_label_embeddings_averaged_over_the_neighbours_labels():
+    """RAGPT's label token: the label embeddings weighted by how often each class occurs among the neighbours (all-zero
+    rows count for nothing); one labelled neighbour gives its label's embedding. Guards: label_token mutant 14
+    (``clamp(min=2.0)``: one label counted as two)."""
+    modules = RedeemModules({"text": 8, "image": 6}, {"joint": 8}, RedeemConfig(**TINY, label_token=True))
+    labels = torch.tensor([[[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
+    embeddings = modules.label_embeddings["joint"]
+    expected = torch.stack([embeddings[1], (embeddings[0] + 2 * embeddings[1]) / 3])
+    torch.testing.assert_close(modules.label_token("joint", labels)[:, 0], expected)
+
+
+def test_eq5_saim_queries_give_each_of_three_other_modalities_its_own_feature_block():
+    """Eq. 5 for four modalities: the queries of a's prompt hold b's, c's and d's retrieved tokens one after another,
+    each in its own block of features (zeros elsewhere). Guards: saim_queries mutant 18 (``start += width`` ->
+    ``start = width``: the third block at the second's offset)."""
+    widths = {"a": 2, "b": 3, "c": 4, "d": 5}
+    modules = RedeemModules(widths, {"joint": 5}, RedeemConfig(**TINY))
+    retrieved = {m: torch.randn(2, 3, 4, d) for m, d in widths.items()}
+    queries = modules.saim_queries("a", retrieved)
+    assert queries.shape == (2, 3, 12, 12)
+    start = 0
+    for j, other in enumerate("bcd"):
+        block, width = queries[:, :, 4 * j:4 * j + 4], widths[other]
+        assert torch.equal(block[..., start:start + width], retrieved[other])
+        assert block[..., :start].eq(0).all() and block[..., start + width:].eq(0).all()
+        start += width
+
+
+def test_layer_blocks_record_layer_0_inputs_and_carry_the_prompt_and_generated_blocks():
+    """Eq. 7 in RedeemLayer.blocks: layer 0 records its input tokens and their non-padding keys (the intra-modal
+    prompt's keys), puts the prompt block (at ``prompt_layer`` 0) at the front and the generated block before its
+    modality, hidden for the samples that have it; the next layer carries both blocks' outputs on under the same
+    names. Guards: RedeemLayer.blocks mutants 2, 3 (inputs recorded at another layer), 5 (padding kept as keys), 17
+    (a fresh prompt at every layer), 20-22, 25, 29, 30 (the carried prompt lost) and 48, 52 (the generated block not
+    placed before its modality)."""
+    stream = Stream("joint", "x", 4, 2, ("text", "image"), "attn")
+    ctx = _ctx([[1, 1], [1, 0]], spans={"joint": {"text": slice(0, 3), "image": slice(3, 5)}})
+    prompt, generated = torch.randn(2, 2, 4), torch.randn(2, 4, 4)
+    run = SimpleNamespace(ctx=ctx, config=SimpleNamespace(prompt_layer=0), first_inputs={}, first_valid={},
+                          generated={"image": generated}, prompt_block=lambda stream: prompt)
+    hidden, mask = torch.randn(2, 5, 4), torch.ones(2, 5)
+    mask[1, 2] = 0  # padding
+    first = RedeemLayer.blocks(SimpleNamespace(index=0, stream=stream), run, hidden, mask, {})
+    assert [(b.name, b.before) for b in first] == [("prompt", None), ("image", "image")]
+    assert first[0].tokens is prompt and first[1].tokens is generated and first[1].hidden.tolist() == [True, False]
+    assert torch.equal(run.first_inputs["text"], hidden[:, :3])
+    assert torch.equal(run.first_inputs["image"], hidden[:, 3:])
+    assert run.first_valid["text"].tolist() == [[True] * 3, [True, True, False]]
+    carried = {"prompt": torch.randn(2, 2, 4), "image": torch.randn(2, 4, 4)}
+    later = RedeemLayer.blocks(SimpleNamespace(index=1, stream=stream), run, torch.randn(2, 5, 4), None, carried)
+    assert [(b.name, b.before) for b in later] == [("prompt", None), ("image", "image")]
+    assert later[0].tokens is carried["prompt"] and later[1].tokens is carried["image"]
+    assert torch.equal(run.first_inputs["text"], hidden[:, :3])
+
+
+def test_intra_prompt_of_a_run_masks_padding_and_uses_generated_tokens_only_where_missing():
+    """RAGPT's intra-modal prompt in a run: a modality's retrieved tokens attend to the sample's own first-layer tokens
+    with padding masked out, and to the generated tokens for samples that miss the modality. Guards:
+    RedeemRun._prompt mutants 31, 35 (the padding mask not passed) and 36 (``not in`` -> ``in``)."""
+    config = RedeemConfig(**TINY, prompter="intra", generator="mean")
+    modules = RedeemModules({"text": 8, "image": 6}, {"joint": 8}, config)
+    retrieved = {"text": torch.randn(2, 3, 4, 8), "image": torch.randn(2, 3, 4, 6)}
+    generated = {"image": torch.randn(2, 4, 6)}
+    run = RedeemRun("default", config, modules, _ctx([[1, 1], [1, 0]]), retrieved=retrieved, generated=generated,
+                    labels=None)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    valid[0, 3:] = False
+    run.first_inputs.update(text=torch.randn(2, 5, 8), image=torch.randn(2, 4, 6))
+    run.first_valid.update(text=valid, image=torch.ones(2, 4, dtype=torch.bool))
+    with torch.no_grad():
+        text = modules.intra_prompt("text", run.first_inputs["text"], retrieved["text"], valid)
+        real = modules.intra_prompt("image", run.first_inputs["image"], retrieved["image"], run.first_valid["image"])
+        made = modules.intra_prompt("image", generated["image"], retrieved["image"])
+        torch.testing.assert_close(run._prompt("text"), text)
+        torch.testing.assert_close(run._prompt("image"), torch.stack([real[0], made[1]]))
+        assert not torch.allclose(text, modules.intra_prompt("text", run.first_inputs["text"], retrieved["text"]))
