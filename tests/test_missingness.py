@@ -443,3 +443,24 @@ def test_missing_table_codes_are_integers_that_index_the_names():
     codes = missing_table(10, {"missing_text": 3, "missing_image": 2}, patterns, seed=0, key=0)
     names = [patterns.names[c] for c in codes]
     assert names.count("missing_text") == 3 and names.count("missing_image") == 2 and names.count("complete") == 5
+
+
+def test_a_disk_backed_dataset_never_reuses_another_tables_cache(tmp_path):
+    """The cache fingerprint of ``map()`` covers the table itself, not only the sorted settings: a pattern dict given
+    in another order assigns other samples (``missing_table`` hands out patterns in the dict's order) and must not be
+    served the first order's cached table, and neither must another ``columns=`` mapping whose natural gaps differ.
+    Guards (simulate.simulate_missing): a fingerprint from the sorted settings alone (the bug: the second call
+    returned the first call's cached codes on a dataset loaded from disk)."""
+    from datasets import load_from_disk
+
+    rows = 100
+    _ids(rows).add_column("caption", [None if i % 10 == 0 else "x" for i in range(rows)]).save_to_disk(
+        str(tmp_path / "ids"))
+    data = load_from_disk(str(tmp_path / "ids"))
+    in_memory = Dataset.from_dict(data.to_dict(), features=data.features)
+    for pattern in ({"missing_text": 0.5, "missing_image": 0.5}, {"missing_image": 0.5, "missing_text": 0.5}):
+        expected = simulate_missing(in_memory, rate=0.5, pattern=pattern, seed=0)["missing_type"]
+        assert simulate_missing(data, rate=0.5, pattern=pattern, seed=0)["missing_type"] == expected
+    for columns in (None, {"text": "caption", "image": "x"}):
+        expected = simulate_missing(in_memory, rate=0.5, seed=0, columns=columns)["missing_type"]
+        assert simulate_missing(data, rate=0.5, seed=0, columns=columns)["missing_type"] == expected

@@ -373,7 +373,7 @@ def simulate_missing(
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     out = {}
     for name, split in splits.items():
-        fingerprint = hashlib.sha256(f"{split._fingerprint}-{digest}-{name}".encode()).hexdigest()[:32]
+        fingerprint = _fingerprint(split, digest, name, tables[name])
         out[name] = _assign(split, tables[name], column, patterns, fingerprint, num_proc)
         out[name].info.description = json.dumps({SETTINGS_KEY: settings})
     result = DatasetDict(out) if isinstance(dataset, DatasetDict) else next(iter(out.values()))
@@ -392,6 +392,15 @@ def _warn_if_over(settings: dict[str, Any], rate: float) -> None:
             logger.warning("Split %r: %d of %d samples already miss a modality in the data, more than rate=%s; "
                            "none is simulated and the split's missing rate is %.3f.", name, n - counts[0], n, rate,
                            (n - counts[0]) / n)
+
+
+def _fingerprint(split: Dataset, digest: str, name: str, codes: np.ndarray) -> str:
+    """The cache fingerprint of a split's ``map()``: its own fingerprint, the settings digest, its name and a hash of
+    its codes. The codes are in it because the settings do not fix the table: a pattern dict's order decides which
+    samples get which pattern, and ``columns=`` or an absence test which gaps are natural; a dataset loaded from disk
+    would otherwise serve another table cached under the same settings."""
+    table = hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()
+    return hashlib.sha256(f"{split._fingerprint}-{digest}-{name}-{table}".encode()).hexdigest()[:32]
 
 
 def _tables(natural: dict[str, np.ndarray], rate: float, shares: dict[str, float], protocol: str,
