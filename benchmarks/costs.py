@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from profile_step import build, samples
+from profile_step import build, common_parser, samples
 
 from hf_missing.data import simulate_missing
 from hf_missing.demo import DemoSettings, prepare
-from hf_missing.methods import list_methods, prepare_for_evaluation
+from hf_missing.methods import prepare_for_evaluation
 
 REFERENCE = "map"
 PROMPT_TARGET, RETRIEVAL_TARGET, INFERENCE_TARGET = 1.3, 1.5, 1.1
@@ -211,13 +211,9 @@ def markdown(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list_methods())
+    parser = common_parser(__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--batch-size", type=int, default=32, help="the demo presets' training batch")
-    parser.add_argument("--eval-batch-size", type=int, default=64, help="predict_patterns' batch")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--output-dir", default="benchmarks/results")
     args = parser.parse_args()
     methods = list(dict.fromkeys(["baseline", *args.methods]))  # the floors run on the frozen backbone
     work = prepare(DemoSettings(methods=methods, progress=False))

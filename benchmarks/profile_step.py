@@ -171,13 +171,19 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_parser(description: str) -> argparse.ArgumentParser:
+    """The options this script and ``costs.py`` share: the methods, the two batch sizes and the output folder."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--methods", nargs="+", default=list_methods())
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32, help="the demo presets' training batch")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="predict_patterns' batch")
     parser.add_argument("--output-dir", default="benchmarks/results")
+    return parser
+
+
+def main() -> int:
+    parser = common_parser(__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     work = prepare(DemoSettings(methods=args.methods, progress=False))
     results = {}

@@ -464,3 +464,17 @@ def test_a_disk_backed_dataset_never_reuses_another_tables_cache(tmp_path):
     for columns in (None, {"text": "caption", "image": "x"}):
         expected = simulate_missing(in_memory, rate=0.5, seed=0, columns=columns)["missing_type"]
         assert simulate_missing(data, rate=0.5, seed=0, columns=columns)["missing_type"] == expected
+
+
+def test_a_disk_backed_dataset_caches_each_column_name_apart(tmp_path):
+    """Two calls with the same table but another ``column=`` write another column: the settings digest must stay in
+    the cache fingerprint beside the codes, or the second call is served the first call's cached column. Guards
+    (simulate.simulate_missing): the digest None, of ``json.dumps(None)``, or not passed to ``_fingerprint``."""
+    from datasets import load_from_disk
+
+    _ids(50).save_to_disk(str(tmp_path / "ids"))
+    data = load_from_disk(str(tmp_path / "ids"))
+    first = simulate_missing(data, rate=0.4, seed=0, column="first")
+    second = simulate_missing(data, rate=0.4, seed=0, column="second")
+    assert "first" in first.column_names and "second" in second.column_names
+    assert second["second"] == first["first"]
