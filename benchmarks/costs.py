@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from profile_step import build, common_parser, samples
+from profile_step import build, common_parser, evaluation_samples, samples
 
-from hf_missing.data import simulate_missing
 from hf_missing.demo import DemoSettings, prepare
-from hf_missing.methods import prepare_for_evaluation
 
 REFERENCE = "map"
 PROMPT_TARGET, RETRIEVAL_TARGET, INFERENCE_TARGET = 1.3, 1.5, 1.1
@@ -82,12 +80,10 @@ class Case:
 
     def __init__(self, method: str, work: Any, args: argparse.Namespace) -> None:
         self.method = method
-        model, train, collator, trainer = build(method, work)
-        self.model, self.optimizer = model.to(args.device), trainer.optimizer
-        test = prepare_for_evaluation(model, simulate_missing(work.data["test"], rate=0.7, pattern="both", seed=0),
-                                      collator)
-        self.train_batch = on(collator(samples(train, args.batch_size)), args.device)
-        self.eval_batch = on(collator(samples(test, args.eval_batch_size)), args.device)
+        run = build(method, work)
+        self.model, self.optimizer = run.model.to(args.device), run.trainer.optimizer
+        self.train_batch = on(run.collator(samples(run.train, args.batch_size)), args.device)
+        self.eval_batch = on(run.collator(evaluation_samples(run, work, args.eval_batch_size)), args.device)
         self.eval_batch.pop("labels", None)
         self.times: dict[str, list[float]] = {"step": [], "inference": []}
 

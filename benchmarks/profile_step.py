@@ -26,19 +26,19 @@ import json
 import pstats
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, Trainer
 
 from hf_missing.data import simulate_missing
 from hf_missing.data.modalities import ImageInputs, TextInputs
-from hf_missing.demo import DemoSettings, Workspace, demo_preset, prepare
-from hf_missing.methods import list_methods, prepare_for_evaluation, prepare_for_training
-from hf_missing.modeling import MissingModalityForClassification
+from hf_missing.demo import DemoSettings, Run, Workspace, build_run, prepare
+from hf_missing.methods import list_methods, prepare_for_evaluation
+from hf_missing.missingness import MISSING_TYPE_COLUMN
 
 TRAIN_PHASES = ("text collate", "image collate", "collate", "image features", "forward", "backward", "optimizer")
 
@@ -54,21 +54,19 @@ def median_ms(action: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def build(method: str, work: Workspace, seed: int = 0) -> tuple[Any, Any, Any, Trainer]:
-    """(model, prepared training split, collator, Trainer) exactly as the demo builds them."""
-    preset = demo_preset(method)
-    torch.manual_seed(seed)
-    backbone = AutoModel.from_pretrained(work.backbone_dir)
-    backbone.share_feature_cache(work.feature_cache)
-    model = MissingModalityForClassification.from_backbone(backbone, num_labels=len(work.labels))
-    model.add_adapter(preset.method_config)
-    train = simulate_missing(work.data["train"], rate=0.7, pattern="both", seed=seed)
-    train, collator = prepare_for_training(model, train, work.collator)
-    args = preset.training_arguments("/tmp/hf_missing_profile", report_to="none", save_strategy="no",
-                                     eval_strategy="no", seed=seed)
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
-    trainer.create_optimizer()
-    return model, train, collator, trainer
+def build(method: str, work: Workspace, seed: int = 0) -> Run:
+    """The demo's run of ``method`` (:func:`hf_missing.demo.build_run`: its preset, the training split with 70% "both"
+    missing, prepared by the method), its optimizer created; nothing is trained or written."""
+    settings = DemoSettings(output_dir=tempfile.gettempdir(), progress=False)
+    run = build_run(method, work, settings, seed, settings.train_pattern)
+    run.trainer.create_optimizer()
+    return run
+
+
+def evaluation_samples(run: Run, work: Workspace, size: int) -> list[dict[str, Any]]:
+    """The first ``size`` test samples with 70% "both" missing, prepared for evaluation by the method."""
+    test = simulate_missing(work.data["test"], rate=0.7, pattern="both", seed=0, modalities=work.task.modalities)
+    return samples(prepare_for_evaluation(run.model, test, run.collator), size)
 
 
 def samples(dataset: Any, size: int) -> list[dict[str, Any]]:
@@ -78,13 +76,14 @@ def samples(dataset: Any, size: int) -> list[dict[str, Any]]:
 
 def modality_values(collator: Any, features: list[dict[str, Any]], kind: type) -> tuple[Any, list[Any]]:
     """The collator's declaration of the first modality of ``kind`` and the batch's raw values for it (None where
-    the sample misses it)."""
+    the sample's ``missing_type`` drops it)."""
     k, modality = next((k, m) for k, m in enumerate(collator.inputs) if isinstance(m, kind))
-    present = collator.patterns.present(collator._codes(features))
-    return modality, [collator._value(modality, f, i) if present[i, k] else None for i, f in enumerate(features)]
+    present = collator.patterns.present(collator.patterns.codes([f[MISSING_TYPE_COLUMN] for f in features]))
+    column = collator.column(modality.name)
+    return modality, [f[column] if present[i, k] else None for i, f in enumerate(features)]
 
 
-def train_phases(model: Any, collator: Any, trainer: Trainer, features: list[dict[str, Any]],
+def train_phases(model: Any, collator: Any, optimizer: Any, features: list[dict[str, Any]],
                  repeats: int) -> dict[str, float]:
     """Median ms of each phase of one training step (module docstring); the collate, forward, backward and
     optimizer phases are split from the same whole steps, one warm-up step first."""
@@ -96,7 +95,7 @@ def train_phases(model: Any, collator: Any, trainer: Trainer, features: list[dic
         times[name] = median_ms(lambda m=modality, v=values: m.collate(v, processor), repeats)
     pixels = collator(features)["pixel_values"]
     times["image features"] = median_ms(lambda: model.backbone.embeddings.image_features(pixels), repeats)
-    steps = [step_phases(model, collator, trainer.optimizer, features) for _ in range(repeats + 1)][1:]
+    steps = [step_phases(model, collator, optimizer, features) for _ in range(repeats + 1)][1:]
     for phase in ("collate", "forward", "backward", "optimizer", "step"):
         times[phase] = statistics.median(s[phase] for s in steps)
     return times
@@ -128,16 +127,14 @@ def eval_phases(model: Any, collator: Any, features: list[dict[str, Any]], repea
     return {"eval collate": median_ms(lambda: collator(features), repeats), "eval forward": forward}
 
 
-def top_functions(model: Any, collator: Any, trainer: Trainer, features: list[dict[str, Any]], steps: int,
+def top_functions(model: Any, collator: Any, optimizer: Any, features: list[dict[str, Any]], steps: int,
                   rows: int = 12) -> str:
     """cProfile of ``steps`` whole training steps: the ``rows`` functions with the most own time."""
     model.train()
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(steps):
-        trainer.optimizer.zero_grad()
-        model(**collator(features)).loss.backward()
-        trainer.optimizer.step()
+        step_phases(model, collator, optimizer, features)
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(rows)
@@ -145,13 +142,12 @@ def top_functions(model: Any, collator: Any, trainer: Trainer, features: list[di
 
 
 def profile_method(method: str, work: Workspace, args: argparse.Namespace) -> dict[str, Any]:
-    model, train, collator, trainer = build(method, work)
-    features = samples(train, args.batch_size)
-    test = simulate_missing(work.data["test"], rate=0.7, pattern="both", seed=0)
-    test = prepare_for_evaluation(model, test, collator)
-    times = train_phases(model, collator, trainer, features, args.repeats)
-    times |= eval_phases(model, collator, samples(test, args.eval_batch_size), args.repeats)
-    return {"ms": times, "cprofile": top_functions(model, collator, trainer, features, args.repeats)}
+    run = build(method, work)
+    features = samples(run.train, args.batch_size)
+    optimizer = run.trainer.optimizer
+    times = train_phases(run.model, run.collator, optimizer, features, args.repeats)
+    times |= eval_phases(run.model, run.collator, evaluation_samples(run, work, args.eval_batch_size), args.repeats)
+    return {"ms": times, "cprofile": top_functions(run.model, run.collator, optimizer, features, args.repeats)}
 
 
 def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:

@@ -163,10 +163,22 @@ def demo_preset(method: str, options: dict[str, Any] | None = None, task: str = 
     return method_preset(method, options, suffix=demo_task(task).preset_suffix)
 
 
-def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, seed: int,
-                       train_pattern: str) -> dict[str, Any]:
-    """Train ``method`` on the training split with ``train_pattern`` missing at ``settings.train_rate`` and
-    evaluate it under every test pattern and rate."""
+@dataclass
+class Run:
+    """One method ready to train: its model, the prepared training split, the collator it trains and evaluates with,
+    its ``Trainer`` and its preset."""
+
+    model: MissingModalityForClassification
+    train: Any
+    collator: Any
+    trainer: Trainer
+    preset: Preset
+
+
+def build_run(method: str, work: Workspace, settings: DemoSettings, seed: int, train_pattern: str) -> Run:
+    """``method`` on the stage-1 backbone with its demo preset, the training split with ``train_pattern`` missing at
+    ``settings.train_rate`` (prepared by the method: REDEEM's bank and neighbours) and its ``Trainer``, untrained.
+    What the demo trains, and what ``benchmarks/profile_step.py`` and ``costs.py`` time."""
     preset = demo_preset(method, settings.method_options.get(method), work.task.name)
     torch.manual_seed(seed)
     backbone = AutoModel.from_pretrained(work.backbone_dir)
@@ -185,10 +197,18 @@ def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, see
     train, collator = prepare_for_training(model, train, work.collator)
     trainer = Trainer(model=model, args=preset.training_arguments(str(run_dir), **overrides), train_dataset=train,
                       data_collator=collator)
-    output = trainer.train()
-    test = prepare_for_evaluation(model, work.data["test"], collator)
-    predictions = predict_patterns(model, test, collator, TASK, progress=settings.progress)
-    return summarise(model, predictions, output.metrics, trainer.state.global_step, preset) | {
+    return Run(model, train, collator, trainer, preset)
+
+
+def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, seed: int,
+                       train_pattern: str) -> dict[str, Any]:
+    """Train ``method`` (:func:`build_run`) and evaluate it under every test pattern and rate."""
+    run = build_run(method, work, settings, seed, train_pattern)
+    output = run.trainer.train()
+    model = run.model
+    test = prepare_for_evaluation(model, work.data["test"], run.collator)
+    predictions = predict_patterns(model, test, run.collator, TASK, progress=settings.progress)
+    return summarise(model, predictions, output.metrics, run.trainer.state.global_step, run.preset) | {
         "gates": model.diagnostics(), "train_loss": output.training_loss, "collapsed": collapsed(predictions),
         "correct": correct_at(predictions, TABLE_RATE)}
 
