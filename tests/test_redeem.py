@@ -1105,3 +1105,24 @@ def test_intra_prompt_of_a_run_masks_padding_and_uses_generated_tokens_only_wher
         torch.testing.assert_close(run._prompt("text"), text)
         torch.testing.assert_close(run._prompt("image"), torch.stack([real[0], made[1]]))
         assert not torch.allclose(text, modules.intra_prompt("text", run.first_inputs["text"], retrieved["text"]))
+
+
+def test_readme_table3_switch_values_are_the_ones_the_config_accepts():
+    """Issue 16 item 7: the README's REDEEM section names every Table 3 switch value, and each is accepted by the
+    config while the old wrong names are refused. Guards: README option names drifting from the code again (it said
+    ``generator="cross"`` and ``prompter="inter"``, which the config rejects)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    line = " ".join(readme[readme.index("Table 3 switches: `retrieval`"):].split("\n")[:2])
+    for option in ("retrieval", "generator", "prompter"):
+        listed = re.search(rf"`{option}` \(([^)]*)\)", line).group(1)
+        values = [v.split("=")[0].strip() for v in re.split(r"[/;]", listed) if v.strip()]
+        values = [v.split()[0] for v in values]
+        assert len(values) >= 3, (option, listed)
+        for value in values:
+            hf_missing.get_method_config("redeem", **{option: value})
+    for option, wrong in (("generator", "cross"), ("prompter", "inter")):
+        with pytest.raises(ValueError, match=option):
+            hf_missing.get_method_config("redeem", **{option: wrong})
