@@ -34,6 +34,7 @@ from .hub import push_adapter
 from .methods import get_method_config, list_methods
 from .metrics import TASKS
 from .modeling import MissingModalityForClassification
+from .precision import PRECISIONS
 from .presets import TASK_METRICS, Preset, load_preset, method_preset, training_overrides
 
 if TYPE_CHECKING:
@@ -171,6 +172,10 @@ def _add_demo_arguments(parser: argparse.ArgumentParser, output_dir: str) -> Non
                                                           "'both' (alias 'mixed': every incomplete pattern) or, "
                                                           "with --task speech, only_<modality>.")
     parser.add_argument("--epochs", type=float, default=None, help="Override the presets' epochs.")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="What every method trains and evaluates in: bf16 (autocast mixed precision), fp32, or "
+                             "auto (default): bf16 where the hardware multiplies bfloat16 natively (a CPU with "
+                             "AVX512-BF16 or AMX, a bf16 GPU), else fp32.")
     parser.add_argument("--train-limit", type=int, default=None, help="Use only this many training samples.")
     parser.add_argument("--test-limit", type=int, default=None, help="Use only this many test samples.")
     parser.add_argument("--cache-dir", default=None, help="Data/backbone cache (default $HF_MISSING_CACHE or "
@@ -189,7 +194,7 @@ def _demo(args: argparse.Namespace) -> int:
                             train_pattern=args.pattern, seeds=args.seeds or DEFAULT_SEEDS[args.command],
                             epochs=args.epochs, train_limit=args.train_limit, test_limit=args.test_limit,
                             cache_dir=args.cache_dir, progress=not args.no_progress, task=args.task,
-                            resume=args.resume or bool(ablation))
+                            resume=args.resume or bool(ablation), precision=args.precision)
     if args.command == "demo":
         run_demo(settings)
         print(Path(args.output_dir, "report.md").read_text(encoding="utf-8"))

@@ -47,6 +47,7 @@ from .evaluation import (
 from .methods import list_methods, prepare_for_evaluation, prepare_for_training
 from .missingness import DEFAULT_MODALITIES
 from .modeling import MissingModalityForClassification
+from .precision import autocast, precision_arguments, resolve_precision
 from .presets import Preset, method_preset
 from .runstore import RunStore
 from .significance import Comparison, compare, mean_interval
@@ -106,7 +107,8 @@ class DemoSettings:
     """What to run. ``epochs`` / ``train_limit`` / ``test_limit`` shrink the run (tests, quick looks); ``task`` is
     "emoji" (text + image) or "speech" (text + image + audio, :data:`DEMO_TASKS`). Every finished run is stored in
     ``output_dir/runs.json``; ``resume`` reuses the stored runs of the same settings instead of training them
-    again."""
+    again. ``precision`` ("auto", "fp32" or "bf16", :func:`hf_missing.precision.resolve_precision`) is what every
+    method trains and evaluates in."""
 
     output_dir: str = "runs/demo"
     methods: Sequence[str] = field(default_factory=list_methods)
@@ -121,6 +123,7 @@ class DemoSettings:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     task: str = "emoji"
     resume: bool = False
+    precision: str = "auto"  # hf_missing.precision: "auto" is bf16 autocast where the hardware computes it natively
 
 
 @dataclass
@@ -163,6 +166,11 @@ def demo_preset(method: str, options: dict[str, Any] | None = None, task: str = 
     return method_preset(method, options, suffix=demo_task(task).preset_suffix)
 
 
+def run_precision(method: str, work: Workspace, settings: DemoSettings) -> str:
+    """The precision ``method``'s demo run trains and evaluates in under ``settings.precision``."""
+    return resolve_precision(settings.precision, demo_preset(method, task=work.task.name).training)
+
+
 @dataclass
 class Run:
     """One method ready to train: its model, the prepared training split, the collator it trains and evaluates with,
@@ -193,6 +201,7 @@ def build_run(method: str, work: Workspace, settings: DemoSettings, seed: int, t
                  "report_to": "none", "logging_strategy": "no"}
     if settings.epochs is not None:
         overrides["num_train_epochs"] = settings.epochs
+    overrides |= precision_arguments(run_precision(method, work, settings))
     run_dir = Path(settings.output_dir) / "runs" / f"{method}-{train_pattern}-seed{seed}"
     train, collator = prepare_for_training(model, train, work.collator)
     trainer = Trainer(model=model, args=preset.training_arguments(str(run_dir), **overrides), train_dataset=train,
@@ -202,12 +211,14 @@ def build_run(method: str, work: Workspace, settings: DemoSettings, seed: int, t
 
 def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, seed: int,
                        train_pattern: str) -> dict[str, Any]:
-    """Train ``method`` (:func:`build_run`) and evaluate it under every test pattern and rate."""
+    """Train ``method`` (:func:`build_run`) and evaluate it under every test pattern and rate, in the precision it
+    trained in."""
     run = build_run(method, work, settings, seed, train_pattern)
     output = run.trainer.train()
     model = run.model
     test = prepare_for_evaluation(model, work.data["test"], run.collator)
-    predictions = predict_patterns(model, test, run.collator, TASK, progress=settings.progress)
+    with autocast(run_precision(method, work, settings), model.device.type):
+        predictions = predict_patterns(model, test, run.collator, TASK, progress=settings.progress)
     return summarise(model, predictions, output.metrics, run.trainer.state.global_step, run.preset) | {
         "gates": model.diagnostics(), "train_loss": output.training_loss, "collapsed": collapsed(predictions),
         "correct": correct_at(predictions, TABLE_RATE)}
@@ -283,7 +294,8 @@ def stored_run(store: RunStore, method: str, work: Workspace, settings: DemoSett
     key = f"{method} | {train_pattern} | seed {seed}"
     wanted = {"task": work.task.name, "options": settings.method_options.get(method), "epochs": settings.epochs,
               "rate": settings.train_rate, "pattern": train_pattern, "train_limit": settings.train_limit,
-              "test_limit": settings.test_limit, "backbone": Path(work.backbone_dir).name}
+              "test_limit": settings.test_limit, "backbone": Path(work.backbone_dir).name,
+              "precision": run_precision(method, work, settings)}
     run = store.get(key, wanted)
     if run is None:
         run = train_and_evaluate(method, work, settings, seed, train_pattern)
