@@ -33,15 +33,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import evaluate
 import numpy as np
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, roc_auc_score
 from transformers import EvalPrediction
 
 from .missingness import DEFAULT_MODALITIES
+
+if TYPE_CHECKING:
+    import evaluate
 
 TASKS = ("single_label", "multilabel", "binary", "regression", "regression_sims")
 REGRESSION_TASKS = ("regression", "regression_sims")
@@ -135,6 +137,8 @@ def load_metric(task: str) -> evaluate.EvaluationModule:
     :data:`METRIC_MODULE`; combine it with others through ``evaluate.combine``."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {list(TASKS)}.")
+    import evaluate  # imported when needed: it takes seconds, and most runs never load the metric module
+
     return evaluate.load(METRIC_MODULE, config_name=task, keep_in_memory=True)
 
 
