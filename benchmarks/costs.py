@@ -16,8 +16,8 @@ the medians compared:
   inference an evaluation forward. ``step / implied`` and ``inference / implied`` are what a method costs beyond
   its token count (inference target: ≤ 1.1).
 
-Writes ``<output-dir>/costs.md`` and ``costs.json`` (``--device cuda`` writes ``costs-cuda.*``).
-Run: ``python benchmarks/costs.py [--methods ...] [--rounds 7] [--device cpu|cuda]``.
+Writes ``<output-dir>/costs.md`` and ``costs.json`` (``--device cuda`` adds ``-cuda``, bf16 ``-bf16`` to the name).
+Run: ``python benchmarks/costs.py [--methods ...] [--rounds 7] [--device cpu|cuda] [--precision auto|fp32|bf16]``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from profile_step import build, common_parser, evaluation_samples, samples
+from profile_step import build, common_parser, evaluation_samples, output_name, resolved, samples
 
 from hf_missing.demo import DemoSettings, prepare
+from hf_missing.precision import autocast
 
 REFERENCE = "map"
 PROMPT_TARGET, RETRIEVAL_TARGET, INFERENCE_TARGET = 1.3, 1.5, 1.1
@@ -79,7 +80,7 @@ class Case:
     """One method's model and batches, and its step / inference calls."""
 
     def __init__(self, method: str, work: Any, args: argparse.Namespace) -> None:
-        self.method = method
+        self.method, self.precision, self.device = method, args.precision, args.device
         run = build(method, work)
         self.model, self.optimizer = run.model.to(args.device), run.trainer.optimizer
         self.train_batch = on(run.collator(samples(run.train, args.batch_size)), args.device)
@@ -90,12 +91,14 @@ class Case:
     def step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad()
-        self.model(**self.train_batch).loss.backward()
+        with autocast(self.precision, self.device):
+            loss = self.model(**self.train_batch).loss
+        loss.backward()
         self.optimizer.step()
 
     def infer(self) -> None:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.precision, self.device):
             self.model(**self.eval_batch)
 
     def mean_lengths(self) -> dict[str, float]:
@@ -116,8 +119,9 @@ class Floor:
     (what prompt tuning backpropagates, the weights frozen); ``inference``: an evaluation forward."""
 
     def __init__(self, backbone: Any, train_batch: dict[str, Any], eval_batch: dict[str, Any],
-                 extra: dict[str, int]) -> None:
-        self.backbone, self.extra = backbone, extra
+                 extra: dict[str, int], precision: str) -> None:
+        self.backbone, self.extra, self.precision = backbone, extra, precision
+        self.device = next(backbone.parameters()).device.type
         self.train_batch, self.eval_batch = padded(train_batch, extra["step"]), padded(eval_batch, extra["inference"])
         self.times: dict[str, list[float]] = {"step": [], "inference": []}
 
@@ -125,13 +129,15 @@ class Floor:
         self.backbone.train()
         handle = self.backbone.embeddings.register_forward_hook(_inputs_need_grad)
         try:
-            self.backbone(**self.train_batch).pooler_output.sum().backward()
+            with autocast(self.precision, self.device):
+                total = self.backbone(**self.train_batch).pooler_output.float().sum()
+            total.backward()
         finally:
             handle.remove()
 
     def infer(self) -> None:
         self.backbone.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.precision, self.device):
             self.backbone(**self.eval_batch)
 
 
@@ -189,7 +195,8 @@ def target(name: str) -> str:
 
 def markdown(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     lines = ["# Training-step and inference cost ratios (embedded default)", "",
-             f"`python benchmarks/costs.py --rounds {args.rounds} --device {args.device}`: medians over "
+             f"`python benchmarks/costs.py --rounds {args.rounds} --device {args.device} --precision "
+             f"{args.precision}`: medians over "
              f"{args.rounds} round-robin rounds on {torch.get_num_threads()} threads; training batch "
              f"{args.batch_size}, evaluation batch {args.eval_batch_size}. 'extra tokens' (training / evaluation "
              "batch): mean over encoder-layer calls of the tokens the method adds; 'implied': the frozen backbone "
@@ -211,6 +218,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
+    args = resolved(args, args.device)
     methods = list(dict.fromkeys(["baseline", *args.methods]))  # the floors run on the frozen backbone
     work = prepare(DemoSettings(methods=methods, progress=False))
     cases = {m: Case(m, work, args) for m in methods}
@@ -219,19 +227,19 @@ def main() -> int:
     floors = {}
     for name, case in cases.items():
         extra = {k: round(v - base_lengths[k]) for k, v in case.mean_lengths().items()}
-        floors[name] = Floor(base.model.backbone, base.train_batch, base.eval_batch, extra)
+        floors[name] = Floor(base.model.backbone, base.train_batch, base.eval_batch, extra, args.precision)
     timed_objects = [*cases.values(), *floors.values()]
     measure(timed_objects, 1, args.device)  # warm-up
     for item in timed_objects:
         item.times = {"step": [], "inference": []}
     measure(timed_objects, args.rounds, args.device)
     rows = summary(cases, floors)
-    suffix = "" if args.device == "cpu" else f"-{args.device}"
+    name = output_name("costs", args, args.device)
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"costs{suffix}.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2),
-                                                encoding="utf-8")
-    (folder / f"costs{suffix}.md").write_text(markdown(rows, args), encoding="utf-8")
+    (folder / f"{name}.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2),
+                                         encoding="utf-8")
+    (folder / f"{name}.md").write_text(markdown(rows, args), encoding="utf-8")
     print(markdown(rows, args))
     return 0
 

@@ -12,8 +12,8 @@ precomputed, as in training), then one fixed batch is timed phase by phase, ``--
 - ``eval collate`` / ``eval forward``: one evaluation batch (no_grad, eval mode).
 
 ``step`` is collate + forward + backward + optimizer. A cProfile of whole training steps lists, per method, the
-functions with the most own time. Writes ``<output-dir>/profile.md`` and ``profile.json``.
-Run: ``python benchmarks/profile_step.py [--methods ...] [--repeats 5]``.
+functions with the most own time. Writes ``<output-dir>/profile.md`` and ``profile.json`` (``profile-bf16.*`` under
+bf16). Run: ``python benchmarks/profile_step.py [--methods ...] [--repeats 5] [--precision auto|fp32|bf16]``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from hf_missing.data.modalities import ImageInputs, TextInputs
 from hf_missing.demo import DemoSettings, Run, Workspace, build_run, prepare
 from hf_missing.methods import list_methods, prepare_for_evaluation
 from hf_missing.missingness import MISSING_TYPE_COLUMN
+from hf_missing.precision import PRECISIONS, autocast, resolve_precision
 
 TRAIN_PHASES = ("text collate", "image collate", "collate", "image features", "forward", "backward", "optimizer")
 
@@ -84,7 +85,7 @@ def modality_values(collator: Any, features: list[dict[str, Any]], kind: type) -
 
 
 def train_phases(model: Any, collator: Any, optimizer: Any, features: list[dict[str, Any]],
-                 repeats: int) -> dict[str, float]:
+                 repeats: int, precision: str) -> dict[str, float]:
     """Median ms of each phase of one training step (module docstring); the collate, forward, backward and
     optimizer phases are split from the same whole steps, one warm-up step first."""
     model.train()
@@ -95,18 +96,20 @@ def train_phases(model: Any, collator: Any, optimizer: Any, features: list[dict[
         times[name] = median_ms(lambda m=modality, v=values: m.collate(v, processor), repeats)
     pixels = collator(features)["pixel_values"]
     times["image features"] = median_ms(lambda: model.backbone.embeddings.image_features(pixels), repeats)
-    steps = [step_phases(model, collator, optimizer, features) for _ in range(repeats + 1)][1:]
+    steps = [step_phases(model, collator, optimizer, features, precision) for _ in range(repeats + 1)][1:]
     for phase in ("collate", "forward", "backward", "optimizer", "step"):
         times[phase] = statistics.median(s[phase] for s in steps)
     return times
 
 
-def step_phases(model: Any, collator: Any, optimizer: Any, features: list[dict[str, Any]]) -> dict[str, float]:
-    """Wall ms of each phase of one whole training step."""
+def step_phases(model: Any, collator: Any, optimizer: Any, features: list[dict[str, Any]],
+                precision: str) -> dict[str, float]:
+    """Wall ms of each phase of one whole training step (the forward under ``precision``'s autocast, as Trainer)."""
     marks = [time.perf_counter()]
     batch = collator(features)
     marks.append(time.perf_counter())
-    loss = model(**batch).loss
+    with autocast(precision, "cpu"):
+        loss = model(**batch).loss
     marks.append(time.perf_counter())
     loss.backward()
     marks.append(time.perf_counter())
@@ -117,24 +120,25 @@ def step_phases(model: Any, collator: Any, optimizer: Any, features: list[dict[s
     return dict(zip(("collate", "forward", "backward", "optimizer"), ms, strict=True)) | {"step": sum(ms)}
 
 
-def eval_phases(model: Any, collator: Any, features: list[dict[str, Any]], repeats: int) -> dict[str, float]:
+def eval_phases(model: Any, collator: Any, features: list[dict[str, Any]], repeats: int,
+                precision: str) -> dict[str, float]:
     """Median ms of collating and running one evaluation batch."""
     model.eval()
     batch = collator(features)
     batch.pop("labels", None)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, "cpu"):
         forward = median_ms(lambda: model(**batch), repeats)
     return {"eval collate": median_ms(lambda: collator(features), repeats), "eval forward": forward}
 
 
 def top_functions(model: Any, collator: Any, optimizer: Any, features: list[dict[str, Any]], steps: int,
-                  rows: int = 12) -> str:
+                  precision: str, rows: int = 12) -> str:
     """cProfile of ``steps`` whole training steps: the ``rows`` functions with the most own time."""
     model.train()
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(steps):
-        step_phases(model, collator, optimizer, features)
+        step_phases(model, collator, optimizer, features, precision)
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(rows)
@@ -145,15 +149,18 @@ def profile_method(method: str, work: Workspace, args: argparse.Namespace) -> di
     run = build(method, work)
     features = samples(run.train, args.batch_size)
     optimizer = run.trainer.optimizer
-    times = train_phases(run.model, run.collator, optimizer, features, args.repeats)
-    times |= eval_phases(run.model, run.collator, evaluation_samples(run, work, args.eval_batch_size), args.repeats)
-    return {"ms": times, "cprofile": top_functions(run.model, run.collator, optimizer, features, args.repeats)}
+    times = train_phases(run.model, run.collator, optimizer, features, args.repeats, args.precision)
+    times |= eval_phases(run.model, run.collator, evaluation_samples(run, work, args.eval_batch_size), args.repeats,
+                         args.precision)
+    return {"ms": times, "cprofile": top_functions(run.model, run.collator, optimizer, features, args.repeats,
+                                                   args.precision)}
 
 
 def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
     columns = [*TRAIN_PHASES, "step", "eval collate", "eval forward"]
     lines = ["# One training step and one evaluation batch per method (embedded default)", "",
-             f"`python benchmarks/profile_step.py --repeats {args.repeats}` on {torch.get_num_threads()} threads: "
+             f"`python benchmarks/profile_step.py --repeats {args.repeats} --precision {args.precision}` on "
+             f"{torch.get_num_threads()} threads: "
              f"median ms over {args.repeats} repeats; training batch {args.batch_size}, evaluation batch "
              f"{args.eval_batch_size}; phases as the script's docstring defines them ('collate' includes the text "
              "and image collates, 'forward' includes 'image features'; 'step' = collate + forward + backward + "
@@ -174,13 +181,27 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="the demo presets' training batch")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="predict_patterns' batch")
     parser.add_argument("--output-dir", default="benchmarks/results")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="What the steps run in, as the demo's --precision (auto: bf16 autocast where the device "
+                             "multiplies bfloat16 natively); bf16 results go to '-bf16' files.")
     return parser
+
+
+def resolved(args: argparse.Namespace, device: str = "cpu") -> argparse.Namespace:
+    """``args`` with ``precision`` resolved ("auto" -> "fp32" or "bf16") for ``device``."""
+    args.precision = resolve_precision(args.precision, {"use_cpu": device == "cpu"})
+    return args
+
+
+def output_name(stem: str, args: argparse.Namespace, device: str = "cpu") -> str:
+    """``stem``, then ``-cuda`` for a GPU run and ``-bf16`` for a bf16 one (fp32 CPU results keep the plain name)."""
+    return stem + ("" if device == "cpu" else f"-{device}") + ("" if args.precision == "fp32" else f"-{args.precision}")
 
 
 def main() -> int:
     parser = common_parser(__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = resolved(parser.parse_args())
     work = prepare(DemoSettings(methods=args.methods, progress=False))
     results = {}
     for method in args.methods:
@@ -188,8 +209,9 @@ def main() -> int:
         print(method, {k: round(v, 1) for k, v in results[method]["ms"].items()}, flush=True)
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "profile.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    (folder / "profile.md").write_text(markdown(results, args), encoding="utf-8")
+    name = output_name("profile", args)
+    (folder / f"{name}.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    (folder / f"{name}.md").write_text(markdown(results, args), encoding="utf-8")
     return 0
 
 

@@ -207,6 +207,22 @@ def test_image_features_do_not_depend_on_the_batch_that_first_encoded_them(batch
     assert torch.equal(rest, together)
 
 
+def test_cached_image_features_do_not_depend_on_the_autocast_of_the_run_that_first_met_them() -> None:
+    """The frozen encoder runs in fp32 under a bf16 autocast. Catches caching bf16 features from a bf16 demo run:
+    every later run sharing the cache (the demo's runs share one) then got rounded features, and an fp32 forward
+    (REDEEM's bank, built before Trainer's autocast) failed with 'mat1 and mat2 must have the same dtype'."""
+    model = AutoModel.from_config(tiny_config()).eval()
+    pixels = torch.randn(3, 3, 30, 30)
+    with torch.no_grad():
+        reference = model.embeddings.image_features(pixels)
+        model.embeddings.feature_cache.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model.embeddings.image_encoder.extract_features(pixels).dtype == torch.bfloat16
+            under_autocast = model.embeddings.image_features(pixels)
+        assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, reference)
+        model(input_ids=torch.randint(0, 20, (3, 4)), pixel_values=pixels)  # fp32 forward on the cached features
+
+
 def test_save_load_bit_identical(tmp_path, shapes_missing) -> None:
     model = AutoModel.from_config(tiny_config()).eval()
     model.embeddings.image_feature_mean.normal_()

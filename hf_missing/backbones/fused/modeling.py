@@ -151,13 +151,14 @@ class FusedEmbeddings(nn.Module):
         """``[B, N, F]`` image-encoder feature tokens (row-major grid), cached.
 
         The image encoder is frozen by design: it runs in eval mode under ``no_grad`` (no gradient reaches
-        it or its input), so its features depend on the pixels only and are cached per image.
+        it or its input) and in fp32 whatever the caller's autocast, so its features depend on the pixels only
+        and are cached per image (a cache shared by runs in different precisions serves each the same features).
         """
         keys = [FeatureCache.key(p) for p in pixel_values]
         found = [self.feature_cache.get(k) for k in keys]
         todo = [i for i, f in enumerate(found) if f is None]
         if todo:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(pixel_values.device.type, enabled=False):
                 new = self._encode_images(pixel_values[todo])
             for i, features in zip(todo, new, strict=True):
                 found[i] = features
