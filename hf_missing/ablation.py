@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
-from .demo import DemoSettings, prepare, train_and_evaluate
+from .demo import DemoSettings, Workspace, precision_setting, prepare, run_precision, train_and_evaluate
 from .runstore import RunStore
 from .significance import mean_interval
 
@@ -73,11 +73,11 @@ def run_ablation(settings: DemoSettings, method: str = "rep",
     work = prepare(settings)
     backbone = Path(work.backbone_dir).name
     todo = [(row, seed) for row in rows for seed in settings.seeds
-            if store.get(_key(row, seed), run_settings(settings, row, backbone)) is None]
+            if store.get(_key(row, seed), run_settings(settings, row, backbone, work)) is None]
     for row, seed in todo:
         row_settings = replace(settings, method_options={row.method: row.options})
         result = train_and_evaluate(row.method, work, row_settings, seed, settings.train_pattern)
-        store.put(_key(row, seed), run_summary(result), run_settings(settings, row, backbone))
+        store.put(_key(row, seed), run_summary(result), run_settings(settings, row, backbone, work))
     table = summarise_rows(rows, store.runs, settings.seeds)
     atomic_write_text(folder / "ablation.json", json.dumps(table, indent=2))
     atomic_write_text(folder / "ablation.md", markdown(table, settings))
@@ -88,12 +88,13 @@ def _key(row: AblationRow, seed: int) -> str:
     return f"{row.name} | seed {seed}"
 
 
-def run_settings(settings: DemoSettings, row: AblationRow, backbone: str) -> dict[str, Any]:
-    """What a stored run must share with the current ablation to be reused: the row, the training settings and
-    the stage-1 checkpoint (its folder name carries the hash of the data and settings it was aligned on)."""
+def run_settings(settings: DemoSettings, row: AblationRow, backbone: str, work: Workspace) -> dict[str, Any]:
+    """What a stored run must share with the current ablation to be reused: the row, the training settings (the
+    precision included) and the stage-1 checkpoint (its folder name carries the hash of the data and settings it was
+    aligned on)."""
     return {"method": row.method, "options": row.options, "epochs": settings.epochs, "rate": settings.train_rate,
             "pattern": settings.train_pattern, "train_limit": settings.train_limit, "test_limit": settings.test_limit,
-            "backbone": backbone}
+            "backbone": backbone, **precision_setting(run_precision(row.method, work, settings))}
 
 
 def run_summary(result: dict[str, Any]) -> dict[str, Any]:

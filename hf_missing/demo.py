@@ -171,6 +171,12 @@ def run_precision(method: str, work: Workspace, settings: DemoSettings) -> str:
     return resolve_precision(settings.precision, demo_preset(method, task=work.task.name).training)
 
 
+def precision_setting(precision: str) -> dict[str, str]:
+    """A stored run's precision setting: none for fp32 (every run stored before the precision switch was fp32, and
+    stays reusable as such), else ``{"precision": ...}``, so that runs of different precisions never mix."""
+    return {} if precision == "fp32" else {"precision": precision}
+
+
 @dataclass
 class Run:
     """One method ready to train: its model, the prepared training split, the collator it trains and evaluates with,
@@ -295,7 +301,7 @@ def stored_run(store: RunStore, method: str, work: Workspace, settings: DemoSett
     wanted = {"task": work.task.name, "options": settings.method_options.get(method), "epochs": settings.epochs,
               "rate": settings.train_rate, "pattern": train_pattern, "train_limit": settings.train_limit,
               "test_limit": settings.test_limit, "backbone": Path(work.backbone_dir).name,
-              "precision": run_precision(method, work, settings)}
+              **precision_setting(run_precision(method, work, settings))}
     run = store.get(key, wanted)
     if run is None:
         run = train_and_evaluate(method, work, settings, seed, train_pattern)

@@ -115,3 +115,14 @@ def test_a_stored_fp32_run_is_never_reused_for_a_bf16_table(workspace, tmp_path)
     bf16 = DemoSettings(**{**fp32.__dict__, "precision": "bf16"})
     with pytest.raises(ValueError, match="precision"):
         stored_run(store, "baseline", workspace, bf16, 0, "both")
+
+
+def test_an_ablation_never_resumes_runs_of_another_precision(workspace):
+    """Guards: ablations (which always resume) keeping the precision out of a stored run's settings, so that a bf16
+    row is filled with fp32 runs; fp32 keeps the settings written before the switch, so those runs stay reusable."""
+    from hf_missing.ablation import AblationRow, run_settings
+
+    row = AblationRow("full", "rep", {})
+    settings = {p: run_settings(DemoSettings(precision=p), row, "stage1", workspace) for p in ("fp32", "bf16")}
+    assert settings["bf16"] == settings["fp32"] | {"precision": "bf16"}
+    assert "precision" not in settings["fp32"]
