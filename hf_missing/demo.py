@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, Trainer
 
-from .backbones.fused import FeatureCache, FusedProcessor, build_fused_backbone
+from .backbones.fused import FeatureCache, FusedConfig, FusedProcessor, build_fused_backbone
+from .backbones.fused.modeling import FEATURES_FILE
 from .data import MissingModalityCollator, simulate_missing
 from .data.audio import FEATURE_SIZE
 from .data.emoji import load_emoji_dataset
@@ -136,6 +137,22 @@ class Workspace:
     labels: list[str]
     feature_cache: FeatureCache = field(default_factory=FeatureCache)  # frozen image features, shared by every run
     task: DemoTask = DEMO_TASKS["emoji"]
+    features_kept: int = 0  # entries of feature_cache already in the checkpoint folder's FEATURES_FILE
+
+    def load_image_features(self) -> None:
+        """Start from the frozen image features an earlier process kept beside the checkpoint, if any."""
+        path = Path(self.backbone_dir) / FEATURES_FILE
+        if path.is_file():
+            config = FusedConfig.from_pretrained(self.backbone_dir)
+            self.feature_cache.load(path, (config.num_image_tokens, config.image_feature_dim))
+            self.features_kept = len(self.feature_cache)
+
+    def keep_image_features(self) -> None:
+        """Write the frozen image features computed so far beside the checkpoint when there are new ones, so that
+        the next process reuses them (the same bits: each image is encoded alone in a fixed-size chunk, in fp32)."""
+        if len(self.feature_cache) > self.features_kept:
+            self.feature_cache.save(Path(self.backbone_dir) / FEATURES_FILE)
+            self.features_kept = len(self.feature_cache)
 
 
 def prepare(settings: DemoSettings) -> Workspace:
@@ -156,7 +173,9 @@ def prepare(settings: DemoSettings) -> Workspace:
     processor = FusedProcessor.from_pretrained(folder)
     collator = (MissingModalityCollator(processor, modalities=[*DEFAULT_MODALITIES, *frames]) if frames
                 else MissingModalityCollator(processor))
-    return Workspace(data, folder, collator, data["train"].features["label"].names, task=task)
+    work = Workspace(data, folder, collator, data["train"].features["label"].names, task=task)
+    work.load_image_features()
+    return work
 
 
 def demo_preset(method: str, options: dict[str, Any] | None = None, task: str = "emoji") -> Preset:
@@ -306,6 +325,7 @@ def stored_run(store: RunStore, method: str, work: Workspace, settings: DemoSett
     if run is None:
         run = train_and_evaluate(method, work, settings, seed, train_pattern)
         store.put(key, run, wanted)
+        work.keep_image_features()
     return {k: v for k, v in run.items() if k != "settings"}
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from transformers import AutoModel
 
 from hf_missing import MissingModalityCollator
@@ -86,3 +87,23 @@ def test_subcategory_task_predicts_the_subcategory(monkeypatch):
     assert data["train"].features["label"].names == ["a1", "a2", "b1"] and data["train"]["label"] == [0, 1, 2]
     assert "subcategory" not in data["train"].column_names
     assert demo_module.demo_task("subcategory").preset_suffix == "demo"
+
+
+def test_a_later_process_starts_from_the_image_features_the_demo_kept(shapes, tmp_path):
+    """Guards: a demo that recomputes every frozen image feature in each new process (the warm `make run` paid
+    seconds for it), or that keeps features a later run cannot reuse bit for bit."""
+    from hf_missing.backbones.fused.modeling import FEATURES_FILE
+    from hf_missing.demo import RunStore, stored_run
+
+    folder = tmp_path / "fused"
+    AutoModel.from_config(tiny_config()).save_pretrained(folder)
+    labels = shapes["train"].features["label"].names
+    first = Workspace(shapes, folder, MissingModalityCollator(tiny_processor()), labels)
+    settings = DemoSettings(output_dir=str(tmp_path), methods=["baseline"], epochs=0.01, progress=False)
+    stored_run(RunStore(tmp_path / "runs.json"), "baseline", first, settings, 0, "both")
+    assert (folder / FEATURES_FILE).is_file() and first.features_kept == len(first.feature_cache) > 0
+    later = Workspace(shapes, folder, MissingModalityCollator(tiny_processor()), labels)
+    later.load_image_features()
+    assert len(later.feature_cache) == len(first.feature_cache)
+    for key, value in first.feature_cache._entries.items():
+        assert torch.equal(later.feature_cache.get(key), value)

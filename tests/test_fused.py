@@ -10,11 +10,13 @@ import hf_missing
 from hf_missing import MissingModalityCollator, MissingModalityForClassification
 from hf_missing.backbones import FusedBackbone, FusedConfig, FusedModel, FusedProcessor, tiny
 from hf_missing.backbones.fused import (
+    FeatureCache,
     Stage1Settings,
     align_fused_backbone,
     build_fused_backbone,
     image_processor,
 )
+from hf_missing.backbones.fused.modeling import FEATURES_FILE
 from hf_missing.context import ForwardContext
 from hf_missing.data.synthetic import CLASSES, FILLER, IMAGE_SIZE, SPECIAL
 
@@ -221,6 +223,48 @@ def test_cached_image_features_do_not_depend_on_the_autocast_of_the_run_that_fir
             under_autocast = model.embeddings.image_features(pixels)
         assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, reference)
         model(input_ids=torch.randint(0, 20, (3, 4)), pixel_values=pixels)  # fp32 forward on the cached features
+
+
+def test_feature_cache_file_round_trip_is_bit_identical(tmp_path) -> None:
+    """Guards: a saved cache that loses entries, renames keys or rounds features (a warm demo would then train on
+    other features than a cold one)."""
+    model = AutoModel.from_config(tiny_config()).eval()
+    pixels = torch.randn(5, 3, 30, 30)
+    with torch.no_grad():
+        fresh = model.embeddings.image_features(pixels)
+    model.embeddings.feature_cache.save(tmp_path / FEATURES_FILE)
+    cache = FeatureCache()
+    config = model.config
+    cache.load(tmp_path / FEATURES_FILE, (config.num_image_tokens, config.image_feature_dim))
+    assert len(cache) == 5
+    model.embeddings.feature_cache = cache
+    model.embeddings.image_encoder = None  # nothing may be encoded again: every feature comes from the file
+    assert torch.equal(model.embeddings.image_features(pixels), fresh)
+
+
+@pytest.mark.parametrize(("name", "tensor", "why"), [
+    ("0" * 32, torch.zeros(2, 3), "float32 \\[9, 8\\]"),
+    ("0" * 32, torch.zeros(9, 8, dtype=torch.float64), "float32"),
+    ("not-a-key", torch.zeros(9, 8), "'not-a-key'"),
+])
+def test_a_feature_cache_file_it_did_not_write_is_refused_before_loading(tmp_path, name, tensor, why) -> None:
+    """Guards: loading whatever tensors a file holds into the cache (a wrong-shaped or wrongly typed entry would
+    reach the projection or replace an image's features)."""
+    from safetensors.torch import save_file
+
+    save_file({name: tensor}, tmp_path / "f.safetensors")
+    cache = FeatureCache()
+    with pytest.raises(ValueError, match=f"f.safetensors.*{why}.*delete"):
+        cache.load(tmp_path / "f.safetensors", (9, 8))
+    assert len(cache) == 0
+
+
+def test_a_feature_cache_file_with_more_entries_than_the_cache_holds_is_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({f"{i:032x}": torch.zeros(9, 8) for i in range(3)}, tmp_path / "f.safetensors")
+    with pytest.raises(ValueError, match="3 cached image features, more than this cache's 2"):
+        FeatureCache(max_entries=2).load(tmp_path / "f.safetensors", (9, 8))
 
 
 def test_save_load_bit_identical(tmp_path, shapes_missing) -> None:

@@ -27,22 +27,30 @@ held, i.e. on the history of the process (a reloaded model that met an image in 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 
+from ...atomic import atomic_write_bytes
 from ..bert import init_bert_weights
 from ..frames import FrameEmbedding, Frames, frames_of, masked_means
 from .configuration import DEFAULT_IMAGE_SIZE, EFFICIENTNET, TINY_CONV, FusedConfig
 
 FEATURE_CACHE_SIZE = 4096
+FEATURES_FILE = "image_features.safetensors"  # FeatureCache.save's file beside a checkpoint (the demo's warm cache)
+_KEY = re.compile(r"[0-9a-f]{32}")  # a FeatureCache key's hex digest
 IMAGE_CHUNK = 16  # images per image-encoder call, whatever the caller's batch (module docstring)
 
 
@@ -121,6 +129,30 @@ class FeatureCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every entry to ``path`` atomically as safetensors, one tensor per image named by its key's hex
+        digest (:meth:`load` reads it back in a later process)."""
+        atomic_write_bytes(path, save({key.hex(): value.contiguous() for key, value in self._entries.items()}))
+
+    def load(self, path: str | os.PathLike, shape: tuple[int, int]) -> None:
+        """Add the entries :meth:`save` wrote to ``path``. The file is read as untrusted: safetensors only, and every
+        entry is checked (at most ``max_entries`` of them, each a float32 ``shape`` tensor under a key's hex digest)
+        before any is loaded."""
+        path = Path(path)
+        fix = f"delete {path} (the features are computed again from the images and the file rewritten)"
+        with safe_open(path, framework="pt") as f:
+            names = list(f.keys())
+            if len(names) > self.max_entries:
+                raise ValueError(f"{path} holds {len(names)} cached image features, more than this cache's "
+                                 f"{self.max_entries}; {fix}.")
+            for name in names:
+                entry = f.get_slice(name)
+                if not _KEY.fullmatch(name) or entry.get_dtype() != "F32" or tuple(entry.get_shape()) != shape:
+                    raise ValueError(f"{path}: entry {name!r} is not a float32 {list(shape)} feature tensor under "
+                                     f"an image key, so it was not written for this image encoder; {fix}.")
+            for name in names:
+                self.put(bytes.fromhex(name), f.get_tensor(name))
 
 
 class FusedEmbeddings(nn.Module):
