@@ -2,9 +2,9 @@
 
 ``bf16`` is autocast mixed precision (weights, optimizer state and the loss stay fp32; matrix products run in
 bfloat16), which ``Trainer`` applies through Accelerate. It pays only where the hardware multiplies bfloat16 natively:
-a CUDA GPU with bf16 support, or a CPU with AVX512-BF16 or AMX instructions (about 1.8x faster demo steps on the
-2-core AMD EPYC machines, ``benchmarks/results/precision.md``). Elsewhere the products are emulated and slower than
-fp32, so ``auto`` chooses bf16 only where :func:`native_bf16` holds.
+a CUDA GPU with bf16 support, or a CPU with AVX512-BF16 or AMX instructions (demo training steps 1.7-2.1x and
+evaluation 2.3-2.7x faster on the 2-core AMD EPYC machines, ``benchmarks/results/precision.md``). Elsewhere the
+products are emulated and slower than fp32, so ``auto`` chooses bf16 only where :func:`native_bf16` holds.
 """
 
 from __future__ import annotations
