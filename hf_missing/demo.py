@@ -293,7 +293,9 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     store = RunStore(Path(settings.output_dir) / "runs.json", fresh=not settings.resume)
     runs = {m: [stored_run(store, m, work, settings, s, settings.train_pattern) for s in settings.seeds]
             for m in settings.methods}
-    results = {"settings": asdict(settings) | {"methods": list(settings.methods)}, "methods": aggregate(runs)}
+    precisions = {m: run_precision(m, work, settings) for m in settings.methods}
+    results = {"settings": asdict(settings) | {"methods": list(settings.methods), "precisions": precisions},
+               "methods": aggregate(runs)}
     write_outputs(results, Path(settings.output_dir), title=_title("hf_missing demo", work.task))
     return results
 
@@ -480,9 +482,11 @@ def write_outputs(results: dict[str, Any], folder: Path, title: str) -> None:
     plot_curves(results["methods"], folder / "robustness.png", title=title)
     settings = results["settings"]
     task = demo_task(settings.get("task", "emoji"))
+    precisions = sorted(set(settings.get("precisions", {}).values()))
+    trained_in = f", in {' / '.join(precisions)}" if precisions else ""
     report = [f"# {title}", "",
               f"Trained with {100 * settings['train_rate']:.0f}% missing ('{settings['train_pattern']}'), "
-              f"seeds {list(settings['seeds'])}; accuracy on the {task.description}.", "",
+              f"seeds {list(settings['seeds'])}{trained_in}; accuracy on the {task.description}.", "",
               *_table2_note(task), markdown_table(results["methods"]), "", comparison_markdown(results["methods"]), "",
               "![robustness](robustness.png)", ""]
     (folder / "report.md").write_text("\n".join(report), encoding="utf-8")

@@ -8,7 +8,7 @@ import pytest
 
 from hf_missing import ablation
 from hf_missing.ablation import REP_ROWS, AblationRow, run_ablation, summarise_rows
-from hf_missing.demo import DemoSettings
+from hf_missing.demo import DemoSettings, demo_task
 
 ROWS = (AblationRow("full", "rep", {}), AblationRow("chain", "rep", {"buffer_source": "parameters"}, below="full"),
         AblationRow("worse", "rep", {"replay": False}, (1.0, 2.0, 3.0), below="full"))
@@ -42,7 +42,8 @@ def test_runs_resume_and_other_settings_are_refused(tmp_path, monkeypatch):
                 "per_pattern": {"complete": {"accuracy": 0.9}}, "gates": {}, "collapsed": False, "train_loss": 1.0}
 
     backbone = {"dir": "fused-aligned-aaaa"}
-    monkeypatch.setattr(ablation, "prepare", lambda settings: SimpleNamespace(backbone_dir=backbone["dir"]))
+    monkeypatch.setattr(ablation, "prepare",
+                        lambda settings: SimpleNamespace(backbone_dir=backbone["dir"], task=demo_task("emoji")))
     monkeypatch.setattr(ablation, "train_and_evaluate", fake_train)
     settings = DemoSettings(output_dir=str(tmp_path), seeds=[0, 1], epochs=1)
     run_ablation(settings, "rep", ROWS[:2])
