@@ -309,7 +309,9 @@ def run_benchmark(settings: DemoSettings, train_patterns: Sequence[str] | None =
     store = RunStore(Path(settings.output_dir) / "runs.json", fresh=not settings.resume)
     grid = {pattern: aggregate({m: [stored_run(store, m, work, settings, s, pattern) for s in settings.seeds]
                                 for m in settings.methods}) for pattern in patterns}
-    results = {"settings": asdict(settings) | {"methods": list(settings.methods)}, "grid": grid}
+    precisions = {m: run_precision(m, work, settings) for m in settings.methods}
+    results = {"settings": asdict(settings) | {"methods": list(settings.methods), "precisions": precisions},
+               "grid": grid}
     write_benchmark(results, Path(settings.output_dir))
     return results
 
@@ -482,14 +484,18 @@ def write_outputs(results: dict[str, Any], folder: Path, title: str) -> None:
     plot_curves(results["methods"], folder / "robustness.png", title=title)
     settings = results["settings"]
     task = demo_task(settings.get("task", "emoji"))
-    precisions = sorted(set(settings.get("precisions", {}).values()))
-    trained_in = f", in {' / '.join(precisions)}" if precisions else ""
     report = [f"# {title}", "",
               f"Trained with {100 * settings['train_rate']:.0f}% missing ('{settings['train_pattern']}'), "
-              f"seeds {list(settings['seeds'])}{trained_in}; accuracy on the {task.description}.", "",
+              f"seeds {list(settings['seeds'])}{_trained_in(settings)}; accuracy on the {task.description}.", "",
               *_table2_note(task), markdown_table(results["methods"]), "", comparison_markdown(results["methods"]), "",
               "![robustness](robustness.png)", ""]
     (folder / "report.md").write_text("\n".join(report), encoding="utf-8")
+
+
+def _trained_in(settings: dict[str, Any]) -> str:
+    """", in bf16" (the precisions the methods trained in), or nothing for results written before they were kept."""
+    precisions = sorted(set(settings.get("precisions", {}).values()))
+    return f", in {' / '.join(precisions)}" if precisions else ""
 
 
 def _table2_note(task: DemoTask) -> list[str]:
@@ -506,7 +512,11 @@ def write_benchmark(results: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "benchmark.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     task = demo_task(results["settings"].get("task", "emoji"))
-    sections = [f"# {_title('hf_missing benchmark (embedded default)', task)}", "", *_table2_note(task)]
+    settings = results["settings"]
+    sections = [f"# {_title('hf_missing benchmark (embedded default)', task)}", "",
+                f"Seeds {list(settings['seeds'])}{_trained_in(settings)}; accuracy on the {task.description}, "
+                f"{100 * settings['train_rate']:.0f}% missing in training under each pattern below.", "",
+                *_table2_note(task)]
     for pattern, methods in results["grid"].items():
         sections += [f"## trained with 70% missing '{pattern}'", "", markdown_table(methods), "",
                      comparison_markdown(methods), "",

@@ -79,9 +79,12 @@ def test_three_modality_pipeline_reports_rep_table2(speech_workspace, tmp_path):
     assert [float(c.split(" ± ")[0]) for c in cells] == pytest.approx(expected, abs=1e-3)
     assert "spoken emoji" in report and (tmp_path / "robustness.png").stat().st_size > 1000
     assert json.loads((tmp_path / "results.json").read_text())["methods"]["rep"]["at_70"]["only_audio"] >= 0
-    write_benchmark({"settings": {"task": "speech"}, "grid": {"only_audio": methods}}, tmp_path)
+    write_benchmark({"settings": {"task": "speech", "train_rate": 0.7, "seeds": [0, 1],
+                                  "precisions": {"baseline": "bf16", "rep": "bf16"}},
+                     "grid": {"only_audio": methods}}, tmp_path)
     benchmark = (tmp_path / "benchmark.md").read_text()
     assert "trained with 70% missing 'only_audio'" in benchmark and "| audio-only 70% |" in benchmark
+    assert "Seeds [0, 1], in bf16;" in benchmark
 
 
 @pytest.mark.parametrize(("pattern", "heading"), table2_columns(MODALITIES))
