@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, Trainer
 
-from .backbones.fused import FeatureCache, FusedConfig, FusedProcessor, build_fused_backbone
-from .backbones.fused.modeling import FEATURES_FILE
+from .backbones.fused import FEATURES_FILE, FeatureCache, FusedConfig, FusedProcessor, build_fused_backbone
 from .data import MissingModalityCollator, simulate_missing
 from .data.audio import FEATURE_SIZE
 from .data.emoji import load_emoji_dataset
@@ -190,6 +189,12 @@ def run_precision(method: str, work: Workspace, settings: DemoSettings) -> str:
     return resolve_precision(settings.precision, demo_preset(method, task=work.task.name).training)
 
 
+def _settings_record(work: Workspace, settings: DemoSettings) -> dict[str, Any]:
+    """A results file's settings: ``settings``, the methods, and the precision each method trained in."""
+    return asdict(settings) | {"methods": list(settings.methods),
+                               "precisions": {m: run_precision(m, work, settings) for m in settings.methods}}
+
+
 def precision_setting(precision: str) -> dict[str, str]:
     """A stored run's precision setting: none for fp32 (every run stored before the precision switch was fp32, and
     stays reusable as such), else ``{"precision": ...}``, so that runs of different precisions never mix."""
@@ -199,13 +204,14 @@ def precision_setting(precision: str) -> dict[str, str]:
 @dataclass
 class Run:
     """One method ready to train: its model, the prepared training split, the collator it trains and evaluates with,
-    its ``Trainer`` and its preset."""
+    its ``Trainer``, its preset and the precision it trains and evaluates in."""
 
     model: MissingModalityForClassification
     train: Any
     collator: Any
     trainer: Trainer
     preset: Preset
+    precision: str
 
 
 def build_run(method: str, work: Workspace, settings: DemoSettings, seed: int, train_pattern: str) -> Run:
@@ -226,12 +232,13 @@ def build_run(method: str, work: Workspace, settings: DemoSettings, seed: int, t
                  "report_to": "none", "logging_strategy": "no"}
     if settings.epochs is not None:
         overrides["num_train_epochs"] = settings.epochs
-    overrides |= precision_arguments(run_precision(method, work, settings))
+    precision = resolve_precision(settings.precision, preset.training)
+    overrides |= precision_arguments(precision)
     run_dir = Path(settings.output_dir) / "runs" / f"{method}-{train_pattern}-seed{seed}"
     train, collator = prepare_for_training(model, train, work.collator)
     trainer = Trainer(model=model, args=preset.training_arguments(str(run_dir), **overrides), train_dataset=train,
                       data_collator=collator)
-    return Run(model, train, collator, trainer, preset)
+    return Run(model, train, collator, trainer, preset, precision)
 
 
 def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, seed: int,
@@ -242,7 +249,7 @@ def train_and_evaluate(method: str, work: Workspace, settings: DemoSettings, see
     output = run.trainer.train()
     model = run.model
     test = prepare_for_evaluation(model, work.data["test"], run.collator)
-    with autocast(run_precision(method, work, settings), model.device.type):
+    with autocast(run.precision, model.device.type):
         predictions = predict_patterns(model, test, run.collator, TASK, progress=settings.progress)
     return summarise(model, predictions, output.metrics, run.trainer.state.global_step, run.preset) | {
         "gates": model.diagnostics(), "train_loss": output.training_loss, "collapsed": collapsed(predictions),
@@ -293,9 +300,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     store = RunStore(Path(settings.output_dir) / "runs.json", fresh=not settings.resume)
     runs = {m: [stored_run(store, m, work, settings, s, settings.train_pattern) for s in settings.seeds]
             for m in settings.methods}
-    precisions = {m: run_precision(m, work, settings) for m in settings.methods}
-    results = {"settings": asdict(settings) | {"methods": list(settings.methods), "precisions": precisions},
-               "methods": aggregate(runs)}
+    results = {"settings": _settings_record(work, settings), "methods": aggregate(runs)}
     write_outputs(results, Path(settings.output_dir), title=_title("hf_missing demo", work.task))
     return results
 
@@ -309,9 +314,7 @@ def run_benchmark(settings: DemoSettings, train_patterns: Sequence[str] | None =
     store = RunStore(Path(settings.output_dir) / "runs.json", fresh=not settings.resume)
     grid = {pattern: aggregate({m: [stored_run(store, m, work, settings, s, pattern) for s in settings.seeds]
                                 for m in settings.methods}) for pattern in patterns}
-    precisions = {m: run_precision(m, work, settings) for m in settings.methods}
-    results = {"settings": asdict(settings) | {"methods": list(settings.methods), "precisions": precisions},
-               "grid": grid}
+    results = {"settings": _settings_record(work, settings), "grid": grid}
     write_benchmark(results, Path(settings.output_dir))
     return results
 

@@ -92,7 +92,7 @@ def test_subcategory_task_predicts_the_subcategory(monkeypatch):
 def test_a_later_process_starts_from_the_image_features_the_demo_kept(shapes, tmp_path):
     """Guards: a demo that recomputes every frozen image feature in each new process (the warm `make run` paid
     seconds for it), or that keeps features a later run cannot reuse bit for bit."""
-    from hf_missing.backbones.fused.modeling import FEATURES_FILE
+    from hf_missing.backbones.fused import FEATURES_FILE
     from hf_missing.demo import RunStore, stored_run
 
     folder = tmp_path / "fused"

@@ -10,13 +10,13 @@ import hf_missing
 from hf_missing import MissingModalityCollator, MissingModalityForClassification
 from hf_missing.backbones import FusedBackbone, FusedConfig, FusedModel, FusedProcessor, tiny
 from hf_missing.backbones.fused import (
+    FEATURES_FILE,
     FeatureCache,
     Stage1Settings,
     align_fused_backbone,
     build_fused_backbone,
     image_processor,
 )
-from hf_missing.backbones.fused.modeling import FEATURES_FILE
 from hf_missing.context import ForwardContext
 from hf_missing.data.synthetic import CLASSES, FILLER, IMAGE_SIZE, SPECIAL
 
@@ -260,6 +260,8 @@ def test_a_feature_cache_file_it_did_not_write_is_refused_before_loading(tmp_pat
 
 
 def test_a_feature_cache_file_with_more_entries_than_the_cache_holds_is_refused(tmp_path) -> None:
+    """Guards: loading every entry a file lists before counting them (an oversized file would fill memory, and an
+    LRU cache silently drop the first entries)."""
     from safetensors.torch import save_file
 
     save_file({f"{i:032x}": torch.zeros(9, 8) for i in range(3)}, tmp_path / "f.safetensors")

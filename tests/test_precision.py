@@ -50,6 +50,7 @@ def test_named_precisions_win_and_auto_keeps_a_presets_own_choice(monkeypatch):
 
 
 def test_an_unknown_precision_is_refused_with_the_choices():
+    """Guards: an unknown name silently treated as fp32 (or as auto), so a typo changes what the table measures."""
     with pytest.raises(ValueError, match=r"'fp8'.*'auto', 'fp32', 'bf16'"):
         resolve_precision("fp8", {})
 

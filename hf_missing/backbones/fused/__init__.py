@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModel
 from .alignment import Stage1Settings, align_fused_backbone, build_fused_backbone, fused_checkpoint_dir
 from .configuration import DEFAULT_IMAGE_SIZE, EFFICIENTNET, MODEL_TYPE, TINY_CONV, FusedConfig
 from .interface import FusedBackbone
-from .modeling import FeatureCache, FusedModel, minilm_path
+from .modeling import FEATURES_FILE, FeatureCache, FusedModel, minilm_path
 from .processing import FusedProcessor, image_processor
 
 AutoConfig.register(MODEL_TYPE, FusedConfig)
@@ -22,6 +22,7 @@ AutoModel.register(FusedConfig, FusedModel)
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "EFFICIENTNET",
+    "FEATURES_FILE",
     "MODEL_TYPE",
     "TINY_CONV",
     "FeatureCache",
